@@ -1,0 +1,1 @@
+"""AnnData in, model-ready tensors out: datasets, preprocessing, tokenization, TF prior."""

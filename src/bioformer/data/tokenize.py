@@ -1,0 +1,189 @@
+"""Gene vocabulary, cell split, and the torch Dataset that turns binned cells into masked sequences.
+
+Masks and subsampling are drawn from `np.random.default_rng([seed, epoch_key, cell])`: they
+depend only on the seed, the epoch and the cell, never on batch order or on the model, so every
+model trained with the same seed sees the same split and the same masks (a paired design).
+Validation and test use one fixed key, so their masks are identical in every epoch and run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.utils.data import Dataset
+
+from bioformer.errors import BioformerError
+
+PAD, CLS, MASK = "<pad>", "<cls>", "<mask>"
+SPECIAL_TOKENS = (PAD, CLS, MASK)
+PAD_VALUE = -2.0
+MASK_VALUE = -1.0
+CLS_VALUE = 0.0
+EVAL_EPOCH_KEY = 1_000_003  # fixed masks for validation/test
+
+
+@dataclass
+class GeneVocab:
+    """Special tokens first, then genes in a fixed order."""
+
+    tokens: list[str]
+
+    @classmethod
+    def from_genes(cls, genes: list[str]) -> GeneVocab:
+        dup = {g for g in genes if g in SPECIAL_TOKENS}
+        if dup:
+            raise BioformerError(f"gene names clash with special tokens: {sorted(dup)}")
+        return cls(list(SPECIAL_TOKENS) + list(genes))
+
+    @property
+    def token_to_id(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def cls_id(self) -> int:
+        return 1
+
+    @property
+    def genes(self) -> list[str]:
+        return self.tokens[len(SPECIAL_TOKENS):]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def split_cells(n_cells: int, valid_frac: float, test_frac: float, seed: int) -> dict[str, np.ndarray]:
+    """Train/valid/test cell indices from one seeded permutation (sorted within each split)."""
+    if not 0 <= valid_frac < 1 or not 0 < test_frac < 1 or valid_frac + test_frac >= 1:
+        raise BioformerError("valid_frac and test_frac must be in [0, 1) and sum to less than 1")
+    perm = np.random.default_rng([seed, 7]).permutation(n_cells)
+    n_test = max(1, int(round(test_frac * n_cells)))
+    n_valid = int(round(valid_frac * n_cells))
+    if n_cells - n_test - n_valid < 1:
+        raise BioformerError(f"too few cells ({n_cells}) for a train/valid/test split")
+    return {
+        "test": np.sort(perm[:n_test]),
+        "valid": np.sort(perm[n_test:n_test + n_valid]),
+        "train": np.sort(perm[n_test + n_valid:]),
+    }
+
+
+class CellDataset(Dataset):
+    """Masked (gene id, value) sequences for a subset of cells.
+
+    binned: [n_cells, n_genes] CSR of bins (0 = not expressed); gene_token_ids: [n_genes] vocab
+    ids of its columns. Items hold `gene_ids`, `values` (input, masked to -1), `target_values`,
+    `mask` (positions to predict).
+    """
+
+    def __init__(
+        self,
+        binned: sp.csr_matrix,
+        gene_token_ids: np.ndarray,
+        cells: np.ndarray,
+        seed: int,
+        max_len: int = 1024,
+        include_zero_genes: bool = False,
+        append_cls: bool = True,
+        mask_ratio: float = 0.15,
+        cls_id: int = 1,
+        fixed_masks: bool = False,
+    ) -> None:
+        self.binned = binned.tocsr()
+        self.binned.sort_indices()
+        self.gene_token_ids = np.asarray(gene_token_ids, dtype=np.int64)
+        self.cells = np.asarray(cells)
+        self.seed = seed
+        self.max_genes = max_len - int(append_cls)
+        if self.max_genes < 1:
+            raise BioformerError("max_len must leave room for at least one gene")
+        self.include_zero_genes = include_zero_genes
+        self.append_cls = append_cls
+        self.mask_ratio = mask_ratio
+        self.cls_id = cls_id
+        self.fixed_masks = fixed_masks
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Re-draw masks (and subsampling) for a new training epoch."""
+        self.epoch = epoch
+
+    @property
+    def epoch_key(self) -> int:
+        return EVAL_EPOCH_KEY if self.fixed_masks else self.epoch
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def shared_columns(self) -> np.ndarray:
+        """Include-zero mode: the gene columns every cell uses this epoch (one draw for all cells,
+        so position i means the same gene in every cell and z stays aligned with the prior)."""
+        n = self.binned.shape[1]
+        if n <= self.max_genes:
+            return np.arange(n)
+        rng = np.random.default_rng([self.seed, self.epoch_key, 2**31 - 1])
+        return np.sort(rng.choice(n, size=self.max_genes, replace=False))
+
+    def __getitem__(self, idx: int) -> dict[str, np.ndarray]:
+        cell = int(self.cells[idx])
+        rng = np.random.default_rng([self.seed, self.epoch_key, cell])
+        lo, hi = self.binned.indptr[cell], self.binned.indptr[cell + 1]
+        if self.include_zero_genes:
+            cols = self.shared_columns()
+            row = np.zeros(self.binned.shape[1], dtype=np.float32)
+            row[self.binned.indices[lo:hi]] = self.binned.data[lo:hi]
+            vals = row[cols]
+        else:
+            cols = self.binned.indices[lo:hi]
+            vals = self.binned.data[lo:hi].astype(np.float32)
+            if cols.size > self.max_genes:
+                pick = np.sort(rng.choice(cols.size, size=self.max_genes, replace=False))
+                cols, vals = cols[pick], vals[pick]
+        gene_ids = self.gene_token_ids[cols]
+        n = gene_ids.size
+        n_mask = min(n, max(1, int(round(self.mask_ratio * n)))) if n else 0
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.choice(n, size=n_mask, replace=False)] = True
+        inputs = np.where(mask, MASK_VALUE, vals).astype(np.float32)
+        if self.append_cls:
+            gene_ids = np.concatenate([[self.cls_id], gene_ids])
+            inputs = np.concatenate([[CLS_VALUE], inputs]).astype(np.float32)
+            vals = np.concatenate([[CLS_VALUE], vals]).astype(np.float32)
+            mask = np.concatenate([[False], mask])
+        return {"gene_ids": gene_ids, "values": inputs, "target_values": vals.astype(np.float32), "mask": mask, "cell": cell}
+
+
+def collate(items: list[dict[str, np.ndarray]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad a list of items to the longest: gene id `pad_id`, values -2, never masked.
+
+    Returns gene_ids [B, L] long, values / target_values [B, L] float, padding_mask [B, L]
+    (True = pad), mask [B, L] (True = predict), cell [B] long.
+    """
+    L = max(len(it["gene_ids"]) for it in items)
+    B = len(items)
+    gene_ids = np.full((B, L), pad_id, dtype=np.int64)
+    values = np.full((B, L), PAD_VALUE, dtype=np.float32)
+    targets = np.full((B, L), PAD_VALUE, dtype=np.float32)
+    mask = np.zeros((B, L), dtype=bool)
+    pad = np.ones((B, L), dtype=bool)
+    for b, it in enumerate(items):
+        n = len(it["gene_ids"])
+        gene_ids[b, :n] = it["gene_ids"]
+        values[b, :n] = it["values"]
+        targets[b, :n] = it["target_values"]
+        mask[b, :n] = it["mask"]
+        pad[b, :n] = False
+    return {
+        "gene_ids": torch.from_numpy(gene_ids),
+        "values": torch.from_numpy(values),
+        "target_values": torch.from_numpy(targets),
+        "padding_mask": torch.from_numpy(pad),
+        "mask": torch.from_numpy(mask),
+        "cell": torch.tensor([int(it["cell"]) for it in items]),
+    }

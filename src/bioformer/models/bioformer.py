@@ -1,0 +1,105 @@
+"""BioFormer: an Evoformer-style stack over gene tokens m [B, r, c] and gene pairs z [B, r, r, c_z]."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bioformer.data.prior import N_PRIOR_CODES
+from bioformer.models.layers import ExprDecoder, GeneEncoder, Transition, ValueEncoder
+from bioformer.models.pair import OuterProductMean, PairBiasAttention
+
+
+class BioFormerBlock(nn.Module):
+    """m += PairBiasAttention(m, z); m += Transition(m); z += OPM(m) (when `update_z`)."""
+
+    def __init__(
+        self, d_model: int, nhead: int, d_z: int, d_opm: int, ff_factor: int = 4,
+        dropout: float = 0.1, pair_bias: bool = True, gating: bool = True,
+        update_z: bool = True, opm_chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.attention = PairBiasAttention(d_model, nhead, d_z, pair_bias=pair_bias, gating=gating, dropout=dropout)
+        self.transition = Transition(d_model, ff_factor, dropout)
+        self.outer_product_mean = OuterProductMean(d_model, d_opm, d_z, opm_chunk_size) if update_z else None
+
+    def forward(self, m: torch.Tensor, z: torch.Tensor | None, padding_mask: torch.Tensor):
+        m = m + self.attention(m, z, padding_mask)  # [B, r, c]
+        m = m + self.transition(m)
+        if self.outer_product_mean is not None and z is not None:
+            z = z + self.outer_product_mean(m, padding_mask)  # [B, r, r, c_z]
+        return m, z
+
+
+class BioFormer(nn.Module):
+    """Gene/value encoders -> N BioFormer blocks -> LN -> expression decoder.
+
+    z starts from the prior (an embedding of each pair's edge code: none / activates / represses
+    / unsigned) or from zeros. z is only built when something reads it (pair bias on), and the
+    last block skips its OPM because no later block would read that update.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 64,
+        nhead: int = 4,
+        nlayers: int = 2,
+        ff_factor: int = 4,
+        dropout: float = 0.1,
+        pad_id: int = 0,
+        explicit_zero_prob: bool = False,
+        pair_bias: bool = True,
+        opm: bool = True,
+        gating: bool = True,
+        d_z: int = 16,
+        d_opm: int = 16,
+        opm_chunk_size: int | None = None,
+        checkpoint_blocks: bool = False,
+        use_prior: bool = True,
+    ) -> None:
+        super().__init__()
+        self.uses_z = pair_bias
+        self.needs_prior = bool(use_prior and pair_bias)
+        self.d_z = d_z
+        self.checkpoint_blocks = checkpoint_blocks
+        self.gene_encoder = GeneEncoder(vocab_size, d_model, pad_id)
+        self.value_encoder = ValueEncoder(d_model, dropout)
+        self.prior_encoder = nn.Embedding(N_PRIOR_CODES, d_z) if self.needs_prior else None
+        self.blocks = nn.ModuleList(
+            BioFormerBlock(
+                d_model, nhead, d_z, d_opm, ff_factor, dropout, pair_bias=pair_bias, gating=gating,
+                update_z=(opm and pair_bias and i < nlayers - 1), opm_chunk_size=opm_chunk_size,
+            )
+            for i in range(nlayers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.decoder = ExprDecoder(d_model, explicit_zero_prob)
+
+    def initial_z(self, gene_ids: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor | None:
+        """[B, r, r, c_z] from the prior codes [B, r, r], or zeros; None when nothing reads z."""
+        if not self.uses_z:
+            return None
+        if self.prior_encoder is not None:
+            if prior is None:
+                raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
+            return self.prior_encoder(prior.long())
+        B, r = gene_ids.shape
+        return torch.zeros(B, r, r, self.d_z, device=gene_ids.device, dtype=self.norm.weight.dtype)
+
+    def forward(
+        self,
+        gene_ids: torch.Tensor,  # [B, r]
+        values: torch.Tensor,  # [B, r]
+        padding_mask: torch.Tensor,  # [B, r] True = pad
+        prior: torch.Tensor | None = None,  # [B, r, r] edge codes
+    ) -> dict[str, torch.Tensor]:
+        m = self.gene_encoder(gene_ids) + self.value_encoder(values)  # [B, r, c]
+        z = self.initial_z(gene_ids, prior)  # [B, r, r, c_z] or None
+        for block in self.blocks:
+            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+                m, z = checkpoint(block, m, z, padding_mask, use_reentrant=False)
+            else:
+                m, z = block(m, z, padding_mask)
+        return self.decoder(self.norm(m))

@@ -1,0 +1,1 @@
+"""One training loop for every model, metrics, floors, checkpoints and run directories."""

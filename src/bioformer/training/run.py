@@ -1,0 +1,249 @@
+"""A run directory: train a model from a RunConfig and write everything needed to trust and reuse it.
+
+Files: config.yaml (resolved), split.npz, vocab.json, metrics.csv (per epoch),
+model.safetensors (best by validation MSE), summary.json (test metrics, floors, coverage,
+n_params, seed, versions, wall time) and curves.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import platform
+import random
+import time
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bioformer.config import RunConfig
+from bioformer.data.pipeline import PreparedData, coverage_warning, prepare_data
+from bioformer.errors import BioformerError
+from bioformer.models import build_model
+from bioformer.training.checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    load_weights,
+    save_weights,
+)
+from bioformer.training.floors import Floors
+from bioformer.training.loop import autocast_dtype, evaluate, resolve_device, train
+
+log = logging.getLogger("bioformer")
+METRICS = ("mse", "mre", "mae", "pearson")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("bioformer", "torch", "numpy", "scanpy", "anndata", "scipy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_out(cfg: RunConfig) -> Path:
+    name = cfg.name or cfg.model.model
+    return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_curves(path: Path, rows: list[dict[str, Any]], title: str) -> None:
+    """Train loss and validation MSE per epoch with the per-gene floor; validation Pearson."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(ep, [r["train_loss"] for r in rows], "o-", label="train loss (masked MSE)")
+    ax1.plot(ep, [r["valid_mse"] for r in rows], "o-", label="valid MSE")
+    if "valid_floor_gene_mean_mse" in rows[0]:
+        ax1.axhline(rows[0]["valid_floor_gene_mean_mse"], color="k", ls="--", lw=1, label="per-gene-mean floor")
+        ax1.axhline(rows[0]["valid_floor_const_mse"], color="grey", ls=":", lw=1, label="constant floor")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("MSE (bins²)")
+    ax1.legend(fontsize=8)
+    ax2.plot(ep, [r["valid_pearson"] for r in rows], "o-", color="C2")
+    if "valid_floor_gene_mean_pearson" in rows[0]:
+        ax2.axhline(rows[0]["valid_floor_gene_mean_pearson"], color="k", ls="--", lw=1, label="per-gene-mean floor")
+        ax2.legend(fontsize=8)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("valid Pearson r")
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def floor_summary(metrics: dict[str, float], prefix: str = "test_") -> dict[str, float]:
+    """Test metrics as test_*, floors as floor_*, and test_mse_vs_floor (< 1 beats the floor)."""
+    out = {}
+    for k, v in metrics.items():
+        out[k if k.startswith("floor_") else f"{prefix}{k}"] = v
+    if "floor_gene_mean_mse" in metrics:
+        out[f"{prefix}mse_vs_floor"] = metrics["mse"] / metrics["floor_gene_mean_mse"]
+    return out
+
+
+def format_test_table(metrics: dict[str, float]) -> str:
+    """Model vs floors, one row each, for the terminal."""
+    lines = [f"{'':<22}{'MSE':>9}{'MRE':>9}{'MAE':>9}{'Pearson':>9}"]
+    rows = [("model (test)", "")]
+    if "floor_const_mse" in metrics:
+        rows += [("per-gene-mean floor", "floor_gene_mean_"), ("constant floor", "floor_const_")]
+    for label, p in rows:
+        lines.append(f"{label:<22}" + "".join(f"{metrics.get(p + k, float('nan')):>9.3f}" for k in METRICS))
+    if "floor_gene_mean_mse" in metrics:
+        lines.append(f"MSE / per-gene floor: {metrics['mse'] / metrics['floor_gene_mean_mse']:.3f} (< 1 beats the floor)")
+    return "\n".join(lines)
+
+
+def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Train `cfg` end to end and write its run directory. Returns (run_dir, summary)."""
+    t_start = time.perf_counter()
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed = cfg.train.seed
+    needs_prior = cfg.model.model == "bioformer" and cfg.model.pair_bias and cfg.data.prior not in (None, "", "none")
+    if data is None:
+        data = prepare_data(cfg.data, seed=seed, need_prior=needs_prior, quiet=quiet)
+    if data.coverage and not quiet:
+        c = data.coverage
+        log.info(
+            "prior coverage: %d genes, %d TFs, %d edges (+%d / -%d / unsigned %d); per cell: median %.1f, mean %.1f edges, %.0f%% of cells with none",
+            c["genes"], c["tfs"], c["edges"], c["edges_activating"], c["edges_repressing"], c["edges_unsigned"],
+            c["edges_per_cell_median"], c["edges_per_cell_mean"], 100 * c["cells_without_edges_frac"],
+        )
+        if (w := coverage_warning(c)) is not None:
+            log.warning(w)
+    cfg.save(out / "config.yaml")
+    np.savez(out / "split.npz", **data.split, obs_names=np.asarray(data.adata.obs_names, dtype=str))
+    atomic_write_json(out / "vocab.json", {"tokens": data.vocab.tokens, "genes": list(data.adata.var_names)})
+
+    seed_everything(seed)
+    model = build_model(cfg.model, len(data.vocab), data.vocab.pad_id, use_prior=needs_prior)
+    n_params = count_parameters(model)
+    floors = Floors.fit(data.adata.X, data.gene_token_ids, data.split["train"], len(data.vocab), cfg.data.include_zero_genes)
+    meta = {"config": json.dumps(cfg.to_dict())}
+
+    def on_best(m, epoch, row):
+        save_weights(m, out / "model.safetensors", metadata={**meta, "epoch": str(epoch)})
+
+    train_set, valid_set, test_set = (data.dataset(s) for s in ("train", "valid", "test"))
+    if not quiet:
+        log.info("%s: %s parameters; %d train / %d valid / %d test cells; run dir %s", cfg.model.model, f"{n_params:,}", len(train_set), len(valid_set), len(test_set), out)
+    result = train(model, train_set, valid_set, data.prior, cfg.train, on_best=on_best, floors=floors)
+    write_metrics_csv(out / "metrics.csv", result.history)
+
+    device = resolve_device(cfg.train.device)
+    test = evaluate(model, test_set, data.prior, cfg.train.batch_size * 2, device, floors=floors, amp_dtype=autocast_dtype(cfg.train.amp, device))
+    summary: dict[str, Any] = {
+        "name": cfg.name or cfg.model.model,
+        "model": cfg.model.model,
+        **floor_summary(test),
+        "n_params": n_params,
+        "seed": seed,
+        "epochs": cfg.train.epochs,
+        "best_epoch": result.best_epoch,
+        "best_valid_mse": result.best_valid_mse,
+        "seconds_per_epoch": float(np.mean([r["seconds"] for r in result.history])) if result.history else None,
+        "wall_seconds": time.perf_counter() - t_start,
+        "n_cells": {k: int(len(v)) for k, v in data.split.items()},
+        "n_genes": int(data.adata.n_vars),
+        "prior_coverage": data.coverage,
+        "device": str(device),
+        "versions": versions(),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    if result.history:
+        plot_curves(out / "curves.png", result.history, f"{summary['name']} on {Path(cfg.data.data).name} (seed {seed})")
+    return out, summary
+
+
+def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "model.safetensors").exists():
+        raise BioformerError(f"{run_dir} is not a finished run directory (needs config.yaml and model.safetensors)")
+    vocab = json.loads((run_dir / "vocab.json").read_text())
+    return RunConfig.load(run_dir / "config.yaml"), vocab
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None = None, gene_column: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Reload a run's best checkpoint and score it on its test split (same data and seed, so the
+    numbers equal summary.json's), or on all cells of another data set with genes mapped by name."""
+    import dataclasses
+
+    from bioformer.data.tokenize import CellDataset, GeneVocab
+
+    run_dir = Path(run_dir)
+    cfg, vocab_info = load_run(run_dir)
+    vocab = GeneVocab(vocab_info["tokens"])
+    needs_prior = cfg.model.model == "bioformer" and cfg.model.pair_bias and cfg.data.prior not in (None, "", "none")
+    seed = cfg.train.seed
+    same = data is None or data == cfg.data.data
+    if same:
+        prepared = prepare_data(cfg.data, seed=seed, need_prior=needs_prior, quiet=quiet)
+        if list(prepared.adata.var_names) != vocab.genes:
+            raise BioformerError("re-preprocessing the run's data gave different genes; was the data set changed?")
+        dataset = prepared.dataset("test")
+        train_cells = prepared.split["train"]
+        unknown = 0
+    else:
+        dcfg = dataclasses.replace(cfg.data, data=data, layer=layer, gene_column=gene_column, max_cells=None)
+        prepared = prepare_data(dcfg, seed=seed, need_prior=needs_prior, gene_list=vocab.genes, quiet=quiet)
+        t2i = vocab.token_to_id
+        unknown = len(vocab.genes) - prepared.adata.n_vars
+        prepared.vocab = vocab
+        if needs_prior:
+            from bioformer.data.prior import PriorMatrix, load_edges
+
+            prepared.prior = PriorMatrix.from_edges(load_edges(cfg.data.prior, seed=seed), t2i)
+        all_cells = np.arange(prepared.adata.n_obs)
+        c = dcfg
+        dataset = CellDataset(prepared.adata.X, prepared.gene_token_ids, all_cells, seed, c.max_len, c.include_zero_genes, c.append_cls, c.mask_ratio, vocab.cls_id, fixed_masks=True)
+        train_cells = all_cells
+        if not quiet:
+            log.info("%d of the model's %d genes are not in %s (treated as unexpressed)", unknown, len(vocab.genes), data)
+    model = build_model(cfg.model, len(vocab), vocab.pad_id, use_prior=needs_prior)
+    load_weights(model, run_dir / "model.safetensors")
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    # Floors from the run's own training cells when on its data; on other data from that data
+    # (then they are an in-sample reference, said so in the output).
+    floors = Floors.fit(prepared.adata.X, prepared.gene_token_ids, train_cells, len(vocab), cfg.data.include_zero_genes)
+    metrics = evaluate(model, dataset, prepared.prior, cfg.train.batch_size * 2, device, floors=floors, amp_dtype=autocast_dtype(cfg.train.amp, device))
+    out = floor_summary(metrics)
+    out.update({"data": data or cfg.data.data, "n_cells": len(dataset), "unknown_genes": unknown, "n_model_genes": len(vocab.genes)})
+    return out
