@@ -44,17 +44,18 @@ def _dedupe(edges: pd.DataFrame) -> pd.DataFrame:
     return out[["source", "target", "sign"]].reset_index(drop=True)
 
 
-def omnipath_edges(resource: str = "collectri", quiet: bool = True) -> pd.DataFrame:
+def omnipath_edges(resource: str = "collectri", quiet: bool = True, table: str | Path | None = None) -> pd.DataFrame:
     """Transcriptional TF -> target edges from the pinned OmniPath table.
 
     resource: "collectri" (rows whose `sources` mention CollecTRI), "dorothea", or "all"
     transcriptional rows. Complex sources (COMPLEX:A_B) are split into their members; targets
     given as UniProt accessions are dropped. Sign: +1 stimulation only, -1 inhibition only, 0 else.
+    `table` reads another file with OmniPath's columns instead of the pinned one.
     """
     if resource not in BUILTIN_PRIORS:
         raise BioformerError(f"unknown prior {resource!r}; use one of {', '.join(BUILTIN_PRIORS)}, none, or a file path")
     df = pd.read_parquet(
-        fetch(OMNIPATH, quiet=quiet),
+        table if table is not None else fetch(OMNIPATH, quiet=quiet),
         columns=["source", "target", "type", "sources", "is_stimulation", "is_inhibition"],
     )
     df = df[df["type"] == "transcriptional"]
@@ -98,12 +99,22 @@ def read_edge_file(path: str | Path) -> pd.DataFrame:
     return _dedupe(edges)
 
 
-def shuffle_edges(edges: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """Degree-preserving control: permute targets across edges (keeps every TF's out-degree and
-    every target's in-degree; collisions are dropped by the dedupe, a fraction of a percent)."""
+def shuffle_edges(edges: pd.DataFrame, seed: int, max_rounds: int = 200) -> pd.DataFrame:
+    """Degree-preserving control: permute targets across edges, keeping every TF's out-degree and
+    every target's in-degree. Duplicate pairs and self-loops the permutation creates are repaired
+    by swapping their targets with random other edges (a swap keeps both degrees); any left after
+    `max_rounds` are dropped."""
     rng = np.random.default_rng(seed)
-    out = edges.copy()
-    out["target"] = out["target"].to_numpy()[rng.permutation(len(out))]
+    src = edges["source"].to_numpy()
+    tgt = edges["target"].to_numpy()[rng.permutation(len(edges))]
+    for _ in range(max_rounds):
+        pairs = pd.Series(src + "\x00" + tgt)
+        bad = np.flatnonzero(pairs.duplicated().to_numpy() | (src == tgt))
+        if bad.size == 0:
+            break
+        for i, j in zip(bad, rng.integers(0, len(tgt), size=bad.size), strict=True):
+            tgt[i], tgt[j] = tgt[j], tgt[i]
+    out = pd.DataFrame({"source": src, "target": tgt, "sign": edges["sign"].to_numpy()})
     return _dedupe(out)
 
 

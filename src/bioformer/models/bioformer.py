@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bioformer.data.prior import N_PRIOR_CODES
 from bioformer.models.layers import ExprDecoder, GeneEncoder, Transition, ValueEncoder
-from bioformer.models.pair import OuterProductMean, PairBiasAttention
+from bioformer.models.pair import CodedPair, OuterProductMean, PairBiasAttention
 
 
 class BioFormerBlock(nn.Module):
@@ -24,11 +25,12 @@ class BioFormerBlock(nn.Module):
         self.transition = Transition(d_model, ff_factor, dropout)
         self.outer_product_mean = OuterProductMean(d_model, d_opm, d_z, opm_chunk_size) if update_z else None
 
-    def forward(self, m: torch.Tensor, z: torch.Tensor | None, padding_mask: torch.Tensor):
+    def forward(self, m: torch.Tensor, z: torch.Tensor | CodedPair | None, padding_mask: torch.Tensor):
+        """m [B, r, c], z [B, r, r, c_z] (or the initial z as a CodedPair, or None), mask [B, r]."""
         m = m + self.attention(m, z, padding_mask)  # [B, r, c]
         m = m + self.transition(m)
         if self.outer_product_mean is not None and z is not None:
-            z = z + self.outer_product_mean(m, padding_mask)  # [B, r, r, c_z]
+            z = self.outer_product_mean(m, padding_mask, z)  # z + OPM(m): [B, r, r, c_z]
         return m, z
 
 
@@ -37,7 +39,9 @@ class BioFormer(nn.Module):
 
     z starts from the prior (an embedding of each pair's edge code: none / activates / represses
     / unsigned) or from zeros. z is only built when something reads it (pair bias on), and the
-    last block skips its OPM because no later block would read that update.
+    last block skips its OPM because no later block would read that update. The initial z is
+    never materialised: it holds at most 4 distinct rows, so the first block reads it as a
+    `CodedPair` (its pair bias is a 4-entry lookup; the first OPM adds it while writing z).
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class BioFormer(nn.Module):
         self.gene_encoder = GeneEncoder(vocab_size, d_model, pad_id)
         self.value_encoder = ValueEncoder(d_model, dropout)
         self.prior_encoder = nn.Embedding(N_PRIOR_CODES, d_z) if self.needs_prior else None
+        self.register_buffer("zero_z", torch.zeros(1, d_z), persistent=False)  # the table of zero z
         self.blocks = nn.ModuleList(
             BioFormerBlock(
                 d_model, nhead, d_z, d_opm, ff_factor, dropout, pair_bias=pair_bias, gating=gating,
@@ -88,6 +93,17 @@ class BioFormer(nn.Module):
         B, r = gene_ids.shape
         return torch.zeros(B, r, r, self.d_z, device=gene_ids.device, dtype=self.norm.weight.dtype)
 
+    def initial_z_coded(self, prior: torch.Tensor | None) -> CodedPair | None:
+        """The initial z as a lookup (see `initial_z` for the materialised tensor)."""
+        if not self.uses_z:
+            return None
+        if self.prior_encoder is None:
+            return CodedPair(None, self.zero_z)
+        if prior is None:
+            raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
+        onehot = F.one_hot(prior.long(), N_PRIOR_CODES).to(self.zero_z.dtype)  # [B, r, r, 4]
+        return CodedPair(onehot, self.prior_encoder.weight)
+
     def forward(
         self,
         gene_ids: torch.Tensor,  # [B, r]
@@ -96,7 +112,7 @@ class BioFormer(nn.Module):
         prior: torch.Tensor | None = None,  # [B, r, r] edge codes
     ) -> dict[str, torch.Tensor]:
         m = self.gene_encoder(gene_ids) + self.value_encoder(values)  # [B, r, c]
-        z = self.initial_z(gene_ids, prior)  # [B, r, r, c_z] or None
+        z = self.initial_z_coded(prior)  # implicit [B, r, r, c_z], or None
         for block in self.blocks:
             if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
                 m, z = checkpoint(block, m, z, padding_mask, use_reentrant=False)

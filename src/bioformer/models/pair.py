@@ -3,35 +3,61 @@
 Both are written at their memory floor: the OPM never forms the [B, r, r, c_opm, c_opm] outer
 product, and the attention goes through `scaled_dot_product_attention` with the pair bias as a
 float mask, so fused kernels run where PyTorch has them.
+
+z can also be given implicitly as a `CodedPair` (z[b, i, j] = table[codes[b, i, j]]): the initial
+z is an embedding of only a handful of edge codes, so its pair bias is a K-entry lookup and the
+first OPM adds the table in the same pass that writes z, instead of materialising and
+normalising a [B, r, r, c_z] tensor that holds K distinct rows.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def attention_mask(
-    bias: torch.Tensor | None,  # [B, r, r, H] pair bias (query i, key j, head h), or None
-    padding_mask: torch.Tensor,  # [B, r] True = pad
-) -> torch.Tensor:
-    """Float mask for SDPA: the pair bias per head plus -inf on padded keys.
+@dataclass
+class CodedPair:
+    """z given as a lookup: z[b, i, j] = table[code[b, i, j]].
 
-    Returns [B, H, r, r] (or [B, 1, 1, r] without bias). The bias is written once into a buffer
-    whose last dimension is padded to a multiple of 8 and then sliced: fused kernels want an
-    aligned row stride, and this costs one copy for all heads together (none per head).
+    `onehot` is [B, r, r, K] (float, the codes one-hot encoded; gathers written as matmuls have a
+    dense, fast backward into `table`), or None when every pair has code 0 (e.g. zero z).
+    """
+
+    onehot: torch.Tensor | None  # [B, r, r, K] or None
+    table: torch.Tensor  # [K, c_z]
+
+    def materialise(self, B: int, r: int) -> torch.Tensor:  # [B, r, r, c_z]
+        if self.onehot is None:
+            return self.table[0].expand(B, r, r, -1).contiguous()
+        return self.onehot @ self.table
+
+
+def attention_mask(
+    bias: torch.Tensor | None,  # [B, H, r, r] head-major pair bias (or broadcastable), or None
+    padding_mask: torch.Tensor,  # [B, r] True = pad
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Float mask for SDPA: the pair bias per head plus the dtype's min on padded keys.
+
+    Returns [B, H, rq, r] (rq = r, or 1 for a bias constant over queries and keys; [B, 1, 1, r]
+    without bias). The bias is written once into a buffer whose last dimension is padded to a
+    multiple of 16 and then sliced: fused GPU kernels want an aligned row stride, and this costs
+    one copy for all heads together (none per head) and no second copy inside SDPA.
     """
     B, r = padding_mask.shape
-    neg_inf = torch.finfo(bias.dtype if bias is not None else torch.float32).min
+    neg = torch.finfo(dtype).min
+    pad = padding_mask[:, None, None, :]  # [B, 1, 1, r]
     if bias is None:
-        m = torch.zeros(B, 1, 1, r, device=padding_mask.device)
-        return m.masked_fill(padding_mask[:, None, None, :], neg_inf)
-    H = bias.shape[-1]
-    r_pad = (r + 7) // 8 * 8
-    buf = bias.new_empty(B, H, r, r_pad)[..., :r]  # [B, H, r, r] view with aligned rows
-    buf.copy_(bias.permute(0, 3, 1, 2))
-    return buf.masked_fill(padding_mask[:, None, None, :], neg_inf)
+        return torch.zeros(B, 1, 1, r, device=padding_mask.device, dtype=dtype).masked_fill_(pad, neg)
+    H, rq = bias.shape[1], bias.shape[2]
+    r_pad = (r + 15) // 16 * 16
+    buf = torch.empty(B, H, rq, r_pad, device=bias.device, dtype=dtype)[..., :r]  # aligned rows
+    buf.copy_(bias.expand(B, H, rq, r))
+    return buf.masked_fill_(pad, neg)
 
 
 class PairBiasAttention(nn.Module):
@@ -58,17 +84,28 @@ class PairBiasAttention(nn.Module):
         self.dropout = dropout
         self.dropout_out = nn.Dropout(dropout)
 
+    def pair_bias(self, z: torch.Tensor | CodedPair) -> torch.Tensor:
+        """Linear(LN(z)) in head-major layout: [B, H, r, r] (or [1, H, 1, 1] for a constant z)."""
+        if isinstance(z, CodedPair):
+            per_code = self.bias_proj(self.norm_z(z.table))  # [K, H]
+            if z.onehot is None:
+                return per_code[0].view(1, -1, 1, 1)
+            B, r = z.onehot.shape[:2]
+            # [H, K] @ [B, K, r*r] -> [B, H, r*r]: the lookup as a matmul, already head-major
+            return torch.matmul(per_code.t(), z.onehot.reshape(B, r * r, -1).transpose(1, 2)).view(B, -1, r, r)
+        return self.bias_proj(self.norm_z(z)).permute(0, 3, 1, 2)  # [B, H, r, r] (a view)
+
     def forward(
         self,
         m: torch.Tensor,  # [B, r, c]
-        z: torch.Tensor | None,  # [B, r, r, c_z]
-        padding_mask: torch.Tensor,  # [B, r]
-    ) -> torch.Tensor:
+        z: torch.Tensor | CodedPair | None,  # [B, r, r, c_z]
+        padding_mask: torch.Tensor,  # [B, r] True = pad
+    ) -> torch.Tensor:  # [B, r, c]
         B, r, c = m.shape
         x = self.norm_m(m)
         q, k, v = self.in_proj(x).view(B, r, 3, self.nhead, c // self.nhead).permute(2, 0, 3, 1, 4)  # [B, H, r, c/H] each
-        bias = self.bias_proj(self.norm_z(z)) if (self.bias_proj is not None and z is not None) else None  # [B, r, r, H]
-        mask = attention_mask(bias, padding_mask).to(q.dtype)
+        bias = self.pair_bias(z) if (self.bias_proj is not None and z is not None) else None
+        mask = attention_mask(bias, padding_mask, q.dtype)  # [B, H, r, r]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         o = o.transpose(1, 2).reshape(B, r, c)  # [B, r, c]
         if self.gate is not None:
@@ -79,10 +116,13 @@ class PairBiasAttention(nn.Module):
 class OuterProductMean(nn.Module):
     """z update from m: update[b, i, j] = W . flatten(a_i (x) b_j) + bias, a/b = Linear(LN(m)).
 
-    With W viewed as [c_z, c_opm, c_opm], contract a with W first (t = [B, r, c_z, c_opm]), then
-    t with b: memory scales with the output z, not c_opm^2 times it. Padded positions get
-    a = b = 0, so they never contribute to z. `chunk_size` computes rows of z in chunks
-    (inference / very long r).
+    With W viewed as [c_z, c_opm, c_opm], contract b with W first (t = [B, r, c_z, c_opm]), then
+    a with t: memory scales with the output z, not c_opm^2 times it, and the second contraction
+    is one GEMM whose output is already z's layout [B, r_i, r_j * c_z]. The output bias rides in
+    that GEMM as an extra "ones" channel of a, and a given z is its accumulator (baddbmm), so
+    `forward(m, mask, z)` returns z + update in a single pass over z. Padded positions get
+    a = b = 0, so they never contribute beyond the bias. `chunk_size` computes rows of z in
+    chunks (inference / very long r).
     """
 
     def __init__(self, d_model: int, d_opm: int, d_z: int, chunk_size: int | None = None) -> None:
@@ -98,21 +138,37 @@ class OuterProductMean(nn.Module):
         self,
         m: torch.Tensor,  # [B, r, c]
         padding_mask: torch.Tensor,  # [B, r] True = pad
-    ) -> torch.Tensor:  # [B, r, r, c_z]
+        z: torch.Tensor | CodedPair | None = None,  # [B, r, r, c_z] to add the update to
+    ) -> torch.Tensor:  # [B, r, r, c_z]: update (+ z)
         B, r, _ = m.shape
         x = self.norm(m)
         keep = (~padding_mask).unsqueeze(-1).to(x.dtype)  # [B, r, 1]
         a = self.linear_a(x) * keep  # [B, r, c_opm]
         b = self.linear_b(x) * keep  # [B, r, c_opm]
-        W = self.linear_out.weight.view(self.d_z, self.d_opm, self.d_opm)  # [c_z, c_opm(a), c_opm(b)]
-        t = torch.einsum("bic,zcd->bizd", a, W)  # [B, r, c_z, c_opm]
+        W = self.linear_out.weight.view(self.d_z, self.d_opm, self.d_opm).to(b.dtype)  # [c_z, c_opm(a), c_opm(b)]
+        t = torch.einsum("bjd,zcd->bcjz", b, W).reshape(B, self.d_opm, r * self.d_z)  # [B, c_opm(a), r_j*c_z]
+        # the bias as one more input channel: a_ext = [a, 1], t_ext = [t; bias tiled over j]
+        out_bias = self.linear_out.bias
+        if isinstance(z, CodedPair) and z.onehot is None:  # constant z: fold it into the bias
+            out_bias = out_bias + z.table[0]
+        bias_row = out_bias.to(t.dtype).repeat(r).expand(B, 1, r * self.d_z)  # [B, 1, r_j*c_z]
+        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)  # [B, r, c_opm + 1]
+        t = torch.cat([t, bias_row], dim=1)  # [B, c_opm + 1, r_j*c_z]
         chunk = self.chunk_size or r
         outs = []
         for start in range(0, r, chunk):
-            t_c = t[:, start:start + chunk]  # [B, ri, c_z, c_opm]
-            ri = t_c.shape[1]
-            # [B, r_j, c_opm] @ [B, c_opm, ri*c_z] -> [B, r_j, ri, c_z] -> [B, ri, r_j, c_z]
-            u = torch.matmul(b, t_c.reshape(B, ri * self.d_z, self.d_opm).transpose(1, 2))
-            outs.append(u.view(B, r, ri, self.d_z).transpose(1, 2))
-        update = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-        return update + self.linear_out.bias  # [B, r, r, c_z]
+            a_c = a[:, start:start + chunk]  # [B, ri, c_opm + 1]
+            ri = a_c.shape[1]
+            if isinstance(z, torch.Tensor) and z.dtype == t.dtype:
+                z_c = z[:, start:start + chunk].reshape(B, ri, r * self.d_z)
+                u = torch.baddbmm(z_c, a_c, t)  # [B, ri, r_j*c_z] = z + update, one pass
+            else:
+                u = torch.bmm(a_c, t)  # [B, ri, r_j*c_z]
+                if isinstance(z, torch.Tensor):  # autocast: keep z in its own (fp32) precision
+                    u = z[:, start:start + chunk] + u.view(B, ri, r, self.d_z)
+                elif isinstance(z, CodedPair) and z.onehot is not None:
+                    # += onehot @ table, in place on the fresh GEMM output (fp32 like the table)
+                    u = u.to(z.table.dtype)
+                    u.view(-1, self.d_z).addmm_(z.onehot[:, start:start + chunk].reshape(-1, z.table.shape[0]).to(u.dtype), z.table)
+            outs.append(u.view(B, ri, r, self.d_z))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [B, r, r, c_z]

@@ -1,0 +1,99 @@
+"""Tokenization, masking and splits: invariants the models rely on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from bioformer.data.tokenize import MASK_VALUE, PAD_VALUE, CellDataset, GeneVocab, collate, split_cells
+
+
+@pytest.fixture
+def binned():
+    rng = np.random.default_rng(0)
+    dense = rng.integers(1, 51, size=(40, 30)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.5] = 0
+    dense[:, 0] = 7  # every cell has at least one expressed gene
+    return sp.csr_matrix(dense)
+
+
+def make(binned, **kw):
+    vocab = GeneVocab.from_genes([f"G{i}" for i in range(binned.shape[1])])
+    ids = np.arange(3, 3 + binned.shape[1])
+    kw.setdefault("max_len", 64)
+    return vocab, CellDataset(binned, ids, np.arange(binned.shape[0]), seed=0, **kw)
+
+
+def test_vocab_specials_first():
+    v = GeneVocab.from_genes(["A", "B"])
+    assert v.tokens[:3] == ["<pad>", "<cls>", "<mask>"] and v.pad_id == 0 and v.cls_id == 1
+    assert v.genes == ["A", "B"] and v.token_to_id["B"] == 4
+
+
+def test_items_hold_expressed_genes_and_mask_15_percent(binned):
+    _, ds = make(binned)
+    for i in range(len(ds)):
+        it = ds[i]
+        assert it["gene_ids"][0] == 1 and not it["mask"][0]  # <cls> first, never masked
+        row = binned[i].toarray().ravel()
+        assert len(it["gene_ids"]) == 1 + (row > 0).sum()
+        assert np.all(it["target_values"][1:] > 0)
+        n = len(it["gene_ids"]) - 1
+        assert it["mask"].sum() == max(1, round(0.15 * n))
+        assert np.all(it["values"][it["mask"]] == MASK_VALUE)
+        assert np.array_equal(it["values"][~it["mask"]], it["target_values"][~it["mask"]])
+
+
+def test_collate_pads_with_pad_value_and_never_masks_pads(binned):
+    _, ds = make(binned)
+    batch = collate([ds[i] for i in range(8)])
+    pad = batch["padding_mask"]
+    assert pad.any()
+    assert (batch["gene_ids"][pad] == 0).all()
+    assert (batch["values"][pad] == PAD_VALUE).all() and (batch["target_values"][pad] == PAD_VALUE).all()
+    assert not (batch["mask"] & pad).any()
+
+
+def test_masks_redrawn_per_epoch_deterministic_and_fixed_for_eval(binned):
+    _, a = make(binned)
+    _, b = make(binned)
+    a.set_epoch(1)
+    b.set_epoch(1)
+    assert np.array_equal(a[3]["mask"], b[3]["mask"])
+    b.set_epoch(2)
+    assert not all(np.array_equal(a[i]["mask"], b[i]["mask"]) for i in range(10))
+    _, e = make(binned, fixed_masks=True)
+    m1 = [e[i]["mask"].copy() for i in range(10)]
+    e.set_epoch(5)
+    assert all(np.array_equal(m, e[i]["mask"]) for i, m in enumerate(m1))
+
+
+def test_long_cells_are_subsampled_to_max_len(binned):
+    _, ds = make(binned, max_len=6)
+    assert all(len(ds[i]["gene_ids"]) <= 6 for i in range(len(ds)))
+
+
+def test_include_zero_sequences_are_aligned_across_cells(binned):
+    _, ds = make(binned, include_zero_genes=True, max_len=11)
+    ds.set_epoch(3)
+    ids = [ds[i]["gene_ids"] for i in range(len(ds))]
+    assert all(np.array_equal(ids[0], x) for x in ids)  # same genes, same positions
+    assert len(ids[0]) == 11
+    targets = np.stack([ds[i]["target_values"] for i in range(len(ds))])
+    assert (targets[:, 1:] == 0).any()  # zeros are in the sequence ...
+    masked_zero = any((ds[i]["mask"] & (ds[i]["target_values"] == 0)).any() for i in range(len(ds)))
+    assert masked_zero  # ... and can be masked
+    ds.set_epoch(4)
+    assert not np.array_equal(ids[0], ds[0]["gene_ids"])  # the shared subset is re-drawn per epoch
+
+
+def test_split_is_disjoint_complete_and_deterministic():
+    s = split_cells(1000, 0.1, 0.1, seed=5)
+    t = split_cells(1000, 0.1, 0.1, seed=5)
+    u = split_cells(1000, 0.1, 0.1, seed=6)
+    allc = np.concatenate(list(s.values()))
+    assert len(allc) == 1000 and len(np.unique(allc)) == 1000
+    assert len(s["test"]) == 100 and len(s["valid"]) == 100
+    assert all(np.array_equal(s[k], t[k]) for k in s)
+    assert not np.array_equal(s["test"], u["test"])
