@@ -104,7 +104,7 @@ def cmd_prior(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg.data.prior in (None, "", "none"):
         raise BioformerError("bioformer prior needs a prior: --prior collectri|dorothea|all|PATH")
-    data = prepare_data(cfg.data, seed=cfg.train.seed, need_prior=True)
+    data = prepare_data(cfg.data, seed=cfg.train.seed, need_prior=True, require_prior_edges=False)
     c = data.coverage
     mode = "all selected genes (include-zero)" if cfg.data.include_zero_genes else "expressed genes only"
     print(f"data {cfg.data.data}: {data.adata.n_obs} cells; genes: {cfg.data.genes}, n_hvg {cfg.data.n_hvg}; sequences: {mode}, max_len {cfg.data.max_len}")

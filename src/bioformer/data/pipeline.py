@@ -106,11 +106,13 @@ def prepare_data(
     need_prior: bool = True,
     gene_list: list[str] | None = None,
     quiet: bool = False,
+    require_prior_edges: bool = True,
 ) -> PreparedData:
     """Load, preprocess, tokenize and split `cfg.data`; build the prior over the vocabulary.
 
     `need_prior=False` skips the prior (e.g. scGPT with --genes hvg). `gene_list` fixes the
-    genes (evaluating a trained model on other data).
+    genes (evaluating a trained model on other data). With `require_prior_edges`, a prior with no
+    edge among the selected genes is an error (training would silently get a zero prior).
     """
     adata = load_anndata(cfg.data, cfg.layer, cfg.gene_column, cfg.max_cells, seed, quiet=quiet)
     use_prior = cfg.prior not in (None, "none", "")
@@ -135,7 +137,7 @@ def prepare_data(
     prior = None
     if edges is not None and need_prior:
         prior = PriorMatrix.from_edges(edges, vocab.token_to_id)
-        if prior.n_edges == 0:
+        if prior.n_edges == 0 and require_prior_edges:
             raise BioformerError(
                 f"no prior edges between the selected genes ({binned.n_vars} genes, prior {cfg.prior}); "
                 "check gene names (--gene-column with symbols) or use --genes hvg+prior"
