@@ -25,10 +25,10 @@ class DataConfig:
     hvg_flavor: str | None = None  # None: seurat_v3 on counts, cell_ranger on logged input
     genes: str = "hvg+prior"  # "hvg" or "hvg+prior"
     min_cells_frac: float = 0.01  # hvg+prior: a prior gene must be detected in this share of cells
-    max_prior_genes: int = 512  # hvg+prior: cap on added prior genes
+    max_prior_genes: int = 256  # hvg+prior: cap on added prior genes
     n_bins: int = 51
     include_zero_genes: bool = False
-    max_len: int = 1024  # sequence length cap (incl. <cls>)
+    max_len: int = 256  # sequence length cap (incl. <cls>)
     append_cls: bool = True
     mask_ratio: float = 0.15
     valid_frac: float = 0.1

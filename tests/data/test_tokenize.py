@@ -97,3 +97,20 @@ def test_split_is_disjoint_complete_and_deterministic():
     assert len(s["test"]) == 100 and len(s["valid"]) == 100
     assert all(np.array_equal(s[k], t[k]) for k in s)
     assert not np.array_equal(s["test"], u["test"])
+
+
+def test_length_grouped_batches_cover_every_item_once_and_cut_padding(binned):
+    from bioformer.data.tokenize import length_grouped_batches
+
+    _, ds = make(binned)
+    lengths = ds.lengths()
+    assert np.array_equal(lengths, [len(ds[i]["gene_ids"]) for i in range(len(ds))])
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 300, size=1000)
+    batches = length_grouped_batches(lengths, 32, seed=3, group=10)
+    flat = np.concatenate(batches)
+    assert len(flat) == 1000 and len(np.unique(flat)) == 1000
+    assert batches == length_grouped_batches(lengths, 32, seed=3, group=10)
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    random_padded = sum(len(b) * lengths[b].max() for b in np.array_split(rng.permutation(1000), len(batches)))
+    assert padded < 0.7 * random_padded

@@ -121,6 +121,14 @@ class CellDataset(Dataset):
     def __len__(self) -> int:
         return len(self.cells)
 
+    def lengths(self) -> np.ndarray:
+        """Sequence length of every item (incl. <cls>), without building the items."""
+        if self.include_zero_genes:
+            n = np.full(len(self.cells), min(self.binned.shape[1], self.max_genes))
+        else:
+            n = np.minimum(np.diff(self.binned.indptr)[self.cells], self.max_genes)
+        return n + int(self.append_cls)
+
     def shared_columns(self) -> np.ndarray:
         """Include-zero mode: the gene columns every cell uses this epoch (one draw for all cells,
         so position i means the same gene in every cell and z stays aligned with the prior)."""
@@ -157,6 +165,28 @@ class CellDataset(Dataset):
             vals = np.concatenate([[CLS_VALUE], vals]).astype(np.float32)
             mask = np.concatenate([[False], mask])
         return {"gene_ids": gene_ids, "values": inputs, "target_values": vals.astype(np.float32), "mask": mask, "cell": cell}
+
+
+def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True, group: int = 50) -> list[list[int]]:
+    """Batches of similar length, so padding (and the r x r pair tensor) stays small.
+
+    Shuffle, cut into groups of `group` batches, sort each group by length, split it into
+    batches, shuffle the batch order. Deterministic for a seed. Without `shuffle`: sorted by
+    length (evaluation; metrics are sums, so order does not matter).
+    """
+    n = len(lengths)
+    if not shuffle:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size].tolist() for i in range(0, n, batch_size)]
+    rng = np.random.default_rng([seed, 11])
+    perm = rng.permutation(n)
+    batches = []
+    step = batch_size * group
+    for start in range(0, n, step):
+        chunk = perm[start:start + step]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def collate(items: list[dict[str, np.ndarray]], pad_id: int = 0) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from bioformer.config import TrainConfig
 from bioformer.data.prior import PriorMatrix
-from bioformer.data.tokenize import CellDataset, collate
+from bioformer.data.tokenize import CellDataset, collate, length_grouped_batches
 from bioformer.training.floors import Floors
 from bioformer.training.metrics import SplitMetrics
 
@@ -56,8 +56,9 @@ def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], prior:
 
 
 def loader(dataset: CellDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g, num_workers=0)
+    """Batches of similar sequence length (see length_grouped_batches), in a seeded order."""
+    batches = length_grouped_batches(dataset.lengths(), batch_size, seed, shuffle)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0)
 
 
 @torch.no_grad()
