@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from bioformer.data.tokenize import MASK_VALUE, PAD_VALUE, CellDataset, GeneVocab, collate, split_cells
+from bioformer.data.tokenize import (
+    MASK_VALUE,
+    PAD_VALUE,
+    CellDataset,
+    GeneVocab,
+    collate,
+    split_cells,
+)
 
 
 @pytest.fixture
