@@ -34,6 +34,7 @@ class DataConfig:
     valid_frac: float = 0.1
     test_frac: float = 0.1
     prior: str = "collectri"  # collectri | dorothea | all | none | path to CSV/TSV/parquet
+    gene_prior: str | None = None  # prior used by --genes hvg+prior; None = `prior`
 
 
 @dataclass

@@ -128,3 +128,25 @@ def test_no_overlap_with_prior_is_a_clear_error(tmp_path):
     p.write_text("source,target,sign\nNOTAGENE1,NOTAGENE2,1\n")
     with pytest.raises(BioformerError, match="no prior edges between the selected genes"):
         prepare_data(DataConfig(data=str(H5AD), n_hvg=50, genes="hvg", prior=str(p)), seed=0, quiet=True)
+
+
+def test_shuffled_prior_keeps_degrees_inside_the_selected_genes():
+    base = DataConfig(data=str(H5AD), n_hvg=100, genes="hvg+prior", max_prior_genes=60, prior=str(PRIOR_CSV))
+    real = prepare_data(base, seed=0, quiet=True)
+    shuf = prepare_data(DataConfig(**{**base.__dict__, "prior": str(PRIOR_CSV) + "-shuffled"}), seed=0, quiet=True)
+    assert list(real.adata.var_names) == list(shuf.adata.var_names)  # genes chosen with the real prior
+    rs, rt, _ = real.prior.edge_index()
+    ss, st, _ = shuf.prior.edge_index()
+    assert len(ss) == len(rs)
+    assert sorted(np.bincount(rs, minlength=real.prior.vocab_size)) == sorted(np.bincount(ss, minlength=real.prior.vocab_size))
+    assert np.array_equal(np.bincount(rs, minlength=real.prior.vocab_size), np.bincount(ss, minlength=real.prior.vocab_size))
+    assert np.array_equal(np.bincount(rt, minlength=real.prior.vocab_size), np.bincount(st, minlength=real.prior.vocab_size))
+    assert set(zip(rs, rt, strict=True)) != set(zip(ss, st, strict=True))
+
+
+def test_zero_z_with_prior_selected_genes():
+    cfg = DataConfig(data=str(H5AD), n_hvg=100, genes="hvg+prior", max_prior_genes=60, prior="none", gene_prior=str(PRIOR_CSV))
+    data = prepare_data(cfg, seed=0, need_prior=False, quiet=True)
+    assert data.prior is None and (data.adata.var["source"] == "prior").any()
+    with pytest.raises(BioformerError, match="needs a prior"):
+        prepare_data(DataConfig(data=str(H5AD), genes="hvg+prior", prior="none"), seed=0, quiet=True)

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from bioformer.config import DataConfig
 from bioformer.data.load import load_anndata
 from bioformer.data.preprocess import preprocess
-from bioformer.data.prior import PriorMatrix, load_edges
+from bioformer.data.prior import SHUFFLED_SUFFIX, PriorMatrix, load_edges, shuffle_edges
 from bioformer.data.tokenize import CellDataset, GeneVocab, split_cells
 from bioformer.errors import BioformerError
 
@@ -90,6 +90,27 @@ def prior_coverage(
     }
 
 
+def edges_for_genes(prior: str, genes: set[str] | dict[str, int], seed: int, quiet: bool = True) -> pd.DataFrame | None:
+    """The edge table a model over `genes` gets for the option `prior`.
+
+    `NAME-shuffled` is the degree-preserving control *inside the genes*: NAME's edges among the
+    genes with targets permuted, so it keeps the number of edges and every gene's in/out degree
+    that the model sees (a genome-wide shuffle would also thin the edges out, confounding
+    knowledge with density).
+    """
+    if prior.endswith(SHUFFLED_SUFFIX):
+        base = load_edges(prior[: -len(SHUFFLED_SUFFIX)], seed=seed, quiet=quiet)
+        inside = base["source"].isin(genes) & base["target"].isin(genes)
+        return shuffle_edges(base[inside].reset_index(drop=True), seed=seed)
+    return load_edges(prior, seed=seed, quiet=quiet)
+
+
+def _unshuffled(prior: str | None) -> str | None:
+    if prior and prior.endswith(SHUFFLED_SUFFIX):
+        return prior[: -len(SHUFFLED_SUFFIX)]
+    return prior
+
+
 def coverage_warning(cov: dict[str, float]) -> str | None:
     if cov.get("edges_per_cell_median", 0) > 0:
         return None
@@ -116,14 +137,15 @@ def prepare_data(
     """
     adata = load_anndata(cfg.data, cfg.layer, cfg.gene_column, cfg.max_cells, seed, quiet=quiet)
     use_prior = cfg.prior not in (None, "none", "")
-    edges: pd.DataFrame | None = None
-    if use_prior and (need_prior or cfg.genes == "hvg+prior"):
-        edges = load_edges(cfg.prior, seed=seed, quiet=quiet)
-    if cfg.genes == "hvg+prior" and edges is None and gene_list is None:
-        raise BioformerError("--genes hvg+prior needs a prior (not --prior none); use --genes hvg")
+    selection_prior = _unshuffled(cfg.gene_prior or (cfg.prior if use_prior else None))
+    selection_edges: pd.DataFrame | None = None
+    if cfg.genes == "hvg+prior" and gene_list is None:
+        if selection_prior in (None, "", "none"):
+            raise BioformerError("--genes hvg+prior needs a prior (not --prior none); pass --gene-prior collectri or use --genes hvg")
+        selection_edges = load_edges(selection_prior, seed=seed, quiet=quiet)
     binned = preprocess(
         adata, n_hvg=cfg.n_hvg, n_bins=cfg.n_bins, min_counts=cfg.min_counts,
-        hvg_flavor=cfg.hvg_flavor, genes=cfg.genes, prior_edges=edges,
+        hvg_flavor=cfg.hvg_flavor, genes=cfg.genes, prior_edges=selection_edges,
         min_cells_frac=cfg.min_cells_frac, max_prior_genes=cfg.max_prior_genes,
         gene_list=gene_list, quiet=quiet,
     )
@@ -135,8 +157,8 @@ def prepare_data(
     vocab = GeneVocab.from_genes(list(binned.var_names))
     split = split_cells(binned.n_obs, cfg.valid_frac, cfg.test_frac, seed)
     prior = None
-    if edges is not None and need_prior:
-        prior = PriorMatrix.from_edges(edges, vocab.token_to_id)
+    if use_prior and need_prior:
+        prior = PriorMatrix.from_edges(edges_for_genes(cfg.prior, vocab.token_to_id, seed, quiet), vocab.token_to_id)
         if prior.n_edges == 0 and require_prior_edges:
             raise BioformerError(
                 f"no prior edges between the selected genes ({binned.n_vars} genes, prior {cfg.prior}); "

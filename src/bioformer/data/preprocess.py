@@ -39,6 +39,8 @@ def _hvg(adata: ad.AnnData, n_hvg: int, flavor: str, counts: sp.csr_matrix | Non
                 sc.pp.highly_variable_genes(tmp, n_top_genes=n_hvg, flavor="seurat_v3")
             except ImportError:
                 raise BioformerError("seurat_v3 HVG selection needs scikit-misc: pip install scikit-misc") from None
+            except ValueError as e:  # loess fails on very few cells / degenerate variances
+                raise BioformerError(f"seurat_v3 HVG selection failed on {adata.n_obs} cells ({e}); use more cells or --hvg-flavor cell_ranger") from None
             return tmp.var["highly_variable"].to_numpy()
         res = sc.pp.highly_variable_genes(adata, n_top_genes=n_hvg, flavor=flavor, inplace=False)
         return res["highly_variable"].to_numpy()

@@ -11,6 +11,7 @@ batch's genes (i regulates j; not symmetric); `PriorMatrix.signed_for` the signe
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ def _dedupe(edges: pd.DataFrame) -> pd.DataFrame:
     return out[["source", "target", "sign"]].reset_index(drop=True)
 
 
+@functools.lru_cache(maxsize=8)
 def omnipath_edges(resource: str = "collectri", quiet: bool = True, table: str | Path | None = None) -> pd.DataFrame:
     """Transcriptional TF -> target edges from the pinned OmniPath table.
 
@@ -119,15 +121,12 @@ def shuffle_edges(edges: pd.DataFrame, seed: int, max_rounds: int = 200) -> pd.D
 
 
 def load_edges(prior: str, seed: int = 0, quiet: bool = True) -> pd.DataFrame | None:
-    """Resolve a `prior` option to an edge table (None for "none").
-
-    `NAME-shuffled` gives the degree-preserving shuffle of NAME (seeded with `seed`).
-    """
+    """Resolve a `prior` option to an edge table (None for "none"). The `NAME-shuffled` control
+    depends on the model's genes: see `bioformer.data.pipeline.edges_for_genes`."""
     if prior in (None, "none", ""):
         return None
     if prior.endswith(SHUFFLED_SUFFIX):
-        base = load_edges(prior[: -len(SHUFFLED_SUFFIX)], seed, quiet)
-        return None if base is None else shuffle_edges(base, seed)
+        raise BioformerError(f"{prior}: a shuffled prior is built for a gene set; use edges_for_genes")
     if prior in BUILTIN_PRIORS:
         return omnipath_edges(prior, quiet=quiet)
     return read_edge_file(prior)

@@ -139,8 +139,9 @@ def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool =
     needs_prior = cfg.model.model == "bioformer" and cfg.model.pair_bias and cfg.data.prior not in (None, "", "none")
     if data is None:
         data = prepare_data(cfg.data, seed=seed, need_prior=needs_prior, quiet=quiet)
-    if data.coverage and not quiet:
-        c = data.coverage
+    coverage = data.coverage if needs_prior else {}
+    if coverage and not quiet:
+        c = coverage
         log.info(
             "prior coverage: %d genes, %d TFs, %d edges (+%d / -%d / unsigned %d); per cell: median %.1f, mean %.1f edges, %.0f%% of cells with none",
             c["genes"], c["tfs"], c["edges"], c["edges_activating"], c["edges_repressing"], c["edges_unsigned"],
@@ -182,7 +183,7 @@ def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool =
         "wall_seconds": time.perf_counter() - t_start,
         "n_cells": {k: int(len(v)) for k, v in data.split.items()},
         "n_genes": int(data.adata.n_vars),
-        "prior_coverage": data.coverage,
+        "prior_coverage": coverage,
         "device": str(device),
         "versions": versions(),
     }
@@ -214,7 +215,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
     seed = cfg.train.seed
     same = data is None or data == cfg.data.data
     if same:
-        prepared = prepare_data(cfg.data, seed=seed, need_prior=needs_prior, quiet=quiet)
+        prepared = prepare_data(cfg.data, seed=seed, need_prior=needs_prior, gene_list=vocab.genes, quiet=quiet)
         if list(prepared.adata.var_names) != vocab.genes:
             raise BioformerError("re-preprocessing the run's data gave different genes; was the data set changed?")
         dataset = prepared.dataset("test")
@@ -227,9 +228,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
         unknown = len(vocab.genes) - prepared.adata.n_vars
         prepared.vocab = vocab
         if needs_prior:
-            from bioformer.data.prior import PriorMatrix, load_edges
+            from bioformer.data.pipeline import edges_for_genes
+            from bioformer.data.prior import PriorMatrix
 
-            prepared.prior = PriorMatrix.from_edges(load_edges(cfg.data.prior, seed=seed), t2i)
+            prepared.prior = PriorMatrix.from_edges(edges_for_genes(cfg.data.prior, t2i, seed, quiet), t2i)
         all_cells = np.arange(prepared.adata.n_obs)
         c = dcfg
         dataset = CellDataset(prepared.adata.X, prepared.gene_token_ids, all_cells, seed, c.max_len, c.include_zero_genes, c.append_cls, c.mask_ratio, vocab.cls_id, fixed_masks=True)

@@ -1,0 +1,356 @@
+"""Turn a study's finished runs into results.csv, summary.md, comparison.png and curves.png.
+
+Statistics: per model the mean with a t-based 95% confidence interval over seeds; per pair of
+interest the mean paired difference (same seed = same split and masks) with its t interval, a
+paired t-test p-value, a Wilcoxon signed-rank p-value when there are at least 5 pairs, and
+Holm-adjusted paired-t p-values over the study's pairs (per metric).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bioformer.training.checkpoint import atomic_write_text
+
+METRICS = ("mse", "mre", "mae", "pearson")
+LOWER_IS_BETTER = {"mse": True, "mre": True, "mae": True, "pearson": False}
+FLOOR_COLUMNS = tuple(f"floor_{kind}_{m}" for kind in ("const", "gene_mean") for m in METRICS)
+RESULT_COLUMNS = (
+    "study", "arm", "model", "seed",
+    *(f"test_{m}" for m in METRICS), "test_mse_vs_floor", *FLOOR_COLUMNS,
+    "n_params", "d_model", "nlayers", "prior", "epochs", "best_epoch", "best_valid_mse",
+    "seconds_per_epoch", "wall_seconds", "run_dir",
+)
+COVERAGE_KEYS = ("genes", "tfs", "edges", "edges_per_cell_median", "edges_per_cell_mean", "cells_without_edges_frac")
+
+
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of the t-based confidence interval for the mean; NaN bounds for n < 2."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return mean, mean - half, mean + half
+
+
+def paired_test(a, b, confidence: float = 0.95) -> dict[str, float]:
+    """Paired comparison of a and b (same seeds, same order): mean of a - b with its t interval,
+    the paired t-test p-value and (n >= 5) the Wilcoxon signed-rank p-value."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need equal length ({a.shape} vs {b.shape})")
+    d = a - b
+    mean, lo, hi = t_interval(d, confidence)
+    out = {"n": int(d.size), "mean_diff": mean, "ci_low": lo, "ci_high": hi, "t_p": math.nan, "wilcoxon_p": math.nan}
+    if d.size >= 2:
+        if np.all(d == d[0]):  # no variance: the t statistic is undefined
+            out["t_p"] = 1.0 if d[0] == 0 else 0.0
+        else:
+            out["t_p"] = float(stats.ttest_rel(a, b).pvalue)
+    if d.size >= 5 and np.any(d != 0):
+        out["wilcoxon_p"] = float(stats.wilcoxon(a, b).pvalue)
+    return out
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok])]
+    m, running = len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+# ----------------------------------------------------------------------------------- collect
+
+
+def collect_results(study_dir: Path, study: str, arms: list[str]) -> pd.DataFrame:
+    """One row per finished (arm, seed) run under study_dir/runs/ARM/seedS/summary.json."""
+    rows = []
+    for arm in arms:
+        for run in sorted((study_dir / "runs" / arm).glob("seed*/summary.json")):
+            s = json.loads(run.read_text())
+            cfg = _read_config(run.parent)
+            row = {"study": study, "arm": arm, "model": s.get("model"), "seed": s.get("seed")}
+            for k in RESULT_COLUMNS:
+                if k in s:
+                    row[k] = s[k]
+            row["d_model"] = cfg.get("model", {}).get("d_model")
+            row["nlayers"] = cfg.get("model", {}).get("nlayers")
+            row["prior"] = cfg.get("data", {}).get("prior") if s.get("model") == "bioformer" else "-"
+            row["run_dir"] = str(run.parent.relative_to(study_dir))
+            # a zero-z arm trains on data prepared with the study's prior: that coverage is not its own
+            coverage = (s.get("prior_coverage") or {}) if row["prior"] not in ("none", "-") else {}
+            for k in COVERAGE_KEYS:
+                row[f"coverage_{k}"] = coverage.get(k, math.nan)
+            rows.append(row)
+    cols = list(RESULT_COLUMNS) + [f"coverage_{k}" for k in COVERAGE_KEYS]
+    df = pd.DataFrame(rows, columns=cols)
+    return df.sort_values(["arm", "seed"], key=lambda c: c.map({a: i for i, a in enumerate(arms)}) if c.name == "arm" else c).reset_index(drop=True)
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    p = run_dir / "config.yaml"
+    return yaml.safe_load(p.read_text()) if p.exists() else {}
+
+
+def collect_curves(study_dir: Path, arms: list[str]) -> dict[str, list[pd.DataFrame]]:
+    out: dict[str, list[pd.DataFrame]] = {}
+    for arm in arms:
+        for run in sorted((study_dir / "runs" / arm).glob("seed*/summary.json")):
+            m = run.parent / "metrics.csv"
+            if m.exists():
+                out.setdefault(arm, []).append(pd.read_csv(m))
+    return out
+
+
+# ----------------------------------------------------------------------------------- tables
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
+def _ci(values) -> str:
+    mean, lo, hi = t_interval(values)
+    if math.isnan(lo):
+        return f"{_fmt(mean)} (n=1)"
+    return f"{_fmt(mean)} ± {_fmt((hi - lo) / 2)}"
+
+
+def model_table(df: pd.DataFrame, arms: list[str]) -> str:
+    head = ["model", "n", "params", *(f"test {m.upper() if m != 'pearson' else 'Pearson'}" for m in METRICS), "MSE / per-gene floor", "per-gene floor MSE", "constant floor MSE", "best epoch", "s / run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        g = df[df["arm"] == arm]
+        if g.empty:
+            continue
+        cells = [arm, str(len(g)), f"{int(g['n_params'].median()):,}"]
+        cells += [_ci(g[f"test_{m}"]) for m in METRICS]
+        cells += [_ci(g["test_mse_vs_floor"]), _ci(g["floor_gene_mean_mse"]), _ci(g["floor_const_mse"])]
+        cells += [f"{g['best_epoch'].mean():.1f} / {int(g['epochs'].max())}", f"{g['wall_seconds'].mean():.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pair_rows(df: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Paired statistics for each (a, b) pair and metric, on the seeds both have finished."""
+    rows = []
+    for a, b in pairs:
+        A = df[df["arm"] == a].set_index("seed")
+        B = df[df["arm"] == b].set_index("seed")
+        seeds = sorted(set(A.index) & set(B.index))
+        for m in METRICS:
+            col = f"test_{m}"
+            res = paired_test(A.loc[seeds, col].to_numpy(), B.loc[seeds, col].to_numpy()) if seeds else {"n": 0}
+            better = (A.loc[seeds, col] < B.loc[seeds, col]) if LOWER_IS_BETTER[m] else (A.loc[seeds, col] > B.loc[seeds, col])
+            rows.append({"a": a, "b": b, "metric": m, "a_better": int(better.sum()) if seeds else 0, **res})
+    for m in METRICS:
+        idx = [i for i, r in enumerate(rows) if r["metric"] == m]
+        adj = holm([rows[i].get("t_p", math.nan) for i in idx])
+        for i, p in zip(idx, adj, strict=True):
+            rows[i]["t_p_holm"] = float(p)
+    return rows
+
+
+def pair_table(rows: list[dict[str, Any]]) -> str:
+    head = ["A vs B", "metric", "n", "mean(A − B) [95% CI]", "A better in", "paired t p", "Holm p", "Wilcoxon p", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        n = r.get("n", 0)
+        if n == 0:
+            continue
+        m = r["metric"]
+        ci = f"{_fmt(r['mean_diff'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+        p = r.get("t_p_holm", math.nan)
+        if n < 2 or math.isnan(p):
+            verdict = "too few seeds"
+        elif p < 0.05:
+            a_wins = (r["mean_diff"] < 0) == LOWER_IS_BETTER[m]
+            verdict = f"**{r['a'] if a_wins else r['b']} better**"
+        else:
+            verdict = "no significant difference"
+        label = "Pearson" if m == "pearson" else m.upper()
+        lines.append("| " + " | ".join([f"{r['a']} vs {r['b']}", label, str(n), ci, f"{r['a_better']}/{n}", _fmt_p(r["t_p"]), _fmt_p(p), _fmt_p(r["wilcoxon_p"]), verdict]) + " |")
+    return "\n".join(lines)
+
+
+def floor_flags(df: pd.DataFrame, arms: list[str]) -> list[str]:
+    """Models whose mean test MSE is not below the mean per-gene floor on the same masks."""
+    out = []
+    for arm in arms:
+        g = df[df["arm"] == arm]
+        if g.empty:
+            continue
+        model, floor = g["test_mse"].mean(), g["floor_gene_mean_mse"].mean()
+        if not model < floor:
+            out.append(f"- **{arm}**: mean test MSE {model:.2f} is NOT below the per-gene-mean floor {floor:.2f}; its results say little about the architecture.")
+    return out
+
+
+def coverage_table(df: pd.DataFrame, arms: list[str]) -> str:
+    head = ["model", "prior", "genes", "TFs", "edges", "edges per cell (median)", "edges per cell (mean)", "cells without edges"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    any_row = False
+    for arm in arms:
+        g = df[df["arm"] == arm]
+        if g.empty or g["coverage_edges"].isna().all() or g["model"].iloc[0] != "bioformer" or g["prior"].iloc[0] in ("none", None):
+            continue
+        any_row = True
+        c = {k: g[f"coverage_{k}"].mean() for k in COVERAGE_KEYS}
+        lines.append("| " + " | ".join([
+            arm, str(g["prior"].iloc[0]), f"{c['genes']:.0f}", f"{c['tfs']:.0f}", f"{c['edges']:.0f}",
+            f"{c['edges_per_cell_median']:.1f}", f"{c['edges_per_cell_mean']:.1f}", f"{100 * c['cells_without_edges_frac']:.1f}%",
+        ]) + " |")
+    return "\n".join(lines) if any_row else ""
+
+
+# ----------------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_comparison(path: Path, df: pd.DataFrame, arms: list[str], title: str) -> None:
+    """Mean ± 95% CI per model, one panel per metric, seeds as dots, per-gene floor dashed."""
+    plt = _plt()
+    arms = [a for a in arms if (df["arm"] == a).any()]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS) + 1, 3.2 + 0.12 * max(map(len, arms or ["x"]))))
+    x = np.arange(len(arms))
+    for ax, m in zip(axes, METRICS, strict=True):
+        for i, arm in enumerate(arms):
+            v = df.loc[df["arm"] == arm, f"test_{m}"].to_numpy(dtype=float)
+            mean, lo, hi = t_interval(v)
+            err = [[mean - lo], [hi - mean]] if not math.isnan(lo) else None
+            ax.errorbar(i, mean, yerr=err, fmt="o", color=f"C{i % 10}", capsize=4, ms=7)
+            ax.scatter(np.full(v.size, i) + 0.15, v, s=10, color=f"C{i % 10}", alpha=0.5)
+        floor = df[f"floor_gene_mean_{m}"].mean()
+        if not math.isnan(floor):
+            ax.axhline(floor, color="k", ls="--", lw=1, label="per-gene-mean floor")
+        ax.set_xticks(x, arms, rotation=40, ha="right", fontsize=8)
+        ax.set_title(f"test {'Pearson r' if m == 'pearson' else m.upper()}")
+        ax.set_xlim(-0.6, len(arms) - 0.4)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title + " — mean ± 95% CI over seeds")
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
+def plot_curves(path: Path, curves: dict[str, list[pd.DataFrame]], arms: list[str], title: str) -> None:
+    """Validation MSE (and Pearson) per epoch: mean over seeds with a 95% CI band."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    floors, last = [], []
+    for i, arm in enumerate(a for a in arms if a in curves):
+        runs = curves[arm]
+        n_ep = min(len(r) for r in runs)
+        for ax, col in ((ax1, "valid_mse"), (ax2, "valid_pearson")):
+            Y = np.stack([r[col].to_numpy(dtype=float)[:n_ep] for r in runs])  # [seeds, epochs]
+            ep = runs[0]["epoch"].to_numpy()[:n_ep]
+            band = np.array([t_interval(Y[:, e]) for e in range(n_ep)])
+            if col == "valid_pearson":
+                band = band.clip(-1, 1)
+            else:
+                last.append(band[-1, 0])
+            ax.plot(ep, band[:, 0], "o-", ms=3, color=f"C{i % 10}", label=f"{arm} (n={len(runs)})")
+            if len(runs) > 1:
+                ax.fill_between(ep, band[:, 1], band[:, 2], color=f"C{i % 10}", alpha=0.2)
+        if "valid_floor_gene_mean_mse" in runs[0]:
+            floors.append(np.mean([r["valid_floor_gene_mean_mse"].iloc[0] for r in runs]))
+    if floors:
+        ax1.axhline(float(np.mean(floors)), color="k", ls="--", lw=1, label="per-gene-mean floor")
+        lo = min(floors)
+        # the first epochs are far above; keep the floor and the final values readable
+        ax1.set_ylim(min(lo * 0.8, min(last) * 0.95), max(lo * 1.6, max(last) * 1.1))
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("validation MSE (bins²)")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation Pearson r")
+    ax1.legend(fontsize=7)
+    fig.suptitle(title + " — mean over seeds, 95% CI band")
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
+def _save(fig, path: Path, plt) -> None:
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------- report
+
+
+def write_report(
+    study_dir: Path,
+    study: str,
+    arms: list[str],
+    pairs: list[tuple[str, str]],
+    header: str = "",
+    breakdown: str = "",
+) -> pd.DataFrame:
+    """Write results.csv, summary.md, comparison.png and curves.png from every finished run."""
+    study_dir = Path(study_dir)
+    df = collect_results(study_dir, study, arms)
+    atomic_write_text(study_dir / "results.csv", df.to_csv(index=False, float_format="%.6g"))
+    rows = pair_rows(df, pairs)
+    pd.DataFrame(rows).to_csv(study_dir / "pairs.csv", index=False, float_format="%.6g")
+    n_runs = len(df)
+    md = [f"# Study: {study}", "", header, ""]
+    md += [f"Finished runs: {n_runs} ({df['seed'].nunique() if n_runs else 0} seed(s)). Test metrics are on held-out cells never used for training or model selection; floors are scored on exactly the same masked positions.", ""]
+    if n_runs:
+        md += ["## Per model (mean ± 95% CI half-width, t-based, over seeds)", "", model_table(df, arms), ""]
+        flags = floor_flags(df, arms)
+        md += ["## Floor check", ""]
+        md += flags if flags else ["Every model's mean test MSE is below the per-gene-mean floor."]
+        md += [""]
+        md += ["## Paired comparisons (same seed = same split and masks)", "",
+               "mean(A − B) < 0 means A has the lower value (better for MSE/MRE/MAE; worse for Pearson). "
+               "Holm adjusts the paired-t p-values over this study's pairs, per metric; the verdict uses it at 0.05.", "",
+               pair_table(rows), ""]
+        cov = coverage_table(df, arms)
+        if cov:
+            md += ["## Prior coverage (training cells' sequences; mean over seeds)", "", cov, ""]
+    if breakdown:
+        md += ["## Parameters by part (first seed's vocabulary)", "", breakdown, ""]
+    md += ["Files: results.csv (one row per model × seed), pairs.csv, comparison.png, curves.png, runs/MODEL/seedS/.", ""]
+    atomic_write_text(study_dir / "summary.md", "\n".join(md))
+    if n_runs:
+        title = f"{study} ({df['seed'].nunique()} seeds)"
+        plot_comparison(study_dir / "comparison.png", df, arms, title)
+        plot_curves(study_dir / "curves.png", collect_curves(study_dir, arms), arms, title)
+    return df

@@ -1,0 +1,153 @@
+"""Size models against each other: equal total parameters, or equal attention + transition.
+
+Parameters are counted on the real modules (`build_model`), grouped by role:
+
+- embeddings: gene embedding + value encoder;
+- attention: the attention projections and their LayerNorm (scGPT's norm1), BioFormer's
+  sigmoid gate included;
+- transition: the feed-forward block and its LayerNorm (scGPT's norm2);
+- pair_path: everything that exists only because of z: the prior embedding, the pair-bias
+  LayerNorm + projection, the outer product mean;
+- decoder: the expression decoder (and BioFormer's final LayerNorm, which a pre-LN stack needs
+  and a post-LN one does not: 2·c parameters).
+
+"Same params" resizes one model (by default BioFormer: d_model first, then the OPM hidden width
+to land within the tolerance; d_model alone moves the count in ~15% steps). "Same attention"
+copies c, H, N and the transition factor from the reference and turns the gate off, so
+attention and transition are identical and BioFormer's extra parameters are its pair path
+(plus the 2·c final LayerNorm).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bioformer.config import ModelConfig
+from bioformer.errors import BioformerError
+
+CATEGORIES = ("embeddings", "attention", "transition", "pair_path", "decoder")
+_PAIR_PARTS = ("prior_encoder", "outer_product_mean", "norm_z", "bias_proj")
+
+
+def _category(name: str) -> str:
+    """Role of one parameter from its qualified name in ScGPT or BioFormer."""
+    parts = name.split(".")
+    if parts[0] in ("gene_encoder", "value_encoder"):
+        return "embeddings"
+    if parts[0] in ("decoder", "norm"):
+        return "decoder"
+    if any(p in _PAIR_PARTS for p in parts):
+        return "pair_path"
+    if "attention" in parts or "self_attn" in parts or "norm1" in parts:
+        return "attention"
+    if "transition" in parts or parts[-2] in ("linear1", "linear2", "norm2"):
+        return "transition"
+    raise BioformerError(f"no parameter category for {name!r}; update experiments.sizing._category")
+
+
+def parameter_breakdown(cfg: ModelConfig, vocab_size: int, use_prior: bool = True) -> dict[str, int]:
+    """Parameter counts per category (CATEGORIES) and "total", from the model `cfg` builds."""
+    import torch
+
+    from bioformer.models import build_model
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = build_model(cfg, vocab_size, use_prior=use_prior)
+    out = dict.fromkeys(CATEGORIES, 0)
+    for name, p in model.named_parameters():
+        out[_category(name)] += p.numel()
+    out["total"] = sum(out[c] for c in CATEGORIES)
+    return out
+
+
+def count_parameters(cfg: ModelConfig, vocab_size: int, use_prior: bool = True) -> int:
+    return parameter_breakdown(cfg, vocab_size, use_prior)["total"]
+
+
+def relative_difference(n: int, reference: int) -> float:
+    return (n - reference) / reference
+
+
+def match_total_params(
+    reference: ModelConfig,
+    template: ModelConfig,
+    vocab_size: int,
+    tol: float = 0.02,
+    use_prior: bool = True,
+    reference_uses_prior: bool = False,
+) -> ModelConfig:
+    """`template` resized so that its total parameter count is within `tol` of `reference`'s.
+
+    The search keeps nhead, N and ff_factor; d_model runs over multiples of nhead. For BioFormer,
+    the d_model whose count is closest (at the template's d_opm) is kept, then d_opm (the OPM
+    hidden width, whose c_opm²·c_z output layer gives fine steps) is moved, nearest first, until
+    the count is within `tol`. scGPT has only d_model. Raises when no size is within `tol`.
+    """
+    target = count_parameters(reference, vocab_size, reference_uses_prior)
+
+    def count(d_model: int, d_opm: int) -> int:
+        return count_parameters(dataclasses.replace(template, d_model=d_model, d_opm=d_opm), vocab_size, use_prior)
+
+    h = template.nhead
+    candidates = range(h, 4 * max(reference.d_model, h) + 1, h)
+    # the count grows with d_model: walk up until it passes the target
+    best_d, best_err = h, float("inf")
+    for d in candidates:
+        err = relative_difference(count(d, template.d_opm), target)
+        if abs(err) < abs(best_err):
+            best_d, best_err = d, err
+        if err > 0:
+            break
+    best = dataclasses.replace(template, d_model=best_d)
+    if abs(best_err) <= tol:
+        return best
+    if template.model == "bioformer" and template.opm and template.pair_bias and template.nlayers > 1:
+        options = []
+        for d in (best_d - 2 * h, best_d - h, best_d, best_d + h):
+            if d < h:
+                continue
+            # the count grows with d_opm: bisect for the first d_opm at or above the target
+            lo, hi = 1, 8 * template.d_opm
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if count(d, mid) < target:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            for d_opm in {max(lo - 1, 1), lo}:
+                err = relative_difference(count(d, d_opm), target)
+                if abs(err) <= tol:
+                    # prefer the d_model closest to the unconstrained best, then d_opm closest to the template's
+                    options.append((abs(d - best_d), abs(d_opm - template.d_opm), abs(err), d, d_opm))
+        if options:
+            _, _, _, d, d_opm = min(options)
+            return dataclasses.replace(template, d_model=d, d_opm=d_opm)
+    raise BioformerError(
+        f"no {template.model} size within {tol:.0%} of {target:,} parameters (closest: d_model {best_d}, "
+        f"{best_err:+.1%}); change nhead or size the other model"
+    )
+
+
+def same_attention(reference: ModelConfig, template: ModelConfig) -> ModelConfig:
+    """`template` (BioFormer) with the reference's c, H, N, transition factor and dropout, gate off:
+    attention and transition parameters equal the reference's; the extra is the pair path."""
+    return dataclasses.replace(
+        template, d_model=reference.d_model, nhead=reference.nhead, nlayers=reference.nlayers,
+        ff_factor=reference.ff_factor, dropout=reference.dropout, gating=False,
+    )
+
+
+def attention_transition_params(cfg: ModelConfig, vocab_size: int, use_prior: bool = True) -> int:
+    b = parameter_breakdown(cfg, vocab_size, use_prior)
+    return b["attention"] + b["transition"]
+
+
+def format_breakdown(models: dict[str, tuple[ModelConfig, bool]], vocab_size: int) -> str:
+    """Markdown table: one row per named (ModelConfig, use_prior), columns per category."""
+    head = ["model", "d_model", "N", "total", *CATEGORIES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, (cfg, use_prior) in models.items():
+        b = parameter_breakdown(cfg, vocab_size, use_prior)
+        cells = [name, str(cfg.d_model), str(cfg.nlayers), f"{b['total']:,}", *(f"{b[c]:,}" for c in CATEGORIES)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

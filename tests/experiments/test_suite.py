@@ -1,0 +1,121 @@
+"""Studies: statistics helpers against scipy, and one quick study end to end (files, columns, resume)."""
+
+import math
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from scipy import stats
+
+from bioformer.experiments import suite
+from bioformer.experiments.report import RESULT_COLUMNS, holm, paired_test, t_interval
+
+
+def test_t_interval_matches_scipy():
+    x = [1.0, 2.0, 4.0, 7.0, 11.0]
+    mean, lo, hi = t_interval(x)
+    ref_lo, ref_hi = stats.t.interval(0.95, df=4, loc=np.mean(x), scale=stats.sem(x))
+    assert mean == pytest.approx(5.0)
+    assert (lo, hi) == pytest.approx((ref_lo, ref_hi))
+    m1, lo1, hi1 = t_interval([3.0])
+    assert m1 == 3.0 and math.isnan(lo1) and math.isnan(hi1)
+
+
+def test_paired_test_matches_scipy():
+    a = np.array([10.0, 12.0, 9.5, 11.0, 13.0, 10.5])
+    b = np.array([11.0, 12.5, 10.0, 11.2, 14.0, 11.5])
+    r = paired_test(a, b)
+    d = a - b
+    assert r["n"] == 6 and r["mean_diff"] == pytest.approx(d.mean())
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx(stats.t.interval(0.95, df=5, loc=d.mean(), scale=stats.sem(d)))
+    assert r["t_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert r["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    assert r["ci_high"] < 0 and r["t_p"] < 0.05  # a is lower in every pair
+    few = paired_test(a[:3], b[:3])
+    assert math.isnan(few["wilcoxon_p"]) and not math.isnan(few["t_p"])
+
+
+def test_holm_known_values():
+    # p sorted 0.01, 0.02, 0.04 with m = 3: 0.03, 0.04, 0.04 (monotone)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    out = holm([0.5, float("nan")])
+    assert out[0] == pytest.approx(0.5) and math.isnan(out[1])
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    """A 160-cell count matrix and a small TF prior among its genes (no download needed)."""
+    d = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    n_cells, n_genes = 160, 90
+    means = rng.gamma(0.6, 3.0, n_genes)
+    counts = rng.poisson(means[None, :] * rng.gamma(2.0, 0.5, (n_cells, 1))).astype(np.float32)
+    counts[:, 0] += 1  # no empty cells
+    genes = [f"TF{i}" if i < 10 else f"G{i}" for i in range(n_genes)]
+    ad.AnnData(sp.csr_matrix(counts), var=pd.DataFrame(index=genes)).write_h5ad(d / "tiny.h5ad")
+    src = [f"TF{i % 10}" for i in range(120)]
+    tgt = [genes[10 + (7 * i) % 80] for i in range(120)]
+    pd.DataFrame({"source": src, "target": tgt, "sign": rng.choice([-1, 1], 120)}).to_csv(d / "prior.csv", index=False)
+    return d
+
+
+def _plan(tiny, out, study="same-params"):
+    overrides = {
+        "data": {"data": str(tiny / "tiny.h5ad"), "max_cells": None, "n_hvg": 32, "max_prior_genes": 32, "prior": str(tiny / "prior.csv"), "max_len": 24},
+        "train": {"num_threads": 1, "batch_size": 32},
+    }
+    return suite.plan_study(study, "quick", out=out, seeds=2, epochs=1, overrides=overrides)
+
+
+def test_quick_study_end_to_end_and_resume(tiny_inputs, tmp_path, monkeypatch):
+    out = tmp_path / "same-params"
+    plan = _plan(tiny_inputs, out)
+    suite.run_study(plan)
+    for name in ("results.csv", "pairs.csv", "summary.md", "comparison.png", "curves.png", "study.json"):
+        assert (out / name).stat().st_size > 0, name
+    df = pd.read_csv(out / "results.csv")
+    assert set(RESULT_COLUMNS) <= set(df.columns)
+    assert len(df) == 4 and sorted(df["arm"].unique()) == ["bioformer", "scgpt"] and sorted(df["seed"].unique()) == [0, 1]
+    assert df[["test_mse", "floor_gene_mean_mse", "floor_const_mse", "n_params", "wall_seconds"]].notna().all().all()
+    n = df.groupby("arm")["n_params"].first()
+    assert abs(n["bioformer"] - n["scgpt"]) / n["scgpt"] <= 0.02
+    md = (out / "summary.md").read_text()
+    assert "mean ± 95% CI" in md and "bioformer vs scgpt" in md and "Floor check" in md and "per-gene floor MSE" in md
+
+    # finished (arm, seed) runs are skipped: training must not be called again
+    import bioformer.training.run as run_mod
+
+    def boom(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(run_mod, "run_training", boom)
+    before = (out / "runs" / "scgpt" / "seed0" / "summary.json").stat().st_mtime_ns
+    suite.run_study(_plan(tiny_inputs, out))
+    assert (out / "runs" / "scgpt" / "seed0" / "summary.json").stat().st_mtime_ns == before
+    suite.run_study(_plan(tiny_inputs, out), report_only=True)
+    assert len(pd.read_csv(out / "results.csv")) == 4
+
+
+def test_cli_lists_the_studies():
+    from bioformer.cli import build_parser
+
+    args = build_parser().parse_args(["experiment", "prior", "--profile", "quick", "--seeds", "3", "--report-only"])
+    assert args.study == "prior" and args.seeds == 3 and args.report_only
+    assert set(suite.STUDIES) == {"same-params", "same-attention", "ablation", "depth", "prior"}
+    assert {"quick", "standard", "full"} <= set(suite.PROFILES)
+
+
+def test_shuffled_prior_keeps_edges_among_the_study_genes(tiny_inputs):
+    from bioformer.data.pipeline import prepare_data
+
+    plan = _plan(tiny_inputs, tiny_inputs / "unused", study="prior")
+    prepared = prepare_data(plan.data, seed=0, quiet=True)
+    arms = {a.name: a for a in plan.arms(len(prepared.vocab))}
+    assert set(arms) == {"prior", "dorothea", "zero-z", "prior-shuffled"}
+    shuffled = suite._data_for_arm(prepared, arms["prior-shuffled"], plan.data.prior, {})
+    assert shuffled.adata is prepared.adata and shuffled.split is prepared.split
+    assert shuffled.prior.n_edges >= 0.9 * prepared.prior.n_edges
+    assert not np.array_equal(shuffled.prior.keys.numpy(), prepared.prior.keys.numpy())
+    assert suite._data_for_arm(prepared, arms["zero-z"], plan.data.prior, {}) is prepared
