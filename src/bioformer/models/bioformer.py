@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -101,7 +100,8 @@ class BioFormer(nn.Module):
             return CodedPair(None, self.zero_z)
         if prior is None:
             raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
-        onehot = F.one_hot(prior.long(), N_PRIOR_CODES).to(self.zero_z.dtype)  # [B, r, r, 4]
+        codes = torch.arange(N_PRIOR_CODES, device=prior.device, dtype=prior.dtype)
+        onehot = (prior.unsqueeze(-1) == codes).to(self.zero_z.dtype)  # [B, r, r, 4] (no int64 detour)
         return CodedPair(onehot, self.prior_encoder.weight)
 
     def forward(

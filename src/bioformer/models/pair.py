@@ -167,8 +167,9 @@ class OuterProductMean(nn.Module):
                 if isinstance(z, torch.Tensor):  # autocast: keep z in its own (fp32) precision
                     u = z[:, start:start + chunk] + u.view(B, ri, r, self.d_z)
                 elif isinstance(z, CodedPair) and z.onehot is not None:
-                    # += onehot @ table, in place on the fresh GEMM output (fp32 like the table)
-                    u = u.to(z.table.dtype)
-                    u.view(-1, self.d_z).addmm_(z.onehot[:, start:start + chunk].reshape(-1, z.table.shape[0]).to(u.dtype), z.table)
+                    # + onehot @ table in one fused op (not in place: that would make autograd
+                    # copy the whole gradient of u); fp32 like the table
+                    onehot = z.onehot[:, start:start + chunk].reshape(-1, z.table.shape[0]).to(z.table.dtype)
+                    u = torch.addmm(u.view(-1, self.d_z).to(z.table.dtype), onehot, z.table)
             outs.append(u.view(B, ri, r, self.d_z))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [B, r, r, c_z]

@@ -1,0 +1,224 @@
+"""Predict peak memory of a training step and of inference before a run, and the largest r that
+fits a budget. `bioformer estimate --n-genes 1024 --batch-size 8 --budget 24GB`.
+
+The model counts the tensors each module keeps for backward (or holds at once in inference),
+per token ([B, r]) and per gene pair ([B, r, r]), as the code in `bioformer.models` creates
+them. Parameters are counted exactly on the meta device. benchmarks/estimate_check.py checks
+the prediction against the measured peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from bioformer.config import DataConfig, ModelConfig
+from bioformer.errors import BioformerError
+
+N_SPECIAL_TOKENS = 3  # <pad>, <cls>, <mask>
+CATEGORIES = ("parameters + optimizer state", "m activations", "z activations", "attention", "OPM intermediates")
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes by category (CATEGORIES); `total` is their sum."""
+
+    n_genes: int
+    batch_size: int
+    n_params: int
+    parts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.parts.values()))
+
+
+def count_parameters(model_cfg: ModelConfig, vocab_size: int) -> int:
+    from bioformer.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(model_cfg, vocab_size, use_prior=True)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _attention_is_math_path(device: str, dropout: float, training: bool) -> bool:
+    """On CPU, SDPA with dropout (and an older CPU without the flash kernel) runs the math path,
+    which keeps the [B, H, r, r] probabilities; CUDA's memory-efficient kernel keeps none."""
+    return device == "cpu" and training and dropout > 0
+
+
+def estimate_memory(
+    model_cfg: ModelConfig,
+    n_genes: int,
+    batch_size: int,
+    training: bool = True,
+    device: str = "cpu",
+    amp: bool = False,
+    vocab_size: int | None = None,
+    use_prior: bool = True,
+    n_params: int | None = None,
+) -> MemoryEstimate:
+    """Peak bytes of one step (forward + backward + AdamW) or of one inference forward.
+
+    n_genes is the sequence length r (genes per cell, incl. <cls>). `amp`: bf16 activations
+    (z stays fp32, as the code keeps it). Assumes fp32 parameters and AdamW (2 states).
+    """
+    cfg = model_cfg
+    B, r = batch_size, n_genes
+    vocab = vocab_size if vocab_size is not None else n_genes + N_SPECIAL_TOKENS
+    P = n_params if n_params is not None else count_parameters(cfg, vocab)
+    act = 2 if amp else 4  # bytes of an activation element
+    T = B * r  # tokens
+    pairs = B * r * r
+    c, H, N = cfg.d_model, cfg.nhead, cfg.nlayers
+    ff = cfg.ff_factor * c
+    bio = cfg.model == "bioformer"
+    pair_bias = bio and cfg.pair_bias
+    n_opm = (N - 1) if (pair_bias and cfg.opm) else 0  # the last block skips its OPM
+    cz, co = cfg.d_z, cfg.d_opm
+    math_path = _attention_is_math_path(device, cfg.dropout, training)
+    parts = dict.fromkeys(CATEGORIES, 0.0)
+
+    if training:
+        # with checkpointing only each block's inputs are kept, plus one block recomputed in backward
+        ckpt = bio and cfg.checkpoint_blocks
+        n_kept = 1 if ckpt else N  # blocks whose internals are alive at the peak
+        n_kept_opm = min(n_opm, 1) if ckpt else n_opm
+        parts["parameters + optimizer state"] = 4.0 * P * 4  # weights, grads, AdamW exp_avg, exp_avg_sq
+        # tensors kept per token per block: LN outs, q/k/v, attention out, gate, out_proj,
+        # transition hidden (twice: pre/post ReLU) and dropout masks; plus encoders/decoder
+        per_token = n_kept * (12 * c + (3 * c if (bio and cfg.gating) else 0) + 2.5 * ff) + 12 * c
+        if ckpt:
+            per_token += N * c  # block inputs m
+        parts["m activations"] = per_token * T * act
+        z_pairs = 0.0
+        if pair_bias:
+            z_pairs = 1.0  # int8 prior codes
+            if use_prior:
+                z_pairs += 4 * 4  # one-hot codes [B, r, r, 4] fp32, shared by block 0's bias and OPM
+            # each OPM writes a new z (fp32, kept also under checkpointing: it is a block input);
+            # a block that reads it keeps LN(z) and its mean/rstd
+            z_pairs += n_opm * cz * 4 + n_kept_opm * (cz * act + 2 * 4)
+            if ckpt and n_opm:
+                z_pairs += cz * 4  # the recomputed block writes its output z once more
+            parts["OPM intermediates"] = n_kept_opm * (T * (co + 1) * cz * 2 + T * co * 6) * act
+        # attention kept per block: the math path (CPU with dropout) keeps probabilities, the
+        # float dropout mask and the dropped probabilities; fused kernels keep the float mask
+        per_block = 3 * H * act if math_path else (H * act if pair_bias else 0)
+        attn_pairs = n_kept * per_block
+        # backward transients (one block at a time, so the larger of the two counts): gradients
+        # of the probabilities / mask, or grad z and grad LN(z) of the block reading the newest z
+        # (by then that block's attention tensors are freed)
+        attn_transient = (3 if math_path else 2) * H * act if (math_path or pair_bias) else 0
+        z_transient = max(2 * cz * 4 - per_block, 0) if n_opm else 0
+        if z_transient >= attn_transient:
+            z_pairs += z_transient
+        else:
+            attn_pairs += attn_transient
+        parts["z activations"] = z_pairs * pairs
+        parts["attention"] = attn_pairs * pairs
+    else:
+        parts["parameters + optimizer state"] = 4.0 * P
+        parts["m activations"] = (4 * c + ff) * T * act
+        if pair_bias:
+            z_pairs = 1.0 + (4 * 4 if use_prior else 0)
+            # live at once: z, LN(z) (transient), and the next z written by the OPM
+            z_pairs += (3 * cz * 4) if n_opm else 0
+            parts["z activations"] = z_pairs * pairs
+            parts["OPM intermediates"] = (T * (co + 1) * cz + T * co * 3) * act if n_opm else 0.0
+        # mask, bias and (math path / CPU) scores and probabilities of one block
+        parts["attention"] = H * (2 + (2 if pair_bias else 0)) * act * pairs
+    return MemoryEstimate(n_genes=r, batch_size=B, n_params=P, parts=parts)
+
+
+def max_genes_for_budget(model_cfg: ModelConfig, batch_size: int, budget: float, training: bool = True, **kw) -> int:
+    """Largest r whose predicted peak is within `budget` bytes (0 if none)."""
+    if estimate_memory(model_cfg, 1, batch_size, training, **kw).total > budget:
+        return 0
+    lo, hi = 1, 2
+    while estimate_memory(model_cfg, hi, batch_size, training, **kw).total <= budget:
+        lo, hi = hi, hi * 2
+        if hi > 1 << 22:
+            return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if estimate_memory(model_cfg, mid, batch_size, training, **kw).total <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> float:
+    """'24GB' -> 24e9, '24GiB' -> 24 * 2**30, '512MB', plain numbers are bytes."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise BioformerError(f"cannot read memory size {text!r}; write e.g. 24GB, 16GiB or 512MB")
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def sequence_length(data_cfg: DataConfig) -> int:
+    """Upper bound on r from the data config alone (no data loaded): the selected genes
+    (n_hvg, plus up to max_prior_genes for hvg+prior) and <cls>, capped by max_len."""
+    genes = data_cfg.n_hvg + (data_cfg.max_prior_genes if data_cfg.genes == "hvg+prior" else 0)
+    return min(data_cfg.max_len, genes + int(data_cfg.append_cls))
+
+
+def format_estimate(train: MemoryEstimate, infer: MemoryEstimate) -> str:
+    lines = [f"{'component':<30} {'training':>12} {'inference':>12}"]
+    for k in CATEGORIES:
+        lines.append(f"{k:<30} {format_bytes(train.parts[k]):>12} {format_bytes(infer.parts[k]):>12}")
+    lines.append(f"{'total (predicted peak)':<30} {format_bytes(train.total):>12} {format_bytes(infer.total):>12}")
+    return "\n".join(lines)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from bioformer.cli import config_from_args
+
+    cfg = config_from_args(args)
+    r = args.n_genes if args.n_genes is not None else sequence_length(cfg.data)
+    B = cfg.train.batch_size
+    device = "cuda" if cfg.train.device == "cuda" else "cpu"
+    amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device == "cuda")
+    use_prior = cfg.data.prior not in (None, "", "none")
+    vocab = r + N_SPECIAL_TOKENS if args.n_genes is not None else cfg.data.n_hvg + cfg.data.max_prior_genes + N_SPECIAL_TOKENS
+    kw = dict(device=device, amp=amp, vocab_size=vocab, use_prior=use_prior)
+    kw["n_params"] = count_parameters(cfg.model, vocab)
+    train = estimate_memory(cfg.model, r, B, training=True, **kw)
+    infer = estimate_memory(cfg.model, r, B, training=False, **kw)
+    m = cfg.model
+    pair = f", d_z {m.d_z}, d_opm {m.d_opm}, opm {m.opm}, pair_bias {m.pair_bias}" if m.model == "bioformer" else ""
+    print(f"{m.model}: {kw['n_params']:,} parameters (d_model {m.d_model}, nhead {m.nhead}, nlayers {m.nlayers}{pair})")
+    src = "--n-genes" if args.n_genes is not None else "upper bound from the data config"
+    print(f"r = {r} genes per cell ({src}), batch size {B}, {device}{', bf16 activations' if amp else ', fp32'}")
+    print(format_estimate(train, infer))
+    budget = parse_bytes(args.budget)
+    r_train = max_genes_for_budget(cfg.model, B, budget, True, **kw)
+    r_infer = max_genes_for_budget(cfg.model, B, budget, False, **kw)
+    print(f"largest r within {format_bytes(budget)} at batch size {B}: training {r_train}, inference {r_infer}")
+    if train.total > budget:
+        print("does not fit for training: lower --batch-size, d_z or d_opm, or use --checkpoint-blocks")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    from bioformer.cli import add_config_args
+
+    p = subparsers.add_parser("estimate", help="predict peak memory (training, inference) and the largest r for a budget")
+    add_config_args(p, ("data", "model", "train"))
+    p.add_argument("--n-genes", type=int, default=None, help="genes per cell r (default: bound from n_hvg/max_len; no data loaded)")
+    p.add_argument("--budget", default="24GB", help="memory budget, e.g. 24GB, 80GiB (default: 24GB)")
+    p.set_defaults(func=cmd_estimate)

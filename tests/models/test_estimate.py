@@ -1,0 +1,47 @@
+"""The memory estimate: parts sum to the total, z grows ~r^2, and the CLI prints a breakdown
+without loading any data."""
+
+from __future__ import annotations
+
+import pytest
+
+from bioformer.cli import main
+from bioformer.config import ModelConfig
+from bioformer.errors import BioformerError
+from bioformer.estimate import CATEGORIES, estimate_memory, max_genes_for_budget, parse_bytes
+
+
+def test_breakdown_sums_to_total():
+    for training in (True, False):
+        est = estimate_memory(ModelConfig(), 256, 4, training=training)
+        assert set(est.parts) == set(CATEGORIES)
+        assert est.total == pytest.approx(sum(est.parts.values()))
+        assert all(v >= 0 for v in est.parts.values())
+
+
+def test_z_grows_quadratically_and_scgpt_has_none():
+    cfg = ModelConfig()
+    z1 = estimate_memory(cfg, 256, 2, vocab_size=1000).parts["z activations"]
+    z2 = estimate_memory(cfg, 512, 2, vocab_size=1000).parts["z activations"]
+    assert z2 / z1 == pytest.approx(4.0, rel=1e-6)
+    assert estimate_memory(ModelConfig(model="scgpt"), 512, 2).parts["z activations"] == 0
+
+
+def test_checkpointing_and_budget():
+    plain = ModelConfig(nlayers=4, d_z=32)
+    ckpt = ModelConfig(nlayers=4, d_z=32, checkpoint_blocks=True)
+    assert estimate_memory(ckpt, 1024, 1).total < estimate_memory(plain, 1024, 1).total
+    r = max_genes_for_budget(plain, 1, 4e9)
+    assert estimate_memory(plain, r, 1).total <= 4e9 < estimate_memory(plain, r + 1, 1).total
+    assert parse_bytes("24GB") == 24e9 and parse_bytes("1GiB") == 2**30
+    with pytest.raises(BioformerError):
+        parse_bytes("lots")
+
+
+def test_cli_prints_breakdown(capsys):
+    rc = main(["estimate", "--n-genes", "256", "--batch-size", "4", "--d-z", "8", "--budget", "2GB"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for k in CATEGORIES:
+        assert k in out
+    assert "r = 256" in out and "largest r within 2.00 GB" in out

@@ -1,0 +1,167 @@
+"""The pair path equals its literal reference: OPM (naive outer product) and pair-bias attention
+(explicit softmax), forward and backward, with padding and r not a multiple of 8."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bioformer.models.pair import CodedPair, OuterProductMean, PairBiasAttention, attention_mask  # noqa: E402
+from tests.reference_impl import (  # noqa: E402
+    naive_attention,
+    naive_outer_product_mean,
+    naive_pair_bias_attention,
+)
+
+B, R, C, H, CZ, COPM = 2, 13, 16, 4, 6, 5  # r = 13: not a multiple of 8
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def grads_close(g: torch.Tensor, ref: torch.Tensor) -> bool:
+    """rel. error < 1e-5; gradients that are zero in exact arithmetic (e.g. norm_z.bias: a bias
+    constant over keys cancels in the softmax) are only rounding noise, checked absolutely."""
+    return rel_err(g, ref) < 1e-5 or (g - ref).abs().max().item() < 1e-6
+
+
+def padding(r: int = R) -> torch.Tensor:
+    pm = torch.zeros(B, r, dtype=torch.bool)
+    pm[1, r - 4:] = True  # second cell has 4 pad positions
+    return pm
+
+
+def grads(module: torch.nn.Module, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in module.parameters() if p.grad is not None] + [t.grad.clone() for t in tensors]
+
+
+def zero_grads(module: torch.nn.Module, *tensors: torch.Tensor) -> None:
+    module.zero_grad()
+    for t in tensors:
+        t.grad = None
+
+
+def test_opm_matches_naive_forward_and_backward():
+    torch.manual_seed(0)
+    opm = OuterProductMean(C, COPM, CZ)
+    m = torch.randn(B, R, C, requires_grad=True)
+    pm = padding()
+    w = torch.randn(B, R, R, CZ)  # random cotangent
+    ref = naive_outer_product_mean(opm, m, pm)
+    (ref * w).sum().backward()
+    ref_grads = grads(opm, m)
+    zero_grads(opm, m)
+    out = opm(m, pm)
+    (out * w).sum().backward()
+    assert rel_err(out, ref) < 1e-5
+    for g, g_ref in zip(grads(opm, m), ref_grads, strict=True):
+        assert grads_close(g, g_ref)
+
+
+def test_opm_adds_into_z_and_coded_z():
+    torch.manual_seed(1)
+    opm = OuterProductMean(C, COPM, CZ)
+    m, pm = torch.randn(B, R, C), padding()
+    z = torch.randn(B, R, R, CZ)
+    torch.testing.assert_close(opm(m, pm, z), z + naive_outer_product_mean(opm, m, pm), rtol=1e-5, atol=1e-6)
+    codes = torch.randint(0, 4, (B, R, R))
+    table = torch.randn(4, CZ, requires_grad=True)
+    coded = CodedPair(F.one_hot(codes, 4).float(), table)
+    out = opm(m, pm, coded)
+    ref = table[codes] + naive_outer_product_mean(opm, m, pm)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    g = table.grad.clone()
+    table.grad = None
+    (ref * w).sum().backward()
+    torch.testing.assert_close(g, table.grad, rtol=1e-5, atol=1e-5)
+    const = CodedPair(None, torch.randn(1, CZ))
+    torch.testing.assert_close(opm(m, pm, const), const.table[0] + naive_outer_product_mean(opm, m, pm), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 13, 100])
+def test_chunked_opm_equals_unchunked(chunk):
+    torch.manual_seed(2)
+    opm = OuterProductMean(C, COPM, CZ)
+    m, pm, z = torch.randn(B, R, C), padding(), torch.randn(B, R, R, CZ)
+    full = opm(m, pm, z)
+    opm.chunk_size = chunk
+    torch.testing.assert_close(opm(m, pm, z), full, rtol=1e-6, atol=1e-6)
+
+
+def test_opm_padded_pairs_get_only_the_bias():
+    torch.manual_seed(3)
+    opm = OuterProductMean(C, COPM, CZ)
+    pm = padding()
+    out = opm(torch.randn(B, R, C), pm)
+    torch.testing.assert_close(out[1, -1, :], opm.linear_out.bias.expand(R, CZ))
+    torch.testing.assert_close(out[1, :, -1], opm.linear_out.bias.expand(R, CZ))
+
+
+def test_sdpa_with_bias_mask_matches_explicit_softmax_incl_grad_into_bias():
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(B, H, R, 8, requires_grad=True) for _ in range(3))
+    bias = torch.randn(B, H, R, R, requires_grad=True)
+    pm = padding()
+    w = torch.randn(B, H, R, 8)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(bias, pm))
+    (out * w).sum().backward()
+    g = [t.grad.clone() for t in (q, k, v, bias)]
+    for t in (q, k, v, bias):
+        t.grad = None
+    ref = naive_attention(q, k, v, bias, pm)
+    (ref * w).sum().backward()
+    assert rel_err(out, ref) < 1e-5
+    for a, b in zip(g, (q.grad, k.grad, v.grad, bias.grad), strict=True):
+        assert rel_err(a, b) < 1e-5
+
+
+def test_attention_mask_is_aligned_and_masks_keys():
+    bias = torch.randn(B, H, R, R)
+    mask = attention_mask(bias, padding())
+    assert mask.shape == (B, H, R, R) and mask.stride(-2) % 16 == 0
+    assert (mask[1, :, :, -4:] == torch.finfo(torch.float32).min).all()
+    torch.testing.assert_close(mask[0], bias[0])
+
+
+@pytest.mark.parametrize("gating", [True, False])
+def test_pair_bias_attention_matches_reference_forward_and_backward(gating):
+    torch.manual_seed(5)
+    attn = PairBiasAttention(C, H, CZ, pair_bias=True, gating=gating, dropout=0.0).eval()
+    if gating:  # the default gate is constant at init; make it depend on m
+        torch.nn.init.normal_(attn.gate.weight)
+    m = torch.randn(B, R, C, requires_grad=True)
+    z = torch.randn(B, R, R, CZ, requires_grad=True)
+    pm = padding()
+    w = torch.randn(B, R, C)
+    w[pm] = 0  # outputs at pad positions are not compared
+    ref = naive_pair_bias_attention(attn, m, z, pm)
+    (ref * w).sum().backward()
+    ref_grads = grads(attn, m, z)
+    zero_grads(attn, m, z)
+    out = attn(m, z, pm)
+    (out * w).sum().backward()
+    keep = ~pm
+    assert rel_err(out[keep], ref[keep]) < 1e-5
+    assert z.grad.abs().sum() > 0  # gradients flow into z
+    for g, g_ref in zip(grads(attn, m, z), ref_grads, strict=True):
+        assert grads_close(g, g_ref)
+
+
+def test_coded_pair_bias_equals_materialised_z():
+    torch.manual_seed(6)
+    attn = PairBiasAttention(C, H, CZ, dropout=0.0).eval()
+    codes = torch.randint(0, 4, (B, R, R))
+    table = torch.randn(4, CZ)
+    m, pm = torch.randn(B, R, C), padding()
+    coded = CodedPair(F.one_hot(codes, 4).float(), table)
+    torch.testing.assert_close(attn(m, coded, pm), attn(m, table[codes], pm), rtol=1e-5, atol=1e-6)
+    zero = CodedPair(None, torch.zeros(1, CZ))
+    torch.testing.assert_close(attn(m, zero, pm), attn(m, torch.zeros(B, R, R, CZ), pm), rtol=1e-5, atol=1e-6)
