@@ -28,7 +28,7 @@ class DataConfig:
     max_prior_genes: int = 256  # hvg+prior: cap on added prior genes
     n_bins: int = 51
     include_zero_genes: bool = False
-    max_len: int = 256  # sequence length cap (incl. <cls>)
+    max_len: int = 128  # sequence length cap (incl. <cls>); PBMC3k default genes: median cell ~90
     append_cls: bool = True
     mask_ratio: float = 0.15
     valid_frac: float = 0.1
@@ -52,8 +52,8 @@ class ModelConfig:
     pair_bias: bool = True
     opm: bool = True
     gating: bool = True
-    d_z: int = 16
-    d_opm: int = 16
+    d_z: int = 8
+    d_opm: int = 8
     opm_chunk_size: int | None = None  # rows of z per OPM chunk (inference / very long r)
     checkpoint_blocks: bool = False
 
@@ -62,11 +62,11 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and run bookkeeping."""
 
-    epochs: int = 15
+    epochs: int = 20
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     grad_clip: float = 1.0
     plateau_patience: int = 2
     plateau_factor: float = 0.5

@@ -45,7 +45,9 @@ class MaskedMetrics:
         cov = self.pt - sp_ * st / n
         var_p = spp - sp_ * sp_ / n
         var_t = stt - st * st / n
-        denom = math.sqrt(max(var_p, 0.0) * max(var_t, 0.0))
+        # a constant prediction has no correlation (rounding leaves var_p a hair above 0)
+        degenerate = var_p <= 1e-9 * max(spp, 1e-300) or var_t <= 1e-9 * max(stt, 1e-300)
+        denom = 0.0 if degenerate else math.sqrt(var_p * var_t)
         return {
             "mse": sq / n,
             "mre": rel / self.n_pos if self.n_pos else math.nan,
