@@ -112,11 +112,13 @@ def train(
     cfg: TrainConfig,
     on_best: Callable[[torch.nn.Module, int, dict], None] | None = None,
     floors: Floors | None = None,
+    on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> TrainResult:
     """AdamW + linear warm-up + plateau LR on validation MSE, gradient clipping, autocast on GPU.
 
     After each epoch: validation metrics; when validation MSE improves, the weights are kept
-    (and `on_best` is called, e.g. to write the checkpoint). Returns the per-epoch history and
+    (and `on_best` is called, e.g. to write the checkpoint); `on_epoch` gets the history so far
+    (e.g. to rewrite metrics.csv, so a long run shows progress on disk). Returns the per-epoch history and
     the best weights.
     """
     device = resolve_device(cfg.device)
@@ -170,6 +172,8 @@ def train(
             result.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if on_best is not None:
                 on_best(model, epoch, row)
+        if on_epoch is not None:
+            on_epoch(result.history)
         if cfg.progress:
             floor = f" (per-gene floor {valid['floor_gene_mean_mse']:.2f})" if "floor_gene_mean_mse" in valid else ""
             tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.2f}  valid MSE {valid['mse']:.2f}{floor}  Pearson {valid['pearson']:.3f}  {row['seconds']:.1f}s")

@@ -165,8 +165,10 @@ def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool =
     train_set, valid_set, test_set = (data.dataset(s) for s in ("train", "valid", "test"))
     if not quiet:
         log.info("%s: %s parameters; %d train / %d valid / %d test cells; run dir %s", cfg.model.model, f"{n_params:,}", len(train_set), len(valid_set), len(test_set), out)
-    result = train(model, train_set, valid_set, data.prior, cfg.train, on_best=on_best, floors=floors)
-    write_metrics_csv(out / "metrics.csv", result.history)
+    result = train(
+        model, train_set, valid_set, data.prior, cfg.train, on_best=on_best, floors=floors,
+        on_epoch=lambda history: write_metrics_csv(out / "metrics.csv", history),
+    )
 
     device = resolve_device(cfg.train.device)
     test = evaluate(model, test_set, data.prior, cfg.train.batch_size * 2, device, floors=floors, amp_dtype=autocast_dtype(cfg.train.amp, device))
