@@ -88,8 +88,15 @@ def plot_curves(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     if "valid_floor_gene_mean_mse" in rows[0]:
         ax1.axhline(rows[0]["valid_floor_gene_mean_mse"], color="k", ls="--", lw=1, label="per-gene-mean floor")
         ax1.axhline(rows[0]["valid_floor_const_mse"], color="grey", ls=":", lw=1, label="constant floor")
+    if "valid_floor_const_mse" in rows[0]:  # keep the floors readable: early epochs may be far above
+        lo = min(min(r["valid_mse"] for r in rows), rows[0]["valid_floor_gene_mean_mse"])
+        ax1.set_ylim(0.9 * lo, 1.4 * rows[0]["valid_floor_const_mse"])
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("MSE (bins²)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.legend(fontsize=8)
     ax2.plot(ep, [r["valid_pearson"] for r in rows], "o-", color="C2")
     if "valid_floor_gene_mean_pearson" in rows[0]:
