@@ -255,6 +255,7 @@ def plan_study(
     seeds: int | None = None,
     epochs: int | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    first_seed: int = 0,
 ) -> StudyPlan:
     """Resolve a study + profile + overrides ({"data": {...}, "model": {...}, "train": {...}})."""
     if study not in STUDIES:
@@ -275,7 +276,7 @@ def plan_study(
     return StudyPlan(
         study=STUDIES[study], profile_name=profile, data=DataConfig(**data),
         model=ModelConfig(**{**p.model, **o.get("model", {})}), train=TrainConfig(**train),
-        seeds=list(range(seeds if seeds is not None else p.seeds)), depths=p.depths,
+        seeds=list(range(first_seed, first_seed + (seeds if seeds is not None else p.seeds))), depths=p.depths,
         out=Path(out) if out else Path("studies") / profile / study,
     )
 
@@ -405,7 +406,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     for key in ("device", "num_threads"):
         if getattr(args, key) is not None:
             overrides["train"][key] = getattr(args, key)
-    plan = plan_study(args.study, args.profile, args.out, args.seeds, args.epochs, overrides)
+    plan = plan_study(args.study, args.profile, args.out, args.seeds, args.epochs, overrides, first_seed=args.first_seed)
     if args.sizing:
         from bioformer.data.pipeline import prepare_data
 
@@ -430,6 +431,7 @@ def add_cli(subparsers) -> None:
     e.add_argument("--profile", choices=list(PROFILES), default="standard", help="sizes and epochs (default standard)")
     e.add_argument("--data", help="data set (default from the profile: kang2018)")
     e.add_argument("--seeds", type=int, help="number of seeds 0..S-1 (default: profile, 5 for standard)")
+    e.add_argument("--first-seed", type=int, default=0, help="start at this seed, e.g. to run seeds 3..4 in a second process on the same --out (finished runs are skipped either way)")
     e.add_argument("--epochs", type=int, help="epochs per run (default: profile)")
     e.add_argument("--out", help="study directory (default studies/PROFILE/STUDY)")
     e.add_argument("--max-cells", type=int, help="subsample cells (default: profile)")
