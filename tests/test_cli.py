@@ -52,3 +52,11 @@ def test_train_prints_model_and_floors(tmp_path, capsys):
     assert (tmp_path / "run" / "summary.json").exists()
     assert main(["-q", "evaluate", str(tmp_path / "run")]) == 0
     assert "model (test)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [[], ["datasets"], ["prior"], ["train"], ["evaluate"], ["estimate"], ["experiment"]])
+def test_help_of_every_command(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    assert "usage: bioformer" in capsys.readouterr().out

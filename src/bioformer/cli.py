@@ -180,26 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
-    for extra in _extra_commands():
-        extra(sub)
+    from bioformer.estimate import add_cli as add_estimate
+    from bioformer.experiments.suite import add_cli as add_experiment
+
+    add_estimate(sub)
+    add_experiment(sub)
     return p
-
-
-def _extra_commands():
-    cmds = []
-    try:
-        from bioformer.estimate import add_cli as add_estimate
-
-        cmds.append(add_estimate)
-    except ImportError:
-        pass
-    try:
-        from bioformer.experiments.suite import add_cli as add_experiment
-
-        cmds.append(add_experiment)
-    except ImportError:
-        pass
-    return cmds
 
 
 def main(argv: list[str] | None = None) -> int:

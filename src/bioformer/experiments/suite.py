@@ -424,7 +424,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers) -> None:
     e = subparsers.add_parser(
-        "experiment", help="run one of the studies over seeds and report means, 95% CIs and paired tests",
+        "experiment", help="run one of the studies over seeds and report means, 95%% CIs and paired tests",
         description="Studies: " + "; ".join(f"{s.name}: {s.question}" for s in STUDIES.values()),
     )
     e.add_argument("study", choices=list(STUDIES))
