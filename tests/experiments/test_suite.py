@@ -1,5 +1,6 @@
 """Studies: statistics helpers against scipy, and one quick study end to end (files, columns, resume)."""
 
+import dataclasses
 import math
 
 import anndata as ad
@@ -9,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
+from bioformer.errors import BioformerError
 from bioformer.experiments import suite
 from bioformer.experiments.report import RESULT_COLUMNS, holm, paired_test, t_interval
 
@@ -119,3 +121,35 @@ def test_shuffled_prior_keeps_edges_among_the_study_genes(tiny_inputs):
     assert shuffled.prior.n_edges >= 0.9 * prepared.prior.n_edges
     assert not np.array_equal(shuffled.prior.keys.numpy(), prepared.prior.keys.numpy())
     assert suite._data_for_arm(prepared, arms["zero-z"], plan.data.prior, {}) is prepared
+
+
+def test_parallel_jobs_give_the_same_results(tiny_inputs, tmp_path):
+    """--jobs 2 trains in worker processes; every run is seeded, so the numbers must not change."""
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    suite.run_study(_plan(tiny_inputs, serial))
+    suite.run_study(_plan(tiny_inputs, parallel), jobs=2)
+    cols = ["arm", "seed", "test_mse", "test_pearson", "n_params", "best_epoch"]
+    a = pd.read_csv(serial / "results.csv")[cols].sort_values(["arm", "seed"]).reset_index(drop=True)
+    b = pd.read_csv(parallel / "results.csv")[cols].sort_values(["arm", "seed"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_resume_refuses_runs_of_another_config(tiny_inputs, tmp_path):
+    out = tmp_path / "study"
+    suite.run_study(_plan(tiny_inputs, out))
+    changed = _plan(tiny_inputs, out)
+    changed = dataclasses.replace(changed, data=dataclasses.replace(changed.data, max_len=20))
+    with pytest.raises(BioformerError, match=r"(?s)another configuration.*data\.max_len 24 -> 20"):
+        suite.run_study(changed)
+    # execution details (threads) are not a different configuration
+    same = _plan(tiny_inputs, out)
+    suite.run_study(dataclasses.replace(same, train=dataclasses.replace(same.train, num_threads=2)))
+
+
+def test_standard_depth_profile_uses_its_own_training_settings():
+    depth = suite.plan_study("depth", "standard", out="x")
+    other = suite.plan_study("ablation", "standard", out="x")
+    assert depth.data == other.data  # same data as the other studies (2,000 cells)
+    assert (depth.train.lr, depth.train.warmup_steps) == (1e-3, 100)
+    assert (other.train.lr, other.train.warmup_steps) == (2e-3, 30)
+    assert suite.plan_study("depth", "standard", out="x", overrides={"train": {"lr": 5e-4}}).train.lr == 5e-4

@@ -61,6 +61,7 @@ class Profile:
     seeds: int
     depths: tuple[int, ...] = (2, 4, 8)
     study_data: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per-study data changes
+    study_train: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per-study training changes
     note: str = ""
 
 
@@ -80,16 +81,21 @@ class Profile:
 # - One thread per run: on a shared 2-core machine two torch threads per process thrash (10x
 #   slower measured); on an idle machine run two studies side by side instead.
 # - Runs per study: same-params 10, same-attention 15, ablation 25, prior 20 (~90 s each on an
-#   idle core: 15-40 min per study; up to 2x that on a loaded machine). depth has 40 runs, its
-#   N = 8 arms cost ~4x an N = 2 arm, so it uses 1,000 cells: ~45-60 min, the study most likely
-#   to run over (use --seeds 3 there if so; its curves show whether 800 train cells converge).
+#   idle core: 15-40 min per study; up to 2x that on a loaded machine).
+# - depth has 40 runs and its N = 8 arms cost ~4x an N = 2 arm: ~90 core-minutes, so run it
+#   with --jobs 2 (~45 min on 2 cores). A first version used 1,000 cells to save time: every
+#   model ended only 3-5% below the floor and two arms above it (no clear result). At 2,000
+#   cells, the post-LN scGPT at N = 8 collapses to a constant prediction at lr 2e-3 with 30
+#   warm-up steps (validation MSE 176 vs 116 floor, Pearson NaN from epoch 8, seed 0), and
+#   trains at lr 1e-3 with 100 warm-up steps (112.6 at epoch 12, still falling); so every
+#   depth arm uses lr 1e-3 and 100 warm-up steps.
 STANDARD = Profile(
     data=dict(data="kang2018", max_cells=2000, n_hvg=256, max_prior_genes=256, max_len=64, genes="hvg+prior", prior="collectri"),
     model=dict(d_model=32, nhead=4, nlayers=2, ff_factor=4, d_z=16, d_opm=16, dropout=0.1),
     train=dict(epochs=20, batch_size=16, lr=2e-3, warmup_steps=30, plateau_patience=2, num_threads=1),
     seeds=5,
-    study_data={"depth": {"max_cells": 1000}},  # keeps the N = 8 arms within the budget
-    note="kang2018, 2,000 cells (depth: 1,000), 512 genes, max_len 64, d_model 32, 20 epochs",
+    study_train={"depth": {"lr": 1e-3, "warmup_steps": 100}},  # deep post-LN scGPT diverges at 2e-3
+    note="kang2018, 2,000 cells, 512 genes, max_len 64, d_model 32, 20 epochs (depth: lr 1e-3, 100 warm-up steps)",
 )
 
 PROFILES: dict[str, Profile] = {
@@ -270,7 +276,7 @@ def plan_study(
             raise BioformerError("the prior study needs a prior (--prior collectri or a file)")
         data["genes"] = "hvg"
         data["prior"] = "none"
-    train = {**p.train, **o.get("train", {}), "progress": False}
+    train = {**p.train, **p.study_train.get(study, {}), **o.get("train", {}), "progress": False}
     if epochs is not None:
         train["epochs"] = epochs
     return StudyPlan(
@@ -308,45 +314,154 @@ def _data_for_arm(prepared, arm: Arm, study_prior: str, cache: dict):
     return cache[prior]
 
 
-def run_study(plan: StudyPlan, report_only: bool = False, quiet: bool = True) -> Path:
-    """Train every unfinished (arm, seed) of `plan`, then write the report. Returns the study dir."""
+def _run_config(plan: StudyPlan, arm: Arm, seed: int) -> RunConfig:
+    prior = arm.prior or plan.data.prior
+    return RunConfig(
+        data=dataclasses.replace(plan.data, prior=prior, gene_prior=plan.data.prior), model=arm.model,
+        train=dataclasses.replace(plan.train, seed=seed), name=arm.name, out=str(_run_dir(plan, arm.name, seed)),
+    )
+
+
+# execution details that do not change what a run computes (on one device)
+_NOT_COMPARED = {"train": {"device", "num_threads", "progress"}}
+
+
+def _stale_runs(plan: StudyPlan, names: list[str]) -> list[str]:
+    """Finished runs in plan.out whose config differs from what the plan would train now.
+
+    Resuming must never mix runs of an old profile (say 1,000 cells) into a new report."""
+    problems = []
+    arms_by_vocab: dict[int, dict[str, Arm]] = {}
+    for seed in plan.seeds:
+        for name in names:
+            run_dir = _run_dir(plan, name, seed)
+            if not (run_dir / "summary.json").exists():
+                continue
+            old = RunConfig.load(run_dir / "config.yaml")
+            vocab = len(json.loads((run_dir / "vocab.json").read_text())["tokens"])
+            if vocab not in arms_by_vocab:
+                arms_by_vocab[vocab] = {a.name: a for a in plan.arms(vocab)}
+            new = _run_config(plan, arms_by_vocab[vocab][name], seed)
+            diffs = []
+            for section in ("data", "model", "train"):
+                a, b = dataclasses.asdict(getattr(old, section)), dataclasses.asdict(getattr(new, section))
+                diffs += [f"{section}.{k} {a.get(k)!r} -> {v!r}" for k, v in b.items()
+                          if k not in _NOT_COMPARED.get(section, ()) and a.get(k) != v]
+            if diffs:
+                problems.append(f"{run_dir}: {', '.join(diffs)}")
+    return problems
+
+
+def _cost(arm: Arm) -> float:
+    """Rough relative cost of one run, to start the longest runs first when running in parallel."""
+    m = arm.model
+    return m.nlayers * m.d_model * (2.0 if m.model == "bioformer" else 1.0)
+
+
+def _train_one(plan: StudyPlan, arm: Arm, seed: int, prepared, swapped: dict, quiet: bool) -> dict[str, Any]:
+    from bioformer.training.run import run_training
+
+    data = _data_for_arm(prepared, arm, plan.data.prior, swapped)
+    _, s = run_training(_run_config(plan, arm, seed), data=data, quiet=quiet)
+    return s
+
+
+def _done_line(name: str, seed: int, s: dict[str, Any]) -> str:
+    return (f"{name} seed {seed}: test MSE {s['test_mse']:.2f} (per-gene floor {s['floor_gene_mean_mse']:.2f}), "
+            f"Pearson {s['test_pearson']:.3f}, {s['n_params']:,} params, {s['wall_seconds']:.0f}s")
+
+
+# per worker process: seed -> (PreparedData, {prior: PreparedData with that prior})
+_WORKER_DATA: dict[int, tuple[Any, dict]] = {}
+
+
+def _worker(spec: dict[str, Any], name: str, seed: int, quiet: bool) -> dict[str, Any]:
+    """Train one (arm, seed) in a worker process; the seed's data are prepared once per worker."""
+    from bioformer.data.pipeline import prepare_data
+
+    logging.getLogger("bioformer").setLevel(logging.WARNING)
+    plan = StudyPlan(study=STUDIES[spec.pop("study")], **spec)
+    if seed not in _WORKER_DATA:
+        _WORKER_DATA[seed] = (prepare_data(plan.data, seed=seed, need_prior=plan.data.prior != "none", quiet=True), {})
+    prepared, swapped = _WORKER_DATA[seed]
+    arm = {a.name: a for a in plan.arms(len(prepared.vocab))}[name]
+    return _train_one(plan, arm, seed, prepared, swapped, quiet)
+
+
+def _run_parallel(plan: StudyPlan, todo: list[tuple[int, str]], jobs: int, quiet: bool, bar) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    costs = {a.name: _cost(a) for a in plan.arms(vocab_size=None)}
+    order = sorted(todo, key=lambda t: (-costs[t[1]], t[0]))  # longest first: the last runs are short
+    spec = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)}
+    spec["study"] = plan.study.name
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_worker, dict(spec), name, seed, quiet): (name, seed) for seed, name in order}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception() is not None:
+                    for p in pending:
+                        p.cancel()
+                    raise f.exception()
+                name, seed = futures[f]
+                bar.update(1)
+                bar.write(_done_line(name, seed, f.result()))
+
+
+def run_study(plan: StudyPlan, report_only: bool = False, quiet: bool = True, jobs: int = 1) -> Path:
+    """Train every unfinished (arm, seed) of `plan`, then write the report. Returns the study dir.
+
+    jobs > 1 trains that many runs at once in worker processes (one torch thread each unless the
+    plan sets num_threads); results are the same as with jobs = 1, since each run is seeded.
+    """
     from tqdm.auto import tqdm
 
     from bioformer.data.pipeline import prepare_data
-    from bioformer.training.run import run_training
 
+    if jobs < 1:
+        raise BioformerError(f"--jobs must be >= 1, got {jobs}")
     plan.out.mkdir(parents=True, exist_ok=True)
     names, pairs = plan.arm_names(), plan.pairs()
     breakdown = ""
     if not report_only:
+        stale = _stale_runs(plan, names)
+        if stale:
+            raise BioformerError(
+                f"{len(stale)} finished run(s) in {plan.out} were trained with another configuration; use a new --out "
+                f"(or delete them) so that the study does not mix the two:\n  " + "\n  ".join(stale[:5])
+                + ("\n  ..." if len(stale) > 5 else "")
+            )
         _write_plan(plan, names, pairs)
         todo = [(s, a) for s in plan.seeds for a in names if not _is_done(plan, a, s)]
         skipped = len(plan.seeds) * len(names) - len(todo)
-        log.info("%s (%s): %d arms x %d seeds; %d finished run(s) skipped, %d to train -> %s",
-                 plan.study.name, plan.profile_name, len(names), len(plan.seeds), skipped, len(todo), plan.out)
+        log.info("%s (%s): %d arms x %d seeds; %d finished run(s) skipped, %d to train%s -> %s",
+                 plan.study.name, plan.profile_name, len(names), len(plan.seeds), skipped, len(todo),
+                 f" in {jobs} processes" if jobs > 1 and len(todo) > 1 else "", plan.out)
         bar = tqdm(total=len(todo), desc=plan.study.name, disable=not todo)
-        todo_set = set(todo)
-        for seed in plan.seeds:
-            pending = [a for a in names if (seed, a) in todo_set]
-            if not pending:
-                continue
-            t0 = time.perf_counter()
-            prepared = prepare_data(plan.data, seed=seed, need_prior=plan.data.prior != "none", quiet=True)
-            log.info("seed %d: %d cells, %d genes (%.0fs to prepare)", seed, prepared.adata.n_obs, prepared.adata.n_vars, time.perf_counter() - t0)
-            arms = {a.name: a for a in plan.arms(len(prepared.vocab))}
-            swapped: dict[str, Any] = {}
-            for name in pending:
-                arm = arms[name]
-                prior = arm.prior or plan.data.prior
-                cfg = RunConfig(
-                    data=dataclasses.replace(plan.data, prior=prior, gene_prior=plan.data.prior), model=arm.model,
-                    train=dataclasses.replace(plan.train, seed=seed), name=name, out=str(_run_dir(plan, name, seed)),
-                )
-                data = _data_for_arm(prepared, arm, plan.data.prior, swapped)
-                _, s = run_training(cfg, data=data, quiet=quiet)
-                bar.update(1)
-                bar.write(f"{name} seed {seed}: test MSE {s['test_mse']:.2f} (per-gene floor {s['floor_gene_mean_mse']:.2f}), "
-                          f"Pearson {s['test_pearson']:.3f}, {s['n_params']:,} params, {s['wall_seconds']:.0f}s")
+        if jobs > 1 and len(todo) > 1:
+            if plan.train.num_threads is None:
+                import os
+
+                plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, num_threads=max(1, (os.cpu_count() or 1) // jobs)))
+            _run_parallel(plan, todo, jobs, quiet, bar)
+        else:
+            todo_set = set(todo)
+            for seed in plan.seeds:
+                pending = [a for a in names if (seed, a) in todo_set]
+                if not pending:
+                    continue
+                t0 = time.perf_counter()
+                prepared = prepare_data(plan.data, seed=seed, need_prior=plan.data.prior != "none", quiet=True)
+                log.info("seed %d: %d cells, %d genes (%.0fs to prepare)", seed, prepared.adata.n_obs, prepared.adata.n_vars, time.perf_counter() - t0)
+                arms = {a.name: a for a in plan.arms(len(prepared.vocab))}
+                swapped: dict[str, Any] = {}
+                for name in pending:
+                    s = _train_one(plan, arms[name], seed, prepared, swapped, quiet)
+                    bar.update(1)
+                    bar.write(_done_line(name, seed, s))
         bar.close()
     if plan.seeds:
         breakdown = _breakdown(plan)
@@ -380,7 +495,8 @@ def _header(plan: StudyPlan) -> str:
         f"ff_factor {m.ff_factor}, c_z {m.d_z}, c_opm {m.d_opm}. Training: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
         f"warm-up {t.warmup_steps} steps, plateau patience {t.plateau_patience}; best epoch by validation MSE. Seeds {plan.seeds}.",
         "",
-        f"Reproduce: `bioformer experiment {plan.study.name} --profile {plan.profile_name} --seeds {len(plan.seeds)} --out {plan.out}`",
+        f"Reproduce: `bioformer experiment {plan.study.name} --profile {plan.profile_name} --seeds {len(plan.seeds)} --out {plan.out}` "
+        "(add `--jobs 2` to use two cores; the numbers do not change)",
     ]
     return "\n".join(lines)
 
@@ -416,7 +532,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         print(f"{plan.study.name} ({plan.profile_name}), vocabulary {v} tokens:")
         print(sizing.format_breakdown({a.name: (a.model, a.model.model == "bioformer" and (a.prior or plan.data.prior) != "none") for a in arms}, v))
         return 0
-    out = run_study(plan, report_only=args.report_only, quiet=True)
+    out = run_study(plan, report_only=args.report_only, quiet=True, jobs=args.jobs)
     print((out / "summary.md").read_text())
     print(f"study directory: {out}")
     return 0
@@ -440,6 +556,7 @@ def add_cli(subparsers) -> None:
     e.add_argument("--gene-column", help="var column with gene symbols")
     e.add_argument("--device", help="auto | cpu | cuda")
     e.add_argument("--num-threads", type=int, help="torch CPU threads")
+    e.add_argument("--jobs", type=int, default=1, help="train this many runs at once in worker processes, one torch thread each (e.g. 2 on a 2-core CPU; default 1)")
     e.add_argument("--report-only", action="store_true", help="only rewrite results.csv / summary.md / plots from finished runs")
     e.add_argument("--sizing", action="store_true", help="print the arms' parameter breakdown and exit")
     e.set_defaults(func=cmd_experiment)
