@@ -105,13 +105,14 @@ def test_opm_padded_pairs_get_only_the_bias():
     torch.testing.assert_close(out[1, :, -1], opm.linear_out.bias.expand(R, CZ))
 
 
-def test_sdpa_with_bias_mask_matches_explicit_softmax_incl_grad_into_bias():
+@pytest.mark.parametrize("aligned", [False, True])
+def test_sdpa_with_bias_mask_matches_explicit_softmax_incl_grad_into_bias(aligned):
     torch.manual_seed(4)
     q, k, v = (torch.randn(B, H, R, 8, requires_grad=True) for _ in range(3))
     bias = torch.randn(B, H, R, R, requires_grad=True)
     pm = padding()
     w = torch.randn(B, H, R, 8)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(bias, pm))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(bias, pm, aligned=aligned))
     (out * w).sum().backward()
     g = [t.grad.clone() for t in (q, k, v, bias)]
     for t in (q, k, v, bias):
@@ -125,10 +126,20 @@ def test_sdpa_with_bias_mask_matches_explicit_softmax_incl_grad_into_bias():
 
 def test_attention_mask_is_aligned_and_masks_keys():
     bias = torch.randn(B, H, R, R)
-    mask = attention_mask(bias, padding())
+    mask = attention_mask(bias, padding(), aligned=True)
     assert mask.shape == (B, H, R, R) and mask.stride(-2) % 16 == 0
     assert (mask[1, :, :, -4:] == torch.finfo(torch.float32).min).all()
     torch.testing.assert_close(mask[0], bias[0])
+    torch.testing.assert_close(attention_mask(bias, padding(), aligned=False), mask)  # the CPU default: same values
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_attention_mask_of_a_constant_bias_broadcasts(aligned):
+    bias = torch.randn(1, H, 1, 1)
+    mask = attention_mask(bias, padding(), aligned=aligned)
+    assert mask.shape == (B, H, 1, R)
+    torch.testing.assert_close(mask[0], bias[0].expand(H, 1, R))
+    assert (mask[1, :, :, -4:] == torch.finfo(torch.float32).min).all()
 
 
 @pytest.mark.parametrize("gating", [True, False])

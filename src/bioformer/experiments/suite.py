@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -371,6 +372,11 @@ def _done_line(name: str, seed: int, s: dict[str, Any]) -> str:
             f"Pearson {s['test_pearson']:.3f}, {s['n_params']:,} params, {s['wall_seconds']:.0f}s")
 
 
+def _report_done(bar, line: str) -> None:
+    bar.write(line)
+    sys.stdout.flush()  # one line per finished run, also when stdout is a log file
+
+
 # per worker process: seed -> (PreparedData, {prior: PreparedData with that prior})
 _WORKER_DATA: dict[int, tuple[Any, dict]] = {}
 
@@ -408,7 +414,7 @@ def _run_parallel(plan: StudyPlan, todo: list[tuple[int, str]], jobs: int, quiet
                     raise f.exception()
                 name, seed = futures[f]
                 bar.update(1)
-                bar.write(_done_line(name, seed, f.result()))
+                _report_done(bar, _done_line(name, seed, f.result()))
 
 
 def run_study(plan: StudyPlan, report_only: bool = False, quiet: bool = True, jobs: int = 1) -> Path:
@@ -461,7 +467,7 @@ def run_study(plan: StudyPlan, report_only: bool = False, quiet: bool = True, jo
                 for name in pending:
                     s = _train_one(plan, arms[name], seed, prepared, swapped, quiet)
                     bar.update(1)
-                    bar.write(_done_line(name, seed, s))
+                    _report_done(bar, _done_line(name, seed, s))
         bar.close()
     if plan.seeds:
         breakdown = _breakdown(plan)

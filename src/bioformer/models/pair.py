@@ -40,19 +40,24 @@ def attention_mask(
     bias: torch.Tensor | None,  # [B, H, r, r] head-major pair bias (or broadcastable), or None
     padding_mask: torch.Tensor,  # [B, r] True = pad
     dtype: torch.dtype = torch.float32,
+    aligned: bool | None = None,
 ) -> torch.Tensor:
     """Float mask for SDPA: the pair bias per head plus the dtype's min on padded keys.
 
     Returns [B, H, rq, r] (rq = r, or 1 for a bias constant over queries and keys; [B, 1, 1, r]
-    without bias). The bias is written once into a buffer whose last dimension is padded to a
-    multiple of 16 and then sliced: fused GPU kernels want an aligned row stride, and this costs
-    one copy for all heads together (none per head) and no second copy inside SDPA.
+    without bias). aligned (default: on CUDA only): the bias is written once into a buffer whose
+    last dimension is padded to a multiple of 16 and then sliced, because fused GPU kernels want
+    an aligned row stride; that costs one copy for all heads together and no second copy inside
+    SDPA. CPU kernels do not care, and there one out-of-place masked_fill is cheaper (no
+    CopySlices in backward; measured in benchmarks/train_step.py).
     """
     B, r = padding_mask.shape
     neg = torch.finfo(dtype).min
     pad = padding_mask[:, None, None, :]  # [B, 1, 1, r]
     if bias is None:
         return torch.zeros(B, 1, 1, r, device=padding_mask.device, dtype=dtype).masked_fill_(pad, neg)
+    if not (aligned if aligned is not None else bias.device.type == "cuda"):
+        return bias.to(dtype).masked_fill(pad, neg).expand(B, -1, -1, r)
     H, rq = bias.shape[1], bias.shape[2]
     r_pad = (r + 15) // 16 * 16
     buf = torch.empty(B, H, rq, r_pad, device=bias.device, dtype=dtype)[..., :r]  # aligned rows
