@@ -63,12 +63,15 @@ def tiny_inputs(tmp_path_factory):
     return d
 
 
-def _plan(tiny, out, study="same-params"):
-    overrides = {
+def _overrides(tiny):
+    return {
         "data": {"data": str(tiny / "tiny.h5ad"), "max_cells": None, "n_hvg": 32, "max_prior_genes": 32, "prior": str(tiny / "prior.csv"), "max_len": 24},
         "train": {"num_threads": 1, "batch_size": 32},
     }
-    return suite.plan_study(study, "quick", out=out, seeds=2, epochs=1, overrides=overrides)
+
+
+def _plan(tiny, out, study="same-params"):
+    return suite.plan_study(study, "quick", out=out, seeds=2, epochs=1, overrides=_overrides(tiny))
 
 
 def test_quick_study_end_to_end_and_resume(tiny_inputs, tmp_path, monkeypatch):
@@ -153,3 +156,15 @@ def test_standard_depth_profile_uses_its_own_training_settings():
     assert (depth.train.lr, depth.train.warmup_steps) == (1e-3, 100)
     assert (other.train.lr, other.train.warmup_steps) == (2e-3, 30)
     assert suite.plan_study("depth", "standard", out="x", overrides={"train": {"lr": 5e-4}}).train.lr == 5e-4
+
+
+def test_arms_subset_runs_and_reports_only_those(tiny_inputs, tmp_path):
+    out = tmp_path / "subset"
+    plan = suite.plan_study("same-attention", "quick", out=out, seeds=2, epochs=1, overrides=_overrides(tiny_inputs), arms=["bioformer", "scgpt"])
+    assert plan.arm_names() == ["scgpt", "bioformer"] and plan.pairs() == [("bioformer", "scgpt")]
+    suite.run_study(plan)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["bioformer", "scgpt"]
+    assert sorted(pd.read_csv(out / "results.csv")["arm"].unique()) == ["bioformer", "scgpt"]
+    assert "--arms bioformer,scgpt" in (out / "summary.md").read_text()
+    with pytest.raises(BioformerError, match="unknown arm.*its arms are: scgpt, bioformer, bioformer-no-pair-path"):
+        suite.plan_study("same-attention", "quick", arms=["nope"])

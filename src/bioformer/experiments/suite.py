@@ -242,17 +242,22 @@ class StudyPlan:
     seeds: list[int]
     depths: tuple[int, ...]
     out: Path
+    only: tuple[str, ...] | None = None  # run and report just these arms (--arms)
 
-    def arms(self, vocab_size: int | None) -> list[Arm]:
+    def all_arms(self, vocab_size: int | None) -> list[Arm]:
         if self.study.name == "depth":
             return _depth(self.model, self.data.prior, vocab_size, self.depths)
         return self.study.arms(self.model, self.data.prior, vocab_size)
+
+    def arms(self, vocab_size: int | None) -> list[Arm]:
+        return [a for a in self.all_arms(vocab_size) if self.only is None or a.name in self.only]
 
     def arm_names(self) -> list[str]:
         return [a.name for a in self.arms(vocab_size=None)]
 
     def pairs(self) -> list[tuple[str, str]]:
-        return self.study.pairs(self.arm_names())
+        names = set(self.arm_names())
+        return [(a, b) for a, b in self.study.pairs([x.name for x in self.all_arms(None)]) if a in names and b in names]
 
 
 def plan_study(
@@ -263,8 +268,11 @@ def plan_study(
     epochs: int | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     first_seed: int = 0,
+    arms: list[str] | None = None,
 ) -> StudyPlan:
-    """Resolve a study + profile + overrides ({"data": {...}, "model": {...}, "train": {...}})."""
+    """Resolve a study + profile + overrides ({"data": {...}, "model": {...}, "train": {...}}).
+
+    arms: a subset of the study's arms to run and report (e.g. a longer check of one pair)."""
     if study not in STUDIES:
         raise BioformerError(f"unknown study {study!r}; use one of {', '.join(STUDIES)}")
     if profile not in PROFILES:
@@ -280,12 +288,19 @@ def plan_study(
     train = {**p.train, **p.study_train.get(study, {}), **o.get("train", {}), "progress": False}
     if epochs is not None:
         train["epochs"] = epochs
-    return StudyPlan(
+    plan = StudyPlan(
         study=STUDIES[study], profile_name=profile, data=DataConfig(**data),
         model=ModelConfig(**{**p.model, **o.get("model", {})}), train=TrainConfig(**train),
         seeds=list(range(first_seed, first_seed + (seeds if seeds is not None else p.seeds))), depths=p.depths,
         out=Path(out) if out else Path("studies") / profile / study,
     )
+    if arms:
+        known = [a.name for a in plan.all_arms(None)]
+        unknown = [a for a in arms if a not in known]
+        if unknown:
+            raise BioformerError(f"unknown arm(s) {', '.join(unknown)} for study {study}; its arms are: {', '.join(known)}")
+        plan = dataclasses.replace(plan, only=tuple(arms))
+    return plan
 
 
 def _run_dir(plan: StudyPlan, arm: str, seed: int) -> Path:
@@ -501,7 +516,10 @@ def _header(plan: StudyPlan) -> str:
         f"ff_factor {m.ff_factor}, c_z {m.d_z}, c_opm {m.d_opm}. Training: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
         f"warm-up {t.warmup_steps} steps, plateau patience {t.plateau_patience}; best epoch by validation MSE. Seeds {plan.seeds}.",
         "",
-        f"Reproduce: `bioformer experiment {plan.study.name} --profile {plan.profile_name} --seeds {len(plan.seeds)} --out {plan.out}` "
+        f"Reproduce: `bioformer experiment {plan.study.name} --profile {plan.profile_name} --seeds {len(plan.seeds)}"
+        + (f" --epochs {t.epochs}" if t.epochs != PROFILES[plan.profile_name].train.get("epochs") else "")
+        + (f" --arms {','.join(plan.only)}" if plan.only else "")
+        + f" --out {plan.out}` "
         "(add `--jobs 2` to use two cores; the numbers do not change)",
     ]
     return "\n".join(lines)
@@ -528,7 +546,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     for key in ("device", "num_threads"):
         if getattr(args, key) is not None:
             overrides["train"][key] = getattr(args, key)
-    plan = plan_study(args.study, args.profile, args.out, args.seeds, args.epochs, overrides, first_seed=args.first_seed)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    plan = plan_study(args.study, args.profile, args.out, args.seeds, args.epochs, overrides, first_seed=args.first_seed, arms=arms)
     if args.sizing:
         from bioformer.data.pipeline import prepare_data
 
@@ -555,6 +574,7 @@ def add_cli(subparsers) -> None:
     e.add_argument("--seeds", type=int, help="number of seeds 0..S-1 (default: profile, 5 for standard)")
     e.add_argument("--first-seed", type=int, default=0, help="start at this seed, e.g. to run seeds 3..4 in a second process on the same --out (finished runs are skipped either way)")
     e.add_argument("--epochs", type=int, help="epochs per run (default: profile)")
+    e.add_argument("--arms", help="comma-separated subset of the study's arms to run and report, e.g. a longer check of one pair (default: all)")
     e.add_argument("--out", help="study directory (default studies/PROFILE/STUDY)")
     e.add_argument("--max-cells", type=int, help="subsample cells (default: profile)")
     e.add_argument("--prior", help="the study's prior and gene selection (default collectri)")
