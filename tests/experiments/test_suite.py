@@ -168,3 +168,13 @@ def test_arms_subset_runs_and_reports_only_those(tiny_inputs, tmp_path):
     assert "--arms bioformer,scgpt" in (out / "summary.md").read_text()
     with pytest.raises(BioformerError, match="unknown arm.*its arms are: scgpt, bioformer, bioformer-no-pair-path"):
         suite.plan_study("same-attention", "quick", arms=["nope"])
+
+
+def test_depth_arms_separate_the_pair_path_from_depth():
+    plan = suite.plan_study("depth", "standard", out="x")
+    arms = {a.name: a.model for a in plan.arms(vocab_size=515)}
+    bio, plain = arms["bioformer-N8"], arms["bioformer-no-pair-path-N8"]
+    assert dataclasses.replace(bio, pair_bias=False, opm=False) == plain  # the pair path is the only difference
+    assert ("bioformer-N8", "bioformer-no-pair-path-N8") in plan.pairs()
+    assert ("bioformer-N8", "bioformer-N2") in plan.pairs() and ("bioformer-small-N8", "scgpt-large-N2") in plan.pairs()
+    assert arms["scgpt-N8"].nlayers == 8 and arms["scgpt-large-N2"].d_model == 2 * arms["scgpt-N2"].d_model

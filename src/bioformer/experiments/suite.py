@@ -181,6 +181,9 @@ def _depth(base: ModelConfig, prior: str, vocab: int | None, depths: tuple[int, 
     for family in ("scgpt", "bioformer"):
         for n in depths:
             arms.append(Arm(f"{family}-N{n}", _model(base, model=family, nlayers=n), description=f"{family}, N {n}, d_model {base.d_model}"))
+    for n in (depths[0], depths[-1]):  # separates the pair path from pre-LN in the depth effect
+        arms.append(Arm(f"bioformer-no-pair-path-N{n}", _model(base, model="bioformer", nlayers=n, pair_bias=False, opm=False),
+                        description=f"the same BioFormer without pair bias and OPM (a gated pre-LN transformer), N {n}"))
     small = max(base.nhead, base.d_model // 2 // base.nhead * base.nhead)
     arms.append(Arm(f"bioformer-small-N{depths[-1]}", _model(base, model="bioformer", d_model=small, nlayers=depths[-1]), description=f"BioFormer d_model {small}, N {depths[-1]}"))
     arms.append(Arm(f"scgpt-large-N{depths[0]}", _model(base, model="scgpt", d_model=2 * base.d_model, nlayers=depths[0]), description=f"scGPT d_model {2 * base.d_model}, N {depths[0]}"))
@@ -192,7 +195,8 @@ def _depth_pairs(names: list[str]) -> list[tuple[str, str]]:
     pairs = [(f"bioformer-N{n}", f"scgpt-N{n}") for n in ns]
     pairs += [(f"bioformer-N{ns[-1]}", f"bioformer-N{ns[0]}"), (f"scgpt-N{ns[-1]}", f"scgpt-N{ns[0]}")]
     pairs += [(f"bioformer-small-N{ns[-1]}", f"scgpt-large-N{ns[0]}")]
-    return pairs
+    pairs += [(f"bioformer-N{ns[-1]}", f"bioformer-no-pair-path-N{ns[-1]}"), (f"bioformer-no-pair-path-N{ns[-1]}", f"bioformer-no-pair-path-N{ns[0]}")]
+    return [(a, b) for a, b in pairs if a in names and b in names]
 
 
 def _prior_name(prior: str) -> str:
