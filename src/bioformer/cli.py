@@ -9,9 +9,11 @@ import logging
 import sys
 import types
 import typing
+from typing import Any
 
-from bioformer.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from bioformer.config import DataConfig, ModelConfig, RunConfig, TrainConfig, prior_enabled
 from bioformer.errors import BioformerError
+from bioformer.models import MODELS
 
 log = logging.getLogger("bioformer")
 
@@ -25,7 +27,7 @@ HELP = {
     "include_zero_genes": "every cell's sequence holds all selected genes, zeros included",
     "max_len": "max sequence length incl. <cls> (longer cells are subsampled)",
     "prior": "TF prior: collectri | dorothea | all | none | PATH (source,target[,sign]); NAME-shuffled = degree-preserving control",
-    "model": "bioformer or scgpt",
+    "model": "model family: " + ", ".join(MODELS),
     "ff_factor": "transition / feed-forward width = ff_factor * d_model (scGPT paper: 1)",
     "d_z": "pair channels c_z",
     "d_opm": "outer-product hidden channels c_opm",
@@ -49,20 +51,30 @@ def _optional(kind):
     return parse
 
 
-def add_config_args(parser: argparse.ArgumentParser, sections: tuple[str, ...] = ("data", "model", "train")) -> None:
+def add_config_args(
+    parser: argparse.ArgumentParser,
+    sections: tuple[str, ...] = ("data", "model", "train"),
+    config_file: bool = True,
+    exclude: set[str] = frozenset(),
+    defaults_from: str | None = None,
+) -> None:
     """One flag per config field (`n_hvg` -> `--n-hvg`), grouped by section; defaults come from
-    the dataclasses (or --config), so the CLI never restates them."""
-    parser.add_argument("--config", help="YAML config (as written to a run's config.yaml); flags override it")
+    the dataclasses (or --config), so the CLI never restates them. `exclude`: field names left
+    out; `defaults_from`: say in the help where defaults come from instead (e.g. a profile)."""
+    if config_file:
+        parser.add_argument("--config", help="YAML config (as written to a run's config.yaml); flags override it")
     classes = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
     hints_of = {k: typing.get_type_hints(v) for k, v in classes.items()}
     for section in sections:
         group = parser.add_argument_group(f"{section} options")
         for f in dataclasses.fields(classes[section]):
+            if f.name in exclude:
+                continue
             tp, optional = _base_type(hints_of[section][f.name])
             flag = "--" + f.name.replace("_", "-")
             dest = f"{section}.{f.name}"
             default = f.default
-            help_ = HELP.get(f.name, "") + f" (default: {default})"
+            help_ = HELP.get(f.name, "") + f" (default: {defaults_from or default})"
             if tp is bool:
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
             else:
@@ -72,14 +84,23 @@ def add_config_args(parser: argparse.ArgumentParser, sections: tuple[str, ...] =
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig.load(args.config) if getattr(args, "config", None) else RunConfig()
-    for key, value in vars(args).items():
-        if "." in key and value is not None:
-            section, name = key.split(".", 1)
+    for section, values in overrides_from_args(args).items():
+        for name, value in values.items():
             setattr(getattr(cfg, section), name, value)
     for attr in ("name", "out"):
         if getattr(args, attr, None) is not None:
             setattr(cfg, attr, getattr(args, attr))
     return cfg
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The config flags given on the command line, by section: {"data": {...}, "model": ..., "train": ...}."""
+    out: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            section, name = key.split(".", 1)
+            out[section][name] = value
+    return out
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -102,7 +123,7 @@ def cmd_prior(args: argparse.Namespace) -> int:
     from bioformer.data.pipeline import coverage_warning, prepare_data
 
     cfg = config_from_args(args)
-    if cfg.data.prior in (None, "", "none"):
+    if not prior_enabled(cfg.data.prior):
         raise BioformerError("bioformer prior needs a prior: --prior collectri|dorothea|all|PATH")
     data = prepare_data(cfg.data, seed=cfg.train.seed, need_prior=True, require_prior_edges=False)
     c = data.coverage
@@ -150,6 +171,65 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from bioformer.estimate import (
+        N_SPECIAL_TOKENS,
+        count_parameters,
+        estimate_memory,
+        format_bytes,
+        format_estimate,
+        max_genes_for_budget,
+        parse_bytes,
+        sequence_length,
+    )
+    from bioformer.models import model_class
+
+    cfg = config_from_args(args)
+    r = args.n_genes if args.n_genes is not None else sequence_length(cfg.data)
+    B = cfg.train.batch_size
+    device = "cuda" if cfg.train.device == "cuda" else "cpu"
+    amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device == "cuda")
+    use_prior = prior_enabled(cfg.data.prior)
+    vocab = r + N_SPECIAL_TOKENS if args.n_genes is not None else cfg.data.n_hvg + cfg.data.max_prior_genes + N_SPECIAL_TOKENS
+    kw = dict(device=device, amp=amp, vocab_size=vocab, use_prior=use_prior)
+    kw["n_params"] = count_parameters(cfg.model, vocab)
+    train = estimate_memory(cfg.model, r, B, training=True, **kw)
+    infer = estimate_memory(cfg.model, r, B, training=False, **kw)
+    m = cfg.model
+    pair = f", d_z {m.d_z}, d_opm {m.d_opm}, opm {m.opm}, pair_bias {m.pair_bias}" if model_class(m.model).pair_path(m).reads_z else ""
+    print(f"{m.model}: {kw['n_params']:,} parameters (d_model {m.d_model}, nhead {m.nhead}, nlayers {m.nlayers}{pair})")
+    src = "--n-genes" if args.n_genes is not None else "upper bound from the data config"
+    print(f"r = {r} genes per cell ({src}), batch size {B}, {device}{', bf16 activations' if amp else ', fp32'}")
+    print(format_estimate(train, infer))
+    budget = parse_bytes(args.budget)
+    r_train = max_genes_for_budget(cfg.model, B, budget, True, **kw)
+    r_infer = max_genes_for_budget(cfg.model, B, budget, False, **kw)
+    print(f"largest r within {format_bytes(budget)} at batch size {B}: training {r_train}, inference {r_infer}")
+    if train.total > budget:
+        print("does not fit for training: lower --batch-size, d_z or d_opm, or use --checkpoint-blocks")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from bioformer.experiments import sizing
+    from bioformer.experiments.plan import plan_study
+    from bioformer.experiments.suite import run_study, seed_data
+
+    overrides = overrides_from_args(args)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    plan = plan_study(args.study, args.profile, args.out, args.seeds, None, overrides, first_seed=args.first_seed, arms=arms)
+    if args.sizing:
+        sd = seed_data(plan, plan.seeds[0] if plan.seeds else 0)
+        v = len(sd.prepared.vocab)
+        print(f"{plan.study.name} ({plan.profile_name}), vocabulary {v} tokens:")
+        print(sizing.format_breakdown({a.name: (a.model, prior_enabled(a.prior or plan.data.prior)) for a in plan.arms(v)}, v))
+        return 0
+    out = run_study(plan, report_only=args.report_only, quiet=True, jobs=args.jobs)
+    print((out / "summary.md").read_text())
+    print(f"study directory: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bioformer", description="Masked single-cell expression transformers: BioFormer (gene-pair path + TF prior) vs scGPT.")
     p.add_argument("-q", "--quiet", action="store_true", help="less logging")
@@ -180,11 +260,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
-    from bioformer.estimate import add_cli as add_estimate
-    from bioformer.experiments.suite import add_cli as add_experiment
+    es = sub.add_parser("estimate", help="predict peak memory (training, inference) and the largest r for a budget")
+    add_config_args(es, ("data", "model", "train"))
+    es.add_argument("--n-genes", type=int, default=None, help="genes per cell r (default: bound from n_hvg/max_len; no data loaded)")
+    es.add_argument("--budget", default="24GB", help="memory budget, e.g. 24GB, 80GiB (default: 24GB)")
+    es.set_defaults(func=cmd_estimate)
 
-    add_estimate(sub)
-    add_experiment(sub)
+    from bioformer.experiments.profiles import PROFILES
+    from bioformer.experiments.studies import STUDIES
+
+    x = sub.add_parser(
+        "experiment", help="run one of the studies over seeds and report means, 95%% CIs and paired tests",
+        description="Studies: " + "; ".join(f"{s.name}: {s.question}" for s in STUDIES.values())
+        + ". Every config option below overrides the profile for all arms (model options change the reference model).",
+    )
+    x.add_argument("study", choices=list(STUDIES))
+    x.add_argument("--profile", choices=list(PROFILES), default="standard", help="sizes and epochs (default standard)")
+    x.add_argument("--seeds", type=int, help="number of seeds 0..S-1 (default: profile, 5 for standard)")
+    x.add_argument("--first-seed", type=int, default=0, help="start at this seed, e.g. to run seeds 3..4 in a second process on the same --out (finished runs are skipped either way)")
+    x.add_argument("--arms", help="comma-separated subset of the study's arms to run and report, e.g. a longer check of one pair (default: all)")
+    x.add_argument("--out", help="study directory (default studies/PROFILE/STUDY)")
+    x.add_argument("--jobs", type=int, default=1, help="train this many runs at once in worker processes, one torch thread each (e.g. 2 on a 2-core CPU; default 1)")
+    x.add_argument("--report-only", action="store_true", help="only rewrite results.csv / summary.md / plots from finished runs")
+    x.add_argument("--sizing", action="store_true", help="print the arms' parameter breakdown and exit")
+    add_config_args(x, ("data", "model", "train"), config_file=False, exclude={"seed", "progress"}, defaults_from="the profile")
+    x.set_defaults(func=cmd_experiment)
     return p
 
 

@@ -11,6 +11,13 @@ import yaml
 
 from bioformer.errors import BioformerError
 
+PRIOR_OFF = ("", "none")
+
+
+def prior_enabled(prior: str | None) -> bool:
+    """The one test of "a prior is in use": any value but None, "" or "none"."""
+    return prior is not None and prior.lower() not in PRIOR_OFF
+
 
 @dataclass
 class DataConfig:
@@ -39,9 +46,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture. `model` picks the family; BioFormer-only switches are ignored by scGPT."""
+    """Architecture: the one place for model defaults. `model` names a registered family
+    (`bioformer.models.MODELS`); each family reads the fields it uses (scGPT ignores the pair path)."""
 
-    model: str = "bioformer"  # "bioformer" or "scgpt"
+    model: str = "bioformer"
     d_model: int = 64
     nhead: int = 4
     nlayers: int = 2
@@ -118,14 +126,3 @@ class RunConfig:
         if not p.exists():
             raise BioformerError(f"config file not found: {p}")
         return cls.from_dict(yaml.safe_load(p.read_text()) or {})
-
-
-def replace(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
-    """Copy `cfg` with some fields changed, e.g. replace(cfg, model={"opm": False})."""
-    d = cfg.to_dict()
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            d[section].update(values)
-        else:
-            d[section] = values
-    return RunConfig.from_dict(d)

@@ -9,14 +9,12 @@ the prediction against the measured peak.
 
 from __future__ import annotations
 
-import argparse
 import re
 from dataclasses import dataclass, field
 
-import torch
-
 from bioformer.config import DataConfig, ModelConfig
 from bioformer.errors import BioformerError
+from bioformer.models import count_config_parameters, model_class
 
 N_SPECIAL_TOKENS = 3  # <pad>, <cls>, <mask>
 CATEGORIES = ("parameters + optimizer state", "m activations", "z activations", "attention", "OPM intermediates")
@@ -37,11 +35,8 @@ class MemoryEstimate:
 
 
 def count_parameters(model_cfg: ModelConfig, vocab_size: int) -> int:
-    from bioformer.models import build_model
-
-    with torch.device("meta"):
-        model = build_model(model_cfg, vocab_size, use_prior=True)
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of the model with its prior embedding (the largest configuration)."""
+    return count_config_parameters(model_cfg, vocab_size, use_prior=True)
 
 
 def _attention_is_math_path(device: str, dropout: float, training: bool) -> bool:
@@ -75,22 +70,22 @@ def estimate_memory(
     pairs = B * r * r
     c, H, N = cfg.d_model, cfg.nhead, cfg.nlayers
     ff = cfg.ff_factor * c
-    bio = cfg.model == "bioformer"
-    pair_bias = bio and cfg.pair_bias
-    n_opm = (N - 1) if (pair_bias and cfg.opm) else 0  # the last block skips its OPM
-    cz, co = cfg.d_z, cfg.d_opm
+    path = model_class(cfg.model).pair_path(cfg)
+    pair_bias = path.reads_z
+    n_opm = path.opm_blocks
+    cz, co = path.d_z, path.d_opm
     math_path = _attention_is_math_path(device, cfg.dropout, training)
     parts = dict.fromkeys(CATEGORIES, 0.0)
 
     if training:
         # with checkpointing only each block's inputs are kept, plus one block recomputed in backward
-        ckpt = bio and cfg.checkpoint_blocks
+        ckpt = path.checkpoint
         n_kept = 1 if ckpt else N  # blocks whose internals are alive at the peak
         n_kept_opm = min(n_opm, 1) if ckpt else n_opm
         parts["parameters + optimizer state"] = 4.0 * P * 4  # weights, grads, AdamW exp_avg, exp_avg_sq
         # tensors kept per token per block: LN outs, q/k/v, attention out, gate, out_proj,
         # transition hidden (twice: pre/post ReLU) and dropout masks; plus encoders/decoder
-        per_token = n_kept * (12 * c + (3 * c if (bio and cfg.gating) else 0) + 2.5 * ff) + 12 * c
+        per_token = n_kept * (12 * c + (3 * c if path.gating else 0) + 2.5 * ff) + 12 * c
         if ckpt:
             per_token += N * c  # block inputs m
         parts["m activations"] = per_token * T * act
@@ -183,42 +178,3 @@ def format_estimate(train: MemoryEstimate, infer: MemoryEstimate) -> str:
         lines.append(f"{k:<30} {format_bytes(train.parts[k]):>12} {format_bytes(infer.parts[k]):>12}")
     lines.append(f"{'total (predicted peak)':<30} {format_bytes(train.total):>12} {format_bytes(infer.total):>12}")
     return "\n".join(lines)
-
-
-def cmd_estimate(args: argparse.Namespace) -> int:
-    from bioformer.cli import config_from_args
-
-    cfg = config_from_args(args)
-    r = args.n_genes if args.n_genes is not None else sequence_length(cfg.data)
-    B = cfg.train.batch_size
-    device = "cuda" if cfg.train.device == "cuda" else "cpu"
-    amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device == "cuda")
-    use_prior = cfg.data.prior not in (None, "", "none")
-    vocab = r + N_SPECIAL_TOKENS if args.n_genes is not None else cfg.data.n_hvg + cfg.data.max_prior_genes + N_SPECIAL_TOKENS
-    kw = dict(device=device, amp=amp, vocab_size=vocab, use_prior=use_prior)
-    kw["n_params"] = count_parameters(cfg.model, vocab)
-    train = estimate_memory(cfg.model, r, B, training=True, **kw)
-    infer = estimate_memory(cfg.model, r, B, training=False, **kw)
-    m = cfg.model
-    pair = f", d_z {m.d_z}, d_opm {m.d_opm}, opm {m.opm}, pair_bias {m.pair_bias}" if m.model == "bioformer" else ""
-    print(f"{m.model}: {kw['n_params']:,} parameters (d_model {m.d_model}, nhead {m.nhead}, nlayers {m.nlayers}{pair})")
-    src = "--n-genes" if args.n_genes is not None else "upper bound from the data config"
-    print(f"r = {r} genes per cell ({src}), batch size {B}, {device}{', bf16 activations' if amp else ', fp32'}")
-    print(format_estimate(train, infer))
-    budget = parse_bytes(args.budget)
-    r_train = max_genes_for_budget(cfg.model, B, budget, True, **kw)
-    r_infer = max_genes_for_budget(cfg.model, B, budget, False, **kw)
-    print(f"largest r within {format_bytes(budget)} at batch size {B}: training {r_train}, inference {r_infer}")
-    if train.total > budget:
-        print("does not fit for training: lower --batch-size, d_z or d_opm, or use --checkpoint-blocks")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    from bioformer.cli import add_config_args
-
-    p = subparsers.add_parser("estimate", help="predict peak memory (training, inference) and the largest r for a budget")
-    add_config_args(p, ("data", "model", "train"))
-    p.add_argument("--n-genes", type=int, default=None, help="genes per cell r (default: bound from n_hvg/max_len; no data loaded)")
-    p.add_argument("--budget", default="24GB", help="memory budget, e.g. 24GB, 80GiB (default: 24GB)")
-    p.set_defaults(func=cmd_estimate)

@@ -8,13 +8,13 @@ from bioformer.config import ModelConfig
 from bioformer.experiments.sizing import (
     CATEGORIES,
     attention_transition_params,
-    count_parameters,
     format_breakdown,
     match_total_params,
     parameter_breakdown,
     same_attention,
 )
 from bioformer.models import build_model
+from bioformer.models import count_config_parameters as count_parameters
 
 
 @pytest.mark.parametrize("vocab", [103, 515])

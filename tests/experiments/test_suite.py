@@ -113,17 +113,16 @@ def test_cli_lists_the_studies():
 
 
 def test_shuffled_prior_keeps_edges_among_the_study_genes(tiny_inputs):
-    from bioformer.data.pipeline import prepare_data
 
     plan = _plan(tiny_inputs, tiny_inputs / "unused", study="prior")
-    prepared = prepare_data(plan.data, seed=0, quiet=True)
-    arms = {a.name: a for a in plan.arms(len(prepared.vocab))}
+    sd = suite.seed_data(plan, 0)
+    prepared, arms = sd.prepared, sd.arms
     assert set(arms) == {"prior", "dorothea", "zero-z", "prior-shuffled"}
-    shuffled = suite._data_for_arm(prepared, arms["prior-shuffled"], plan.data.prior, {})
+    shuffled = sd.data_for(arms["prior-shuffled"])
     assert shuffled.adata is prepared.adata and shuffled.split is prepared.split
     assert shuffled.prior.n_edges >= 0.9 * prepared.prior.n_edges
     assert not np.array_equal(shuffled.prior.keys.numpy(), prepared.prior.keys.numpy())
-    assert suite._data_for_arm(prepared, arms["zero-z"], plan.data.prior, {}) is prepared
+    assert sd.data_for(arms["zero-z"]) is prepared
 
 
 def test_parallel_jobs_give_the_same_results(tiny_inputs, tmp_path):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bioformer.config import ModelConfig  # noqa: E402
 from bioformer.models import BioFormer, ScGPT  # noqa: E402
 from bioformer.models.bioformer import BioFormerBlock  # noqa: E402
 from tests.reference_impl import naive_outer_product_mean, naive_pair_bias_attention  # noqa: E402
@@ -34,8 +35,9 @@ def batch(r: int = R, seed: int = 0):
 def tiny_bioformer(**kw) -> BioFormer:
     torch.manual_seed(0)
     args = dict(d_model=16, nhead=4, nlayers=3, ff_factor=2, dropout=0.0, d_z=6, d_opm=5)
+    use_prior = kw.pop("use_prior", True)
     args.update(kw)
-    return BioFormer(V, **args)
+    return BioFormer.from_config(ModelConfig(model="bioformer", **args), V, use_prior=use_prior)
 
 
 def reference_forward(model: BioFormer, gene_ids, values, padding_mask, prior):
@@ -98,7 +100,7 @@ def test_block_without_pair_path_is_a_pre_ln_transformer_layer():
 def test_padding_never_changes_real_positions(model_kind):
     torch.manual_seed(2)
     if model_kind == "scgpt":
-        model = ScGPT(V, d_model=16, nhead=4, nlayers=2, dropout=0.0).eval()
+        model = ScGPT.from_config(ModelConfig(model="scgpt", d_model=16, nhead=4, nlayers=2, dropout=0.0), V).eval()
     else:
         model = tiny_bioformer(use_prior=model_kind == "bioformer").eval()
     gene_ids, values, pm, prior = batch()
@@ -148,7 +150,7 @@ def test_cpu_bf16_autocast_close_to_fp32():
 
 
 def test_scgpt_shapes_and_zero_head():
-    model = ScGPT(V, d_model=16, nhead=4, nlayers=2, dropout=0.0, explicit_zero_prob=True).eval()
+    model = ScGPT.from_config(ModelConfig(model="scgpt", d_model=16, nhead=4, nlayers=2, dropout=0.0, explicit_zero_prob=True), V).eval()
     gene_ids, values, pm, _ = batch()
     out = model(gene_ids, values, pm)
     assert out["pred"].shape == (B, R) and out["zero_logit"].shape == (B, R)

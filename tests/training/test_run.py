@@ -107,9 +107,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def boom(*a, **k):
-        raise KeyboardInterrupt  # a kill in the middle of writing
+        raise KeyboardInterrupt  # a kill after the bytes are written, before the rename
 
-    monkeypatch.setattr("bioformer.training.checkpoint.save_file", boom)
+    monkeypatch.setattr("bioformer.training.checkpoint.os.fsync", boom)
     with torch.no_grad():
         model.weight.add_(1)
     with pytest.raises(KeyboardInterrupt):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -187,14 +186,3 @@ def list_datasets() -> list[dict[str, str]]:
             }
         )
     return rows
-
-
-def clear_partial(item: PinnedFile) -> None:
-    """Remove leftovers of an interrupted fetch (only *.part files and temp dirs)."""
-    parent = cached_path(item).parent
-    if not parent.exists():
-        return
-    for p in parent.glob("*.part"):
-        p.unlink()
-    for p in parent.glob(".download-*"):
-        shutil.rmtree(p, ignore_errors=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from bioformer.config import DataConfig
+from bioformer.config import DataConfig, prior_enabled
 from bioformer.data.load import load_anndata
 from bioformer.data.preprocess import preprocess
 from bioformer.data.prior import SHUFFLED_SUFFIX, PriorMatrix, load_edges, shuffle_edges
@@ -136,11 +136,11 @@ def prepare_data(
     edge among the selected genes is an error (training would silently get a zero prior).
     """
     adata = load_anndata(cfg.data, cfg.layer, cfg.gene_column, cfg.max_cells, seed, quiet=quiet)
-    use_prior = cfg.prior not in (None, "none", "")
+    use_prior = prior_enabled(cfg.prior)
     selection_prior = _unshuffled(cfg.gene_prior or (cfg.prior if use_prior else None))
     selection_edges: pd.DataFrame | None = None
     if cfg.genes == "hvg+prior" and gene_list is None:
-        if selection_prior in (None, "", "none"):
+        if not prior_enabled(selection_prior):
             raise BioformerError("--genes hvg+prior needs a prior (not --prior none); pass --gene-prior collectri or use --genes hvg")
         selection_edges = load_edges(selection_prior, seed=seed, quiet=quiet)
     binned = preprocess(

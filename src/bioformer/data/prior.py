@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bioformer.config import prior_enabled
 from bioformer.data.datasets import OMNIPATH, fetch
 from bioformer.errors import BioformerError
 
@@ -123,7 +124,7 @@ def shuffle_edges(edges: pd.DataFrame, seed: int, max_rounds: int = 200) -> pd.D
 def load_edges(prior: str, seed: int = 0, quiet: bool = True) -> pd.DataFrame | None:
     """Resolve a `prior` option to an edge table (None for "none"). The `NAME-shuffled` control
     depends on the model's genes: see `bioformer.data.pipeline.edges_for_genes`."""
-    if prior in (None, "none", ""):
+    if not prior_enabled(prior):
         return None
     if prior.endswith(SHUFFLED_SUFFIX):
         raise BioformerError(f"{prior}: a shuffled prior is built for a gene set; use edges_for_genes")

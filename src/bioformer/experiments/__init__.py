@@ -1,6 +1,11 @@
 """The studies: sizing models against each other, running arms over seeds, reporting with CIs.
 
-sizing.py  parameter breakdown, same-params and same-attention configurations
-suite.py   the five studies, the profiles table, `bioformer experiment STUDY`
-report.py  results.csv, summary.md (t intervals, paired tests), comparison.png, curves.png
+profiles.py  the sizes and settings every arm of every study shares (quick / standard / full)
+studies.py   the five studies: their arms and the pairs that answer each question
+plan.py      a study + profile + overrides resolved to configs, seeds and a directory
+suite.py     execution: one runner per (arm, seed), serial or in worker processes; resume
+sizing.py    parameter breakdown, same-params and same-attention configurations
+report.py    results.csv, summary.md (t intervals, paired tests), comparison.png, curves.png
+
+The `bioformer experiment` command lives in `bioformer.cli`.
 """

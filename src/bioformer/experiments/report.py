@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bioformer.training.checkpoint import atomic_write_text
+from bioformer.config import ModelConfig
+from bioformer.training.checkpoint import atomic_write_text, save_figure
 
 METRICS = ("mse", "mre", "mae", "pearson")
 LOWER_IS_BETTER = {"mse": True, "mre": True, "mae": True, "pearson": False}
@@ -92,7 +93,7 @@ def collect_results(study_dir: Path, study: str, arms: list[str]) -> pd.DataFram
                     row[k] = s[k]
             row["d_model"] = cfg.get("model", {}).get("d_model")
             row["nlayers"] = cfg.get("model", {}).get("nlayers")
-            row["prior"] = cfg.get("data", {}).get("prior") if s.get("model") == "bioformer" else "-"
+            row["prior"] = cfg.get("data", {}).get("prior") if _reads_prior(cfg) else "-"
             row["run_dir"] = str(run.parent.relative_to(study_dir))
             # a zero-z arm trains on data prepared with the study's prior: that coverage is not its own
             coverage = (s.get("prior_coverage") or {}) if row["prior"] not in ("none", "-") else {}
@@ -102,6 +103,16 @@ def collect_results(study_dir: Path, study: str, arms: list[str]) -> pd.DataFram
     cols = list(RESULT_COLUMNS) + [f"coverage_{k}" for k in COVERAGE_KEYS]
     df = pd.DataFrame(rows, columns=cols)
     return df.sort_values(["arm", "seed"], key=lambda c: c.map({a: i for i, a in enumerate(arms)}) if c.name == "arm" else c).reset_index(drop=True)
+
+
+def _reads_prior(cfg: dict[str, Any]) -> bool:
+    """Whether the run's model, as configured, reads a z prior (asked of its model class)."""
+    from bioformer.models import model_class
+
+    if not cfg.get("model"):
+        return False
+    model_cfg = ModelConfig(**cfg["model"])
+    return model_class(model_cfg.model).reads_prior(model_cfg)
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -217,7 +228,7 @@ def coverage_table(df: pd.DataFrame, arms: list[str]) -> str:
     any_row = False
     for arm in arms:
         g = df[df["arm"] == arm]
-        if g.empty or g["coverage_edges"].isna().all() or g["model"].iloc[0] != "bioformer" or g["prior"].iloc[0] in ("none", None):
+        if g.empty or g["coverage_edges"].isna().all() or g["prior"].iloc[0] in ("-", None):
             continue
         any_row = True
         c = {k: g[f"coverage_{k}"].mean() for k in COVERAGE_KEYS}
@@ -262,7 +273,7 @@ def plot_comparison(path: Path, df: pd.DataFrame, arms: list[str], title: str) -
     axes[0].legend(fontsize=7)
     fig.suptitle(title + " — mean ± 95% CI over seeds")
     fig.tight_layout()
-    _save(fig, path, plt)
+    save_figure(fig, path)
 
 
 def plot_curves(path: Path, curves: dict[str, list[pd.DataFrame]], arms: list[str], title: str) -> None:
@@ -302,14 +313,7 @@ def plot_curves(path: Path, curves: dict[str, list[pd.DataFrame]], arms: list[st
     ax1.legend(fontsize=7)
     fig.suptitle(title + " — mean over seeds, 95% CI band")
     fig.tight_layout()
-    _save(fig, path, plt)
-
-
-def _save(fig, path: Path, plt) -> None:
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------- report

@@ -1,6 +1,7 @@
 """Size models against each other: equal total parameters, or equal attention + transition.
 
-Parameters are counted on the real modules (`build_model`), grouped by role:
+Parameters are counted on the real modules (`build_model`), grouped by the role each model
+class gives them (`parameter_role`):
 
 - embeddings: gene embedding + value encoder;
 - attention: the attention projections and their LayerNorm (scGPT's norm1), BioFormer's
@@ -24,44 +25,23 @@ import dataclasses
 
 from bioformer.config import ModelConfig
 from bioformer.errors import BioformerError
+from bioformer.models import build_model, count_config_parameters, count_parameters, model_class
 
 CATEGORIES = ("embeddings", "attention", "transition", "pair_path", "decoder")
-_PAIR_PARTS = ("prior_encoder", "outer_product_mean", "norm_z", "bias_proj")
-
-
-def _category(name: str) -> str:
-    """Role of one parameter from its qualified name in ScGPT or BioFormer."""
-    parts = name.split(".")
-    if parts[0] in ("gene_encoder", "value_encoder"):
-        return "embeddings"
-    if parts[0] in ("decoder", "norm"):
-        return "decoder"
-    if any(p in _PAIR_PARTS for p in parts):
-        return "pair_path"
-    if "attention" in parts or "self_attn" in parts or "norm1" in parts:
-        return "attention"
-    if "transition" in parts or parts[-2] in ("linear1", "linear2", "norm2"):
-        return "transition"
-    raise BioformerError(f"no parameter category for {name!r}; update experiments.sizing._category")
 
 
 def parameter_breakdown(cfg: ModelConfig, vocab_size: int, use_prior: bool = True) -> dict[str, int]:
-    """Parameter counts per category (CATEGORIES) and "total", from the model `cfg` builds."""
+    """Parameter counts per category (CATEGORIES, plus "other" for parameters a model class does
+    not assign a role) and "total", from the model `cfg` builds (on the meta device)."""
     import torch
-
-    from bioformer.models import build_model
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = build_model(cfg, vocab_size, use_prior=use_prior)
-    out = dict.fromkeys(CATEGORIES, 0)
+    out = dict.fromkeys((*CATEGORIES, "other"), 0)
     for name, p in model.named_parameters():
-        out[_category(name)] += p.numel()
-    out["total"] = sum(out[c] for c in CATEGORIES)
+        out[model.parameter_role(name)] += p.numel()
+    out["total"] = count_parameters(model)
     return out
-
-
-def count_parameters(cfg: ModelConfig, vocab_size: int, use_prior: bool = True) -> int:
-    return parameter_breakdown(cfg, vocab_size, use_prior)["total"]
 
 
 def relative_difference(n: int, reference: int) -> float:
@@ -78,22 +58,26 @@ def match_total_params(
 ) -> ModelConfig:
     """`template` resized so that its total parameter count is within `tol` of `reference`'s.
 
-    The search keeps nhead, N and ff_factor; d_model runs over multiples of nhead. For BioFormer,
-    the d_model whose count is closest (at the template's d_opm) is kept, then d_opm (the OPM
-    hidden width, whose c_opm²·c_z output layer gives fine steps) is moved, nearest first, until
-    the count is within `tol`. scGPT has only d_model. Raises when no size is within `tol`.
+    The search keeps nhead, N and ff_factor; d_model runs over multiples of nhead. When the
+    template's model class names a fine-step field (`fine_size_field`; BioFormer: d_opm, the OPM
+    hidden width, whose c_opm²·c_z output layer gives fine steps), the d_model whose count is
+    closest is kept and that field is moved, nearest first, until the count is within `tol`.
+    Raises when no size is within `tol`.
     """
-    target = count_parameters(reference, vocab_size, reference_uses_prior)
+    target = count_config_parameters(reference, vocab_size, reference_uses_prior)
+    fine = model_class(template.model).fine_size_field(template)
+    fine_default = getattr(template, fine) if fine else None
 
-    def count(d_model: int, d_opm: int) -> int:
-        return count_parameters(dataclasses.replace(template, d_model=d_model, d_opm=d_opm), vocab_size, use_prior)
+    def count(d_model: int, fine_value: int | None = None) -> int:
+        changes = {"d_model": d_model, **({fine: fine_value if fine_value is not None else fine_default} if fine else {})}
+        return count_config_parameters(dataclasses.replace(template, **changes), vocab_size, use_prior)
 
     h = template.nhead
     candidates = range(h, 4 * max(reference.d_model, h) + 1, h)
     # the count grows with d_model: walk up until it passes the target
     best_d, best_err = h, float("inf")
     for d in candidates:
-        err = relative_difference(count(d, template.d_opm), target)
+        err = relative_difference(count(d), target)
         if abs(err) < abs(best_err):
             best_d, best_err = d, err
         if err > 0:
@@ -101,27 +85,27 @@ def match_total_params(
     best = dataclasses.replace(template, d_model=best_d)
     if abs(best_err) <= tol:
         return best
-    if template.model == "bioformer" and template.opm and template.pair_bias and template.nlayers > 1:
+    if fine:
         options = []
         for d in (best_d - 2 * h, best_d - h, best_d, best_d + h):
             if d < h:
                 continue
-            # the count grows with d_opm: bisect for the first d_opm at or above the target
-            lo, hi = 1, 8 * template.d_opm
+            # the count grows with the fine field: bisect for the first value at or above the target
+            lo, hi = 1, 8 * fine_default
             while lo < hi:
                 mid = (lo + hi) // 2
                 if count(d, mid) < target:
                     lo = mid + 1
                 else:
                     hi = mid
-            for d_opm in {max(lo - 1, 1), lo}:
-                err = relative_difference(count(d, d_opm), target)
+            for v in {max(lo - 1, 1), lo}:
+                err = relative_difference(count(d, v), target)
                 if abs(err) <= tol:
-                    # prefer the d_model closest to the unconstrained best, then d_opm closest to the template's
-                    options.append((abs(d - best_d), abs(d_opm - template.d_opm), abs(err), d, d_opm))
+                    # prefer the d_model closest to the unconstrained best, then the value closest to the template's
+                    options.append((abs(d - best_d), abs(v - fine_default), abs(err), d, v))
         if options:
-            _, _, _, d, d_opm = min(options)
-            return dataclasses.replace(template, d_model=d, d_opm=d_opm)
+            _, _, _, d, v = min(options)
+            return dataclasses.replace(template, d_model=d, **{fine: v})
     raise BioformerError(
         f"no {template.model} size within {tol:.0%} of {target:,} parameters (closest: d_model {best_d}, "
         f"{best_err:+.1%}); change nhead or size the other model"
@@ -144,10 +128,11 @@ def attention_transition_params(cfg: ModelConfig, vocab_size: int, use_prior: bo
 
 def format_breakdown(models: dict[str, tuple[ModelConfig, bool]], vocab_size: int) -> str:
     """Markdown table: one row per named (ModelConfig, use_prior), columns per category."""
-    head = ["model", "d_model", "N", "total", *CATEGORIES]
+    rows = {name: (cfg, parameter_breakdown(cfg, vocab_size, use_prior)) for name, (cfg, use_prior) in models.items()}
+    cats = [*CATEGORIES, *(["other"] if any(b["other"] for _, b in rows.values()) else [])]
+    head = ["model", "d_model", "N", "total", *cats]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, (cfg, use_prior) in models.items():
-        b = parameter_breakdown(cfg, vocab_size, use_prior)
-        cells = [name, str(cfg.d_model), str(cfg.nlayers), f"{b['total']:,}", *(f"{b[c]:,}" for c in CATEGORIES)]
+    for name, (cfg, b) in rows.items():
+        cells = [name, str(cfg.d_model), str(cfg.nlayers), f"{b['total']:,}", *(f"{b[c]:,}" for c in cats)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -6,9 +6,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bioformer.config import ModelConfig
 from bioformer.data.prior import N_PRIOR_CODES
+from bioformer.models.base import MaskedValueModel, PairPath
 from bioformer.models.layers import ExprDecoder, GeneEncoder, Transition, ValueEncoder
 from bioformer.models.pair import CodedPair, OuterProductMean, PairBiasAttention
+from bioformer.models.registry import register_model
 
 
 class BioFormerBlock(nn.Module):
@@ -33,7 +36,8 @@ class BioFormerBlock(nn.Module):
         return m, z
 
 
-class BioFormer(nn.Module):
+@register_model("bioformer")
+class BioFormer(MaskedValueModel):
     """Gene/value encoders -> N BioFormer blocks -> LN -> expression decoder.
 
     z starts from the prior (an embedding of each pair's edge code: none / activates / represses
@@ -43,43 +47,41 @@ class BioFormer(nn.Module):
     `CodedPair` (its pair bias is a 4-entry lookup; the first OPM adds it while writing z).
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        nhead: int = 4,
-        nlayers: int = 2,
-        ff_factor: int = 4,
-        dropout: float = 0.1,
-        pad_id: int = 0,
-        explicit_zero_prob: bool = False,
-        pair_bias: bool = True,
-        opm: bool = True,
-        gating: bool = True,
-        d_z: int = 16,
-        d_opm: int = 16,
-        opm_chunk_size: int | None = None,
-        checkpoint_blocks: bool = False,
-        use_prior: bool = True,
-    ) -> None:
+    @classmethod
+    def reads_prior(cls, cfg: ModelConfig) -> bool:
+        return cfg.pair_bias  # without pair bias nothing reads z
+
+    @classmethod
+    def pair_path(cls, cfg: ModelConfig) -> PairPath:
+        opm_blocks = (cfg.nlayers - 1) if (cfg.pair_bias and cfg.opm) else 0  # the last block skips its OPM
+        return PairPath(reads_z=cfg.pair_bias, opm_blocks=opm_blocks, gating=cfg.gating,
+                        checkpoint=cfg.checkpoint_blocks, d_z=cfg.d_z, d_opm=cfg.d_opm)
+
+    @classmethod
+    def fine_size_field(cls, cfg: ModelConfig) -> str | None:
+        return "d_opm" if cls.pair_path(cfg).opm_blocks else None  # c_opm^2 * c_z output layer
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 0, use_prior: bool = True) -> None:
         super().__init__()
-        self.uses_z = pair_bias
-        self.needs_prior = bool(use_prior and pair_bias)
+        d_model, d_z = cfg.d_model, cfg.d_z
+        self.uses_z = cfg.pair_bias
+        self.needs_prior = bool(use_prior and cfg.pair_bias)
         self.d_z = d_z
-        self.checkpoint_blocks = checkpoint_blocks
+        self.checkpoint_blocks = cfg.checkpoint_blocks
         self.gene_encoder = GeneEncoder(vocab_size, d_model, pad_id)
-        self.value_encoder = ValueEncoder(d_model, dropout)
+        self.value_encoder = ValueEncoder(d_model, cfg.dropout)
         self.prior_encoder = nn.Embedding(N_PRIOR_CODES, d_z) if self.needs_prior else None
         self.register_buffer("zero_z", torch.zeros(1, d_z), persistent=False)  # the table of zero z
         self.blocks = nn.ModuleList(
             BioFormerBlock(
-                d_model, nhead, d_z, d_opm, ff_factor, dropout, pair_bias=pair_bias, gating=gating,
-                update_z=(opm and pair_bias and i < nlayers - 1), opm_chunk_size=opm_chunk_size,
+                d_model, cfg.nhead, d_z, cfg.d_opm, cfg.ff_factor, cfg.dropout, pair_bias=cfg.pair_bias,
+                gating=cfg.gating, update_z=(cfg.opm and cfg.pair_bias and i < cfg.nlayers - 1),
+                opm_chunk_size=cfg.opm_chunk_size,
             )
-            for i in range(nlayers)
+            for i in range(cfg.nlayers)
         )
         self.norm = nn.LayerNorm(d_model)
-        self.decoder = ExprDecoder(d_model, explicit_zero_prob)
+        self.decoder = ExprDecoder(d_model, cfg.explicit_zero_prob)
 
     def initial_z(self, gene_ids: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor | None:
         """[B, r, r, c_z] from the prior codes [B, r, r], or zeros; None when nothing reads z."""

@@ -5,35 +5,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bioformer.config import ModelConfig
+from bioformer.models.base import MaskedValueModel
 from bioformer.models.layers import ExprDecoder, GeneEncoder, ValueEncoder
+from bioformer.models.registry import register_model
 
 
-class ScGPT(nn.Module):
+@register_model("scgpt")
+class ScGPT(MaskedValueModel):
     """A faithful small scGPT: post-LN `nn.TransformerEncoderLayer` (as scGPT), feed-forward
-    width `ff_factor * d_model` (4 by default as in the notes; scGPT's paper used 1)."""
+    width `ff_factor * d_model` (4 by default as in the notes; scGPT's paper used 1).
+    Reads d_model, nhead, nlayers, ff_factor, dropout and explicit_zero_prob of the config."""
 
-    needs_prior = False
-
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 64,
-        nhead: int = 4,
-        nlayers: int = 2,
-        ff_factor: int = 4,
-        dropout: float = 0.1,
-        pad_id: int = 0,
-        explicit_zero_prob: bool = False,
-    ) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 0, use_prior: bool = False) -> None:
         super().__init__()
-        self.gene_encoder = GeneEncoder(vocab_size, d_model, pad_id)
-        self.value_encoder = ValueEncoder(d_model, dropout)
+        self.gene_encoder = GeneEncoder(vocab_size, cfg.d_model, pad_id)
+        self.value_encoder = ValueEncoder(cfg.d_model, cfg.dropout)
         layer = nn.TransformerEncoderLayer(
-            d_model, nhead, dim_feedforward=ff_factor * d_model, dropout=dropout, batch_first=True,
+            cfg.d_model, cfg.nhead, dim_feedforward=cfg.ff_factor * cfg.d_model, dropout=cfg.dropout, batch_first=True,
         )
         # enable_nested_tensor would drop padded positions on CPU eval and change numerics
-        self.encoder = nn.TransformerEncoder(layer, nlayers, enable_nested_tensor=False)
-        self.decoder = ExprDecoder(d_model, explicit_zero_prob)
+        self.encoder = nn.TransformerEncoder(layer, cfg.nlayers, enable_nested_tensor=False)
+        self.decoder = ExprDecoder(cfg.d_model, cfg.explicit_zero_prob)
 
     def forward(
         self,

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -36,16 +37,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors to `path` atomically (a kill mid-write leaves the previous file intact)."""
-    path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, safetensors_bytes(state, metadata=metadata))
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure to PNG `path` atomically, then closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:

@@ -10,15 +10,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from bioformer.config import TrainConfig
 from bioformer.data.prior import PriorMatrix
 from bioformer.data.tokenize import CellDataset, collate, length_grouped_batches
+from bioformer.models import unwrap
 from bioformer.training.floors import Floors
 from bioformer.training.metrics import SplitMetrics
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in what precision a run computes; resolved once per run from its TrainConfig."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype, None = fp32
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Runtime:
+        device = resolve_device(cfg.device)
+        return cls(device, autocast_dtype(cfg.amp, device))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,18 +53,11 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def masked_loss(out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked MSE, plus the Bernoulli NLL of "value is zero" when the model has a zero head."""
-    pred = out["pred"].float()
-    loss = F.mse_loss(pred[mask], target[mask])
-    if "zero_logit" in out:
-        loss = loss + F.binary_cross_entropy_with_logits(out["zero_logit"].float()[mask], (target[mask] == 0).float())
-    return loss
-
-
 def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], prior: PriorMatrix | None, device: torch.device) -> dict[str, torch.Tensor]:
+    """Run `model` (possibly DDP-wrapped) on one collated batch, with the prior codes when the
+    model reads them."""
     gene_ids = batch["gene_ids"].to(device)
-    prior_codes = prior.prior_for(gene_ids) if (getattr(model, "needs_prior", False) and prior is not None) else None
+    prior_codes = prior.prior_for(gene_ids) if (unwrap(model).needs_prior and prior is not None) else None
     return model(gene_ids, batch["values"].to(device), batch["padding_mask"].to(device), prior=prior_codes)
 
 
@@ -110,6 +116,7 @@ def train(
     valid_set: CellDataset,
     prior: PriorMatrix | None,
     cfg: TrainConfig,
+    runtime: Runtime,
     on_best: Callable[[torch.nn.Module, int, dict], None] | None = None,
     floors: Floors | None = None,
     on_epoch: Callable[[list[dict]], None] | None = None,
@@ -121,9 +128,8 @@ def train(
     (e.g. to rewrite metrics.csv, so a long run shows progress on disk). Returns the per-epoch history and
     the best weights.
     """
-    device = resolve_device(cfg.device)
+    device, amp_dtype = runtime.device, runtime.amp_dtype
     model.to(device)
-    amp_dtype = autocast_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=(amp_dtype == torch.float16))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
@@ -142,7 +148,7 @@ def train(
             ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
             with ctx:
                 out = forward_batch(model, batch, prior, device)
-                loss = masked_loss(out, batch["target_values"].to(device), batch["mask"].to(device))
+                loss = unwrap(model).loss(out, batch["target_values"].to(device), batch["mask"].to(device))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip:

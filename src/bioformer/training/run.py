@@ -25,15 +25,16 @@ import torch
 from bioformer.config import RunConfig
 from bioformer.data.pipeline import PreparedData, coverage_warning, prepare_data
 from bioformer.errors import BioformerError
-from bioformer.models import build_model
+from bioformer.models import build_model, count_parameters, uses_prior
 from bioformer.training.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_weights,
+    save_figure,
     save_weights,
 )
 from bioformer.training.floors import Floors
-from bioformer.training.loop import autocast_dtype, evaluate, resolve_device, train
+from bioformer.training.loop import Runtime, evaluate, train
 
 log = logging.getLogger("bioformer")
 METRICS = ("mse", "mre", "mae", "pearson")
@@ -53,10 +54,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def default_out(cfg: RunConfig) -> Path:
@@ -106,10 +103,7 @@ def plot_curves(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     ax2.set_ylabel("valid Pearson r")
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def floor_summary(metrics: dict[str, float], prefix: str = "test_") -> dict[str, float]:
@@ -143,7 +137,8 @@ def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool =
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed = cfg.train.seed
-    needs_prior = cfg.model.model == "bioformer" and cfg.model.pair_bias and cfg.data.prior not in (None, "", "none")
+    needs_prior = uses_prior(cfg.model, cfg.data.prior)
+    runtime = Runtime.from_config(cfg.train)
     if data is None:
         data = prepare_data(cfg.data, seed=seed, need_prior=needs_prior, quiet=quiet)
     coverage = data.coverage if needs_prior else {}
@@ -173,15 +168,15 @@ def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool =
     if not quiet:
         log.info("%s: %s parameters; %d train / %d valid / %d test cells; run dir %s", cfg.model.model, f"{n_params:,}", len(train_set), len(valid_set), len(test_set), out)
     result = train(
-        model, train_set, valid_set, data.prior, cfg.train, on_best=on_best, floors=floors,
+        model, train_set, valid_set, data.prior, cfg.train, runtime, on_best=on_best, floors=floors,
         on_epoch=lambda history: write_metrics_csv(out / "metrics.csv", history),
     )
 
-    device = resolve_device(cfg.train.device)
-    test = evaluate(model, test_set, data.prior, cfg.train.batch_size * 2, device, floors=floors, amp_dtype=autocast_dtype(cfg.train.amp, device))
+    test = evaluate(model, test_set, data.prior, cfg.train.batch_size * 2, runtime.device, floors=floors, amp_dtype=runtime.amp_dtype)
     summary: dict[str, Any] = {
         "name": cfg.name or cfg.model.model,
         "model": cfg.model.model,
+        "uses_prior": needs_prior,
         **floor_summary(test),
         "n_params": n_params,
         "seed": seed,
@@ -192,8 +187,9 @@ def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool =
         "wall_seconds": time.perf_counter() - t_start,
         "n_cells": {k: int(len(v)) for k, v in data.split.items()},
         "n_genes": int(data.adata.n_vars),
+        "vocab_size": len(data.vocab),
         "prior_coverage": coverage,
-        "device": str(device),
+        "device": str(runtime.device),
         "versions": versions(),
     }
     atomic_write_json(out / "summary.json", summary)
@@ -220,7 +216,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
     run_dir = Path(run_dir)
     cfg, vocab_info = load_run(run_dir)
     vocab = GeneVocab(vocab_info["tokens"])
-    needs_prior = cfg.model.model == "bioformer" and cfg.model.pair_bias and cfg.data.prior not in (None, "", "none")
+    needs_prior = uses_prior(cfg.model, cfg.data.prior)
     seed = cfg.train.seed
     same = data is None or data == cfg.data.data
     if same:
@@ -249,12 +245,12 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
             log.info("%d of the model's %d genes are not in %s (treated as unexpressed)", unknown, len(vocab.genes), data)
     model = build_model(cfg.model, len(vocab), vocab.pad_id, use_prior=needs_prior)
     load_weights(model, run_dir / "model.safetensors")
-    device = resolve_device(cfg.train.device)
-    model.to(device)
+    runtime = Runtime.from_config(cfg.train)
+    model.to(runtime.device)
     # Floors from the run's own training cells when on its data; on other data from that data
     # (then they are an in-sample reference, said so in the output).
     floors = Floors.fit(prepared.adata.X, prepared.gene_token_ids, train_cells, len(vocab), cfg.data.include_zero_genes)
-    metrics = evaluate(model, dataset, prepared.prior, cfg.train.batch_size * 2, device, floors=floors, amp_dtype=autocast_dtype(cfg.train.amp, device))
+    metrics = evaluate(model, dataset, prepared.prior, cfg.train.batch_size * 2, runtime.device, floors=floors, amp_dtype=runtime.amp_dtype)
     out = floor_summary(metrics)
     out.update({"data": data or cfg.data.data, "n_cells": len(dataset), "unknown_genes": unknown, "n_model_genes": len(vocab.genes)})
     return out

@@ -1,0 +1,138 @@
+"""The five studies: each a list of arms (named model configurations, optionally with their own z
+prior) and the pairs of arms whose paired differences answer its question.
+
+Arms are computed from the study's reference model, its prior, the vocabulary size of the
+prepared data (same-params sizes one model against the other) and the profile (depth's N).
+With vocab None only the arm names and structure are wanted (no sizing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bioformer.config import ModelConfig, prior_enabled
+from bioformer.experiments import sizing
+from bioformer.experiments.profiles import Profile
+from bioformer.models import BioFormer, ScGPT
+
+# the two families the studies compare, by their registered names
+BIOFORMER, SCGPT = BioFormer.name, ScGPT.name
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One model of a study. `prior` is the z prior for BioFormer ("none" = z starts at zero);
+    None = the study's prior. The gene set is the study's in every case."""
+
+    name: str
+    model: ModelConfig
+    prior: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    question: str
+    arms: Callable[[ModelConfig, str, int | None, Profile], list[Arm]]  # (reference model, study prior, vocab size or None, profile)
+    pairs: Callable[[list[str]], list[tuple[str, str]]]
+
+
+def _model(base: ModelConfig, **changes) -> ModelConfig:
+    return dataclasses.replace(base, **changes)
+
+
+def _same_params(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
+    ref = _model(base, model=SCGPT)
+    bio = _model(base, model=BIOFORMER)
+    if vocab is not None:  # None: only the arm names are wanted
+        bio = sizing.match_total_params(ref, bio, vocab, tol=0.02, use_prior=prior_enabled(prior))
+    return [
+        Arm(SCGPT, ref, description=f"scGPT, d_model {ref.d_model}"),
+        Arm(BIOFORMER, bio, description=f"BioFormer sized to scGPT's total parameters (±2%): d_model {bio.d_model}, c_opm {bio.d_opm}"),
+    ]
+
+
+def _same_attention(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
+    ref = _model(base, model=SCGPT)
+    bio = sizing.same_attention(ref, _model(base, model=BIOFORMER))
+    plain = _model(bio, pair_bias=False, opm=False)
+    return [
+        Arm(SCGPT, ref, description="scGPT (post-LN nn.TransformerEncoderLayer)"),
+        Arm(BIOFORMER, bio, description="same attention + transition as scGPT, gate off; extra = pair path"),
+        Arm(f"{BIOFORMER}-no-pair-path", plain, description="the same BioFormer without pair bias and OPM: a pre-LN transformer with scGPT's parameters (separates pre-LN from the pair path)"),
+    ]
+
+
+def _ablation(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
+    full = _model(base, model=BIOFORMER)
+    return [
+        Arm("full", full, description="BioFormer: pair bias + OPM + gate, transition x4"),
+        Arm("no-opm", _model(full, opm=False), description="z = prior embedding, never updated"),
+        Arm("no-pair-bias", _model(full, pair_bias=False), description="no pair bias; nothing reads z then, so this is also 'neither' (no OPM, no pair bias)"),
+        Arm("no-gating", _model(full, gating=False), description="no sigmoid gate on the attention output"),
+        Arm("transition-1", _model(full, ff_factor=1), description="transition factor 1 (scGPT paper) instead of 4"),
+    ]
+
+
+def _depth(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
+    depths = profile.depths
+    arms = []
+    for family in (SCGPT, BIOFORMER):
+        for n in depths:
+            arms.append(Arm(f"{family}-N{n}", _model(base, model=family, nlayers=n), description=f"{family}, N {n}, d_model {base.d_model}"))
+    for n in (depths[0], depths[-1]):  # separates the pair path from pre-LN in the depth effect
+        arms.append(Arm(f"{BIOFORMER}-no-pair-path-N{n}", _model(base, model=BIOFORMER, nlayers=n, pair_bias=False, opm=False),
+                        description=f"the same BioFormer without pair bias and OPM (a gated pre-LN transformer), N {n}"))
+    small = max(base.nhead, base.d_model // 2 // base.nhead * base.nhead)
+    arms.append(Arm(f"{BIOFORMER}-small-N{depths[-1]}", _model(base, model=BIOFORMER, d_model=small, nlayers=depths[-1]), description=f"BioFormer d_model {small}, N {depths[-1]}"))
+    arms.append(Arm(f"{SCGPT}-large-N{depths[0]}", _model(base, model=SCGPT, d_model=2 * base.d_model, nlayers=depths[0]), description=f"scGPT d_model {2 * base.d_model}, N {depths[0]}"))
+    return arms
+
+
+def _depth_pairs(names: list[str]) -> list[tuple[str, str]]:
+    b, s = BIOFORMER, SCGPT
+    ns = sorted({int(n.rsplit("-N", 1)[1]) for n in names if n.startswith((f"{s}-N", f"{b}-N"))})
+    pairs = [(f"{b}-N{n}", f"{s}-N{n}") for n in ns]
+    pairs += [(f"{b}-N{ns[-1]}", f"{b}-N{ns[0]}"), (f"{s}-N{ns[-1]}", f"{s}-N{ns[0]}")]
+    pairs += [(f"{b}-small-N{ns[-1]}", f"{s}-large-N{ns[0]}")]
+    pairs += [(f"{b}-N{ns[-1]}", f"{b}-no-pair-path-N{ns[-1]}"), (f"{b}-no-pair-path-N{ns[-1]}", f"{b}-no-pair-path-N{ns[0]}")]
+    return [(a, b) for a, b in pairs if a in names and b in names]
+
+
+def _prior_name(prior: str) -> str:
+    return Path(prior).stem if ("/" in prior or "." in prior) else prior
+
+
+def _prior(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
+    full = _model(base, model=BIOFORMER)
+    p = _prior_name(prior)
+    arms = [Arm(p, full, prior=prior, description=f"z from the {p} prior")]
+    if prior not in ("dorothea",):
+        arms.append(Arm("dorothea", full, prior="dorothea", description="z from the DoRothEA prior (same genes)"))
+    arms.append(Arm("zero-z", full, prior="none", description="z starts at zero (no prior)"))
+    arms.append(Arm(f"{p}-shuffled", full, prior=f"{prior}-shuffled", description=f"{p} edges with targets permuted among the study's genes (degree-preserving): same structure, no knowledge"))
+    return arms
+
+
+def _prior_pairs(names: list[str]) -> list[tuple[str, str]]:
+    main, shuffled = names[0], f"{names[0]}-shuffled"
+    pairs = [(main, "zero-z"), (main, shuffled), (shuffled, "zero-z")]
+    if "dorothea" in names:
+        pairs += [("dorothea", "zero-z"), (main, "dorothea")]
+    return pairs
+
+
+STUDIES: dict[str, Study] = {
+    "same-params": Study("same-params", "scGPT vs BioFormer at equal total parameters (±2%)", _same_params, lambda n: [(BIOFORMER, SCGPT)]),
+    "same-attention": Study(
+        "same-attention", "equal attention + transition; BioFormer adds only the pair path", _same_attention,
+        lambda n: [(BIOFORMER, SCGPT), (BIOFORMER, f"{BIOFORMER}-no-pair-path"), (f"{BIOFORMER}-no-pair-path", SCGPT)],
+    ),
+    "ablation": Study("ablation", "which BioFormer part matters", _ablation, lambda n: [("full", a) for a in n[1:]]),
+    "depth": Study("depth", "N in {2, 4, 8} for both; small-c BioFormer at large N vs large-c scGPT at small N", _depth, _depth_pairs),
+    "prior": Study("prior", "does TF knowledge in z help, beyond the structure of a graph?", _prior, _prior_pairs),
+}

@@ -1,0 +1,84 @@
+"""What every model provides to the rest of the package (see `bioformer.models.registry`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bioformer.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class PairPath:
+    """What a configured model has of a gene-pair representation (for estimates and sizing).
+
+    reads_z: attention logits get a bias from z; opm_blocks: blocks that write z (outer product
+    mean); gating/checkpoint: the attention gate and block recomputation switches."""
+
+    reads_z: bool = False
+    opm_blocks: int = 0
+    gating: bool = False
+    checkpoint: bool = False
+    d_z: int = 0
+    d_opm: int = 0
+
+
+class MaskedValueModel(nn.Module):
+    """Base of every model: forward(gene_ids, values, padding_mask, prior=None) -> {"pred": [B, L],
+    optionally "zero_logit": [B, L]}; built from a ModelConfig; owns its loss.
+
+    `needs_prior` (instance): whether forward expects per-cell prior codes.
+    """
+
+    name: str = ""
+    needs_prior: bool = False
+    PAIR_PARTS: tuple[str, ...] = ("prior_encoder", "outer_product_mean", "norm_z", "bias_proj")
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, vocab_size: int, pad_id: int = 0, use_prior: bool = True) -> MaskedValueModel:
+        return cls(cfg, vocab_size, pad_id=pad_id, use_prior=use_prior)
+
+    @classmethod
+    def reads_prior(cls, cfg: ModelConfig) -> bool:
+        """Whether this configuration of the model can consume a TF prior."""
+        return False
+
+    @classmethod
+    def pair_path(cls, cfg: ModelConfig) -> PairPath:
+        return PairPath()
+
+    @classmethod
+    def fine_size_field(cls, cfg: ModelConfig) -> str | None:
+        """A ModelConfig field that moves the parameter count in small steps (for equal-parameter
+        sizing after d_model), or None."""
+        return None
+
+    @classmethod
+    def parameter_role(cls, name: str) -> str:
+        """Role of one parameter from its qualified name, for sizing tables: embeddings (gene
+        embedding + value encoder), attention (projections, their LayerNorm, a gate), transition
+        (feed-forward + LayerNorm), pair_path (everything that exists only because of z), decoder
+        (the expression decoder and a final LayerNorm), else other."""
+        parts = name.split(".")
+        if parts[0] in ("gene_encoder", "value_encoder"):
+            return "embeddings"
+        if parts[0] in ("decoder", "norm"):
+            return "decoder"
+        if any(p in cls.PAIR_PARTS for p in parts):
+            return "pair_path"
+        if "attention" in parts or "self_attn" in parts or "norm1" in parts:
+            return "attention"
+        if "transition" in parts or (len(parts) > 1 and parts[-2] in ("linear1", "linear2", "norm2")):
+            return "transition"
+        return "other"
+
+    def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked MSE, plus the Bernoulli NLL of "value is zero" when the model has a zero head."""
+        pred = out["pred"].float()
+        loss = F.mse_loss(pred[mask], target[mask])
+        if "zero_logit" in out:
+            loss = loss + F.binary_cross_entropy_with_logits(out["zero_logit"].float()[mask], (target[mask] == 0).float())
+        return loss
