@@ -52,7 +52,7 @@ def _same_params(base: ModelConfig, prior: str, vocab: int | None, profile: Prof
         bio = sizing.match_total_params(ref, bio, vocab, tol=0.02, use_prior=prior_enabled(prior))
     return [
         Arm(SCGPT, ref, description=f"scGPT, d_model {ref.d_model}"),
-        Arm(BIOFORMER, bio, description=f"BioFormer sized to scGPT's total parameters (±2%): d_model {bio.d_model}, c_opm {bio.d_opm}"),
+        Arm(BIOFORMER, bio, description="BioFormer sized to scGPT's total parameters (±2%; d_model and c_opm in the table)"),
     ]
 
 
