@@ -142,11 +142,47 @@ def cmd_prior(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from bioformer.training.run import format_test_table, run_training
+def _torchrun_argv(argv: list[str], nproc: int) -> list[str]:
+    """`python -m torch.distributed.run --standalone --nproc-per-node N -m bioformer ARGV` without --nproc."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "bioformer", *rest]
 
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from bioformer.training import distributed
+    from bioformer.training.run import RESUMABLE_CHANGES, format_test_table, run_training
+
+    if args.nproc is not None and args.nproc > 1 and distributed.env_world_size() == 1:
+        argv = _torchrun_argv(sys.argv[1:], args.nproc)
+        sys.stdout.flush()
+        os.execv(argv[0], argv)  # torchrun takes over this process; every rank runs this command
+    if args.resume is not None:
+        from pathlib import Path
+
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():
+            raise BioformerError(f"{run_dir} is not a run directory (no config.yaml); pass the --out of the run to resume")
+        if not (run_dir / "summary.json").exists() and not (run_dir / "last.pt").exists():
+            raise BioformerError(f"{run_dir} has no training state (last.pt) to resume from; train it again")
+        given = {k for k, v in vars(args).items() if "." in k and v is not None}
+        allowed = {f"{sec}.{k}" for sec, keys in RESUMABLE_CHANGES.items() for k in keys}
+        if given - allowed or args.config or args.out:
+            bad = sorted(given - allowed) + (["config"] if args.config else []) + (["out"] if args.out else [])
+            raise BioformerError(f"--resume continues the run's own config.yaml; only {', '.join(sorted(a.split('.')[1] for a in allowed))} may change (got {', '.join(bad)})")
+        args.config, args.out = str(run_dir / "config.yaml"), str(run_dir)
     cfg = config_from_args(args)
-    out, summary = run_training(cfg)
+    out, summary = run_training(cfg, resume=args.resume is not None)
+    if not distributed.is_main():
+        return 0
     metrics = {k[len("test_"):]: v for k, v in summary.items() if k.startswith("test_")}
     metrics.update({k: v for k, v in summary.items() if k.startswith("floor_")})
     print(f"\n{summary['name']}: {summary['n_params']:,} parameters, best epoch {summary['best_epoch']}/{summary['epochs']}, {summary['seconds_per_epoch']:.1f} s/epoch")
@@ -250,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(t)
     t.add_argument("--name", help="run name (default: the model name)")
     t.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly from its last finished epoch (its last.pt)")
+    t.add_argument("--nproc", type=int, help="train on N processes on this machine (runs torchrun --standalone --nproc-per-node N; "
+                   "several machines: see README)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="re-score a run's checkpoint on its test split or on other data")

@@ -83,6 +83,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on supporting GPUs) | bf16 | fp16 | off
     num_threads: int | None = None
     progress: bool = True
+    max_steps: int | None = None  # stop after this many optimiser steps (benchmarks, smoke runs)
 
 
 @dataclass

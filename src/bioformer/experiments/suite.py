@@ -87,7 +87,8 @@ def train_arm(plan: StudyPlan, seed: int, name: str, quiet: bool = True) -> dict
 
     sd = seed_data(plan, seed)
     arm = sd.arms[name]
-    _, summary = run_mod.run_training(plan.run_config(arm, seed), data=sd.data_for(arm), quiet=quiet)
+    # resume=True: an interrupted run continues from its last finished epoch
+    _, summary = run_mod.run_training(plan.run_config(arm, seed), data=sd.data_for(arm), quiet=quiet, resume=True)
     return summary
 
 

@@ -1,13 +1,20 @@
-"""Atomic checkpoint I/O: write to a temp file in the same directory, then rename."""
+"""Atomic checkpoint I/O: write to a temp file in the same directory, fsync, then rename.
+
+Two kinds of checkpoint: the best weights (`model.safetensors`, plain tensors, loadable
+anywhere) and the training state (`last.pt`, everything needed to continue a run exactly).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
@@ -55,3 +62,37 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     model.load_state_dict(load_file(str(path)))
+
+
+TRAINING_STATE = "last.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random stream a training epoch reads: Python, NumPy's global, torch CPU and CUDA."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    """The whole training state (torch.save format) to `path` atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read a state written by `save_training_state` (our own file: it holds RNG states, which
+    are not plain tensors, hence weights_only=False)."""
+    return torch.load(path, map_location="cpu", weights_only=False)

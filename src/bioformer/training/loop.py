@@ -7,8 +7,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -17,6 +18,8 @@ from bioformer.config import TrainConfig
 from bioformer.data.prior import PriorMatrix
 from bioformer.data.tokenize import CellDataset, collate, length_grouped_batches
 from bioformer.models import unwrap
+from bioformer.training import distributed
+from bioformer.training.checkpoint import rng_state, save_training_state, set_rng_state
 from bioformer.training.floors import Floors
 from bioformer.training.metrics import SplitMetrics
 
@@ -61,12 +64,6 @@ def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], prior:
     return model(gene_ids, batch["values"].to(device), batch["padding_mask"].to(device), prior=prior_codes)
 
 
-def loader(dataset: CellDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    """Batches of similar sequence length (see length_grouped_batches), in a seeded order."""
-    batches = length_grouped_batches(dataset.lengths(), batch_size, seed, shuffle)
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0)
-
-
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -80,14 +77,22 @@ def evaluate(
     desc: str = "eval",
 ) -> dict[str, float]:
     """Metrics of `model` on the dataset's (fixed) masks; with `floors`, the floors' metrics on
-    the very same masked positions, as floor_const_* and floor_gene_mean_*."""
+    the very same masked positions, as floor_const_* and floor_gene_mean_*.
+
+    In a process group each rank scores every world_size-th batch and the metric sums are added
+    over ranks, so the result equals a single-process evaluation of the same weights.
+    """
     device = torch.device(device)
+    model = unwrap(model)
     model.eval()
     by_zero = dataset.include_zero_genes
     acc = SplitMetrics(by_zero)
     facc = {"const": SplitMetrics(by_zero), "gene_mean": SplitMetrics(by_zero)} if floors is not None else {}
     ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    for batch in tqdm(loader(dataset, batch_size, False, 0), desc=desc, leave=False, disable=not progress):
+    batches = length_grouped_batches(dataset.lengths(), batch_size, 0, shuffle=False)
+    batches = batches[distributed.rank()::distributed.world_size()]
+    batch_iter = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0)
+    for batch in tqdm(batch_iter, desc=desc, leave=False, disable=not progress):
         with ctx:
             out = forward_batch(model, batch, prior, device)
         mask = batch["mask"]
@@ -96,6 +101,8 @@ def evaluate(
         if floors is not None:
             for name, pred in floors.predict(batch["gene_ids"]).items():
                 facc[name].update(pred, target, mask)
+    for a in (acc, *facc.values()):
+        a.all_reduce(distributed.all_reduce_sum)
     result = acc.compute()
     for name, a in facc.items():
         result.update({f"floor_{name}_{k}": v for k, v in a.compute().items()})
@@ -120,13 +127,24 @@ def train(
     on_best: Callable[[torch.nn.Module, int, dict], None] | None = None,
     floors: Floors | None = None,
     on_epoch: Callable[[list[dict]], None] | None = None,
+    state_path: str | Path | None = None,
+    resume_state: dict[str, Any] | None = None,
+    state_meta: dict[str, Any] | None = None,
 ) -> TrainResult:
     """AdamW + linear warm-up + plateau LR on validation MSE, gradient clipping, autocast on GPU.
 
     After each epoch: validation metrics; when validation MSE improves, the weights are kept
     (and `on_best` is called, e.g. to write the checkpoint); `on_epoch` gets the history so far
-    (e.g. to rewrite metrics.csv, so a long run shows progress on disk). Returns the per-epoch history and
-    the best weights.
+    (e.g. to rewrite metrics.csv, so a long run shows progress on disk); with `state_path`, the
+    full training state (see `training_state`) is written there atomically. `resume_state`
+    (such a state, read back) continues a run exactly where that epoch ended. Returns the
+    per-epoch history and the best weights.
+
+    In a process group (torchrun) the model is wrapped in DDP, each global batch of
+    world_size * batch_size cells is cut into one shard per rank, and every rank's loss is
+    scaled so that the gradient is that of the masked MSE over the global batch's masked
+    positions (not a mean of per-rank means). Only rank 0 calls `on_best` / `on_epoch` and
+    writes the state.
     """
     device, amp_dtype = runtime.device, runtime.amp_dtype
     model.to(device)
@@ -134,21 +152,50 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
     result = TrainResult()
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    step, start_epoch = 0, 1
+    rank, world = distributed.rank(), distributed.world_size()
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        opt.load_state_dict(resume_state["optimizer"])
+        plateau.load_state_dict(resume_state["plateau"])
+        scaler.load_state_dict(resume_state["scaler"])
+        step, start_epoch = resume_state["step"], resume_state["epoch"] + 1
+        result.history = list(resume_state["history"])
+        result.best_epoch, result.best_valid_mse = resume_state["best_epoch"], resume_state["best_valid_mse"]
+        result.best_state = resume_state["best_state"]
+        rngs = resume_state["rng"]
+        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    core = model
+    model = distributed.wrap(model, device)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
         model.train()
         train_set.set_epoch(epoch)
         t0 = time.perf_counter()
-        losses = []
-        bar = tqdm(loader(train_set, cfg.batch_size, True, cfg.seed * 1000 + epoch), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress)
-        for batch in bar:
+        global_batches = length_grouped_batches(train_set.lengths(), cfg.batch_size * world, cfg.seed * 1000 + epoch, True)
+        shards = [distributed.shard(b, rank, world) for b in global_batches]
+        batches = DataLoader(train_set, batch_sampler=[idx for idx, _ in shards], collate_fn=collate, num_workers=0)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not (cfg.progress and rank == 0))
+        loss_sum = torch.zeros((), dtype=torch.float64)  # sum over steps of this rank's share of the global loss
+        n_steps = 0
+        for (_, weight), batch in zip(shards, bar, strict=True):
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
             if step < cfg.warmup_steps:
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * (step + 1) / cfg.warmup_steps
             ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+            mask = batch["mask"].to(device)
             with ctx:
                 out = forward_batch(model, batch, prior, device)
-                loss = unwrap(model).loss(out, batch["target_values"].to(device), batch["mask"].to(device))
+                loss = core.loss(out, batch["target_values"].to(device), mask)
+            if world > 1:
+                # mean over this shard's masked positions -> its share of the global mean; DDP
+                # averages gradients over ranks, hence the factor world
+                n_local = mask.sum().to(torch.float64) * weight
+                n_global = distributed.all_reduce_sum(n_local)
+                loss = loss * (n_local * world / n_global).to(loss.dtype)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip:
@@ -156,33 +203,70 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
-            losses.append(loss.item())
+            loss_sum += loss.detach().double().cpu() / world
+            n_steps += 1
             step += 1
-            bar.set_postfix(loss=f"{losses[-1]:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.2f}")
         train_seconds = time.perf_counter() - t0
-        valid = evaluate(model, valid_set, prior, cfg.batch_size * 2, device, floors=floors, amp_dtype=amp_dtype)
+        train_loss = float(distributed.all_reduce_sum(loss_sum)) / n_steps if n_steps else math.nan
+        valid = evaluate(core, valid_set, prior, cfg.batch_size * 2, device, floors=floors, amp_dtype=amp_dtype)
         if step >= cfg.warmup_steps:
             plateau.step(valid["mse"])
         row = {
             "epoch": epoch,
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "train_loss": train_loss,
             **{f"valid_{k}": v for k, v in valid.items()},
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.perf_counter() - t0,
             "train_seconds": train_seconds,
         }
         result.history.append(row)
+        main = distributed.is_main()
         if valid["mse"] < result.best_valid_mse:
             result.best_valid_mse = valid["mse"]
             result.best_epoch = epoch
-            result.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if on_best is not None:
-                on_best(model, epoch, row)
-        if on_epoch is not None:
+            result.best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
+            if on_best is not None and main:
+                on_best(core, epoch, row)
+        if on_epoch is not None and main:
             on_epoch(result.history)
-        if cfg.progress:
+        if state_path is not None:
+            rngs = distributed.all_gather_object(rng_state())
+            if main:
+                state = training_state(core, opt, plateau, scaler, epoch, step, result, rngs)
+                save_training_state(state_path, {**state, **(state_meta or {})})
+        if cfg.progress and main:
             floor = f" (per-gene floor {valid['floor_gene_mean_mse']:.2f})" if "floor_gene_mean_mse" in valid else ""
             tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.2f}  valid MSE {valid['mse']:.2f}{floor}  Pearson {valid['pearson']:.3f}  {row['seconds']:.1f}s")
     if result.best_state is not None:
-        model.load_state_dict(result.best_state)
+        core.load_state_dict(result.best_state)
     return result
+
+
+def training_state(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    step: int,
+    result: TrainResult,
+    rngs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Everything a run needs to continue exactly after `epoch`: weights, optimizer, plateau
+    scheduler, GradScaler, epoch, global step (it drives the warm-up), every RNG stream (one per
+    rank), history and best-so-far (with the best weights). Batch order and masks need no state:
+    they are drawn from (seed, epoch[, cell])."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "plateau": plateau.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rngs,
+        "history": list(result.history),
+        "best_epoch": result.best_epoch,
+        "best_valid_mse": result.best_valid_mse,
+        "best_state": {k: v.detach().cpu() for k, v in (result.best_state or {}).items()},
+    }

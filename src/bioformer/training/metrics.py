@@ -7,6 +7,7 @@ over masked positions whose target is > 0 only (a zero target makes the ratio ~1
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -36,6 +37,13 @@ class MaskedMetrics:
             p.sum(), t.sum(), (p * p).sum(), (t * t).sum(),
         ])
         self.pt += float((p * t).sum())
+
+    def all_reduce(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the running sums by their sums over processes (exact: sums, not means)."""
+        packed = torch.cat([torch.tensor([self.n, self.n_pos, self.pt], dtype=torch.float64), self.s])
+        packed = reduce_sum(packed)
+        self.n, self.n_pos, self.pt = int(packed[0]), int(packed[1]), float(packed[2])
+        self.s = packed[3:].clone()
 
     def compute(self) -> dict[str, float]:
         if self.n == 0:
@@ -71,6 +79,10 @@ class SplitMetrics:
         if self.by_zero:
             self.zero.update(pred, target, mask & (target == 0))
             self.nonzero.update(pred, target, mask & (target > 0))
+
+    def all_reduce(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        for m in (self.all, self.zero, self.nonzero):
+            m.all_reduce(reduce_sum)
 
     def compute(self) -> dict[str, float]:
         out = {k: v for k, v in self.all.compute().items() if k != "n"}

@@ -26,15 +26,18 @@ from bioformer.config import RunConfig
 from bioformer.data.pipeline import PreparedData, coverage_warning, prepare_data
 from bioformer.errors import BioformerError
 from bioformer.models import build_model, count_parameters, uses_prior
+from bioformer.training import distributed
 from bioformer.training.checkpoint import (
+    TRAINING_STATE,
     atomic_write_json,
     atomic_write_text,
+    load_training_state,
     load_weights,
     save_figure,
     save_weights,
 )
 from bioformer.training.floors import Floors
-from bioformer.training.loop import Runtime, evaluate, train
+from bioformer.training.loop import Runtime, autocast_dtype, evaluate, train
 
 log = logging.getLogger("bioformer")
 METRICS = ("mse", "mre", "mae", "pearson")
@@ -129,16 +132,63 @@ def format_test_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Train `cfg` end to end and write its run directory. Returns (run_dir, summary)."""
+# options a resumed run may change: they do not change what the remaining epochs compute
+RESUMABLE_CHANGES = {"train": {"epochs", "max_steps", "device", "num_threads", "progress"}}
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], allowed: dict[str, set[str]] | None = None) -> list[str]:
+    """'section.key old -> new' for every config value that differs (except `allowed` ones)."""
+    allowed = allowed or {}
+    diffs = []
+    for section in ("data", "model", "train"):
+        a, b = old.get(section, {}), new.get(section, {})
+        diffs += [f"{section}.{k} {a.get(k)!r} -> {v!r}" for k, v in b.items() if k not in allowed.get(section, ()) and a.get(k) != v]
+    return diffs
+
+
+def read_resume_state(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """The training state in `out` (None when there is none), checked to belong to `cfg`."""
+    path = out / TRAINING_STATE
+    if not path.exists():
+        return None
+    state = load_training_state(path)
+    diffs = config_changes(state.get("config", {}), cfg.to_dict(), RESUMABLE_CHANGES)
+    if diffs:
+        raise BioformerError(f"{out} holds a run of another configuration ({'; '.join(diffs[:4])}); resume it with its own config.yaml or use a new --out")
+    return state
+
+
+def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool = False, resume: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Train `cfg` end to end and write its run directory. Returns (run_dir, summary).
+
+    With `resume`, a run directory that holds a training state (last.pt, written after every
+    epoch) continues from it exactly, and a finished one (summary.json) is returned as it is.
+    Under torchrun every rank calls this; rank 0 alone writes files and logs.
+    """
+    device, started = distributed.setup(cfg.train.device)  # this rank's device under torchrun
+    try:
+        return _run_training(cfg, data, quiet or not distributed.is_main(), resume, device)
+    finally:
+        if started:
+            distributed.teardown()
+
+
+def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume: bool, device: torch.device) -> tuple[Path, dict[str, Any]]:
     t_start = time.perf_counter()
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    out = Path(distributed.broadcast_object(str(Path(cfg.out) if cfg.out else default_out(cfg))))
+    if resume and (out / "summary.json").exists():
+        if not quiet:
+            log.info("%s is finished; nothing to resume", out)
+        return out, json.loads((out / "summary.json").read_text())
+    resume_state = read_resume_state(out, cfg) if resume else None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed = cfg.train.seed
     needs_prior = uses_prior(cfg.model, cfg.data.prior)
-    runtime = Runtime.from_config(cfg.train)
+    runtime = Runtime(device, autocast_dtype(cfg.train.amp, device))
     if data is None:
         data = prepare_data(cfg.data, seed=seed, need_prior=needs_prior, quiet=quiet)
     coverage = data.coverage if needs_prior else {}
@@ -151,9 +201,16 @@ def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool =
         )
         if (w := coverage_warning(c)) is not None:
             log.warning(w)
-    cfg.save(out / "config.yaml")
-    np.savez(out / "split.npz", **data.split, obs_names=np.asarray(data.adata.obs_names, dtype=str))
-    atomic_write_json(out / "vocab.json", {"tokens": data.vocab.tokens, "genes": list(data.adata.var_names)})
+    if resume_state is not None:
+        old_split = np.load(out / "split.npz")
+        if any(not np.array_equal(old_split[k], v) for k, v in data.split.items()):
+            raise BioformerError(f"the data of {out} gave another train/valid/test split than when the run started; was the data set changed?")
+        if not quiet:
+            log.info("resuming %s after epoch %d (step %d)", out, resume_state["epoch"], resume_state["step"])
+    if main:
+        cfg.save(out / "config.yaml")
+        np.savez(out / "split.npz", **data.split, obs_names=np.asarray(data.adata.obs_names, dtype=str))
+        atomic_write_json(out / "vocab.json", {"tokens": data.vocab.tokens, "genes": list(data.adata.var_names)})
 
     seed_everything(seed)
     model = build_model(cfg.model, len(data.vocab), data.vocab.pad_id, use_prior=needs_prior)
@@ -170,6 +227,7 @@ def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool =
     result = train(
         model, train_set, valid_set, data.prior, cfg.train, runtime, on_best=on_best, floors=floors,
         on_epoch=lambda history: write_metrics_csv(out / "metrics.csv", history),
+        state_path=out / TRAINING_STATE, resume_state=resume_state, state_meta={"config": cfg.to_dict()},
     )
 
     test = evaluate(model, test_set, data.prior, cfg.train.batch_size * 2, runtime.device, floors=floors, amp_dtype=runtime.amp_dtype)
@@ -192,6 +250,8 @@ def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool =
         "device": str(runtime.device),
         "versions": versions(),
     }
+    if not main:
+        return out, summary
     atomic_write_json(out / "summary.json", summary)
     if result.history:
         plot_curves(out / "curves.png", result.history, f"{summary['name']} on {Path(cfg.data.data).name} (seed {seed})")
