@@ -42,6 +42,8 @@ class DataConfig:
     test_frac: float = 0.1
     prior: str = "collectri"  # collectri | dorothea | all | none | path to CSV/TSV/parquet
     gene_prior: str | None = None  # prior used by --genes hvg+prior; None = `prior`
+    backed: bool | None = None  # read the .h5ad in backed mode; None: when it stores > 200M values
+    backed_hvg_cells: int = 20000  # backed mode: gene selection on this many cells (seeded subsample)
 
 
 @dataclass

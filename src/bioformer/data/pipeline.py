@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -11,6 +12,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bioformer.config import DataConfig, prior_enabled
+from bioformer.data.backed import BackedData, prepare_backed, use_backed
+from bioformer.data.datasets import DATASETS
 from bioformer.data.load import load_anndata
 from bioformer.data.preprocess import preprocess
 from bioformer.data.prior import SHUFFLED_SUFFIX, PriorMatrix, load_edges, shuffle_edges
@@ -29,6 +32,7 @@ class PreparedData:
     config: DataConfig
     seed: int
     coverage: dict[str, float] = field(default_factory=dict)
+    backed: BackedData | None = None  # set in backed mode: cells are read from the file on demand
 
     @property
     def gene_token_ids(self) -> np.ndarray:
@@ -37,6 +41,8 @@ class PreparedData:
 
     def dataset(self, split: str) -> CellDataset:
         c = self.config
+        if self.backed is not None:
+            return self.backed.dataset(self.split[split], self.gene_token_ids, c, self.seed, self.vocab.cls_id, split != "train")
         return CellDataset(
             self.adata.X, self.gene_token_ids, self.split[split], seed=self.seed,
             max_len=c.max_len, include_zero_genes=c.include_zero_genes, append_cls=c.append_cls,
@@ -135,7 +141,9 @@ def prepare_data(
     genes (evaluating a trained model on other data). With `require_prior_edges`, a prior with no
     edge among the selected genes is an error (training would silently get a zero prior).
     """
-    adata = load_anndata(cfg.data, cfg.layer, cfg.gene_column, cfg.max_cells, seed, quiet=quiet)
+    backed_path = _backed_path(cfg)
+    if backed_path is None:
+        adata = load_anndata(cfg.data, cfg.layer, cfg.gene_column, cfg.max_cells, seed, quiet=quiet)
     use_prior = prior_enabled(cfg.prior)
     selection_prior = _unshuffled(cfg.gene_prior or (cfg.prior if use_prior else None))
     selection_edges: pd.DataFrame | None = None
@@ -143,6 +151,8 @@ def prepare_data(
         if not prior_enabled(selection_prior):
             raise BioformerError("--genes hvg+prior needs a prior (not --prior none); pass --gene-prior collectri or use --genes hvg")
         selection_edges = load_edges(selection_prior, seed=seed, quiet=quiet)
+    if backed_path is not None:
+        return _prepare_backed(cfg, backed_path, seed, need_prior and use_prior, gene_list, selection_edges, quiet, require_prior_edges)
     binned = preprocess(
         adata, n_hvg=cfg.n_hvg, n_bins=cfg.n_bins, min_counts=cfg.min_counts,
         hvg_flavor=cfg.hvg_flavor, genes=cfg.genes, prior_edges=selection_edges,
@@ -156,15 +166,37 @@ def prepare_data(
         binned = binned[~empty].copy()
     vocab = GeneVocab.from_genes(list(binned.var_names))
     split = split_cells(binned.n_obs, cfg.valid_frac, cfg.test_frac, seed)
-    prior = None
-    if use_prior and need_prior:
-        prior = PriorMatrix.from_edges(edges_for_genes(cfg.prior, vocab.token_to_id, seed, quiet), vocab.token_to_id)
-        if prior.n_edges == 0 and require_prior_edges:
-            raise BioformerError(
-                f"no prior edges between the selected genes ({binned.n_vars} genes, prior {cfg.prior}); "
-                "check gene names (--gene-column with symbols) or use --genes hvg+prior"
-            )
+    prior = _build_prior(cfg, vocab, binned.n_vars, seed, quiet, require_prior_edges) if (use_prior and need_prior) else None
     data = PreparedData(binned, vocab, split, prior, cfg, seed)
     if prior is not None:
         data.coverage = prior_coverage(binned.X, data.gene_token_ids, prior, data.dataset("train"))
+    return data
+
+
+def _backed_path(cfg: DataConfig) -> Path | None:
+    """The .h5ad path when it is to be read in backed mode (--backed, or large: see use_backed)."""
+    if cfg.backed is False or cfg.data in DATASETS:
+        return None
+    path = Path(cfg.data).expanduser()
+    if not path.is_file():
+        return None  # load_anndata says what is wrong
+    return path if use_backed(cfg, path) else None
+
+
+def _build_prior(cfg: DataConfig, vocab: GeneVocab, n_genes: int, seed: int, quiet: bool, require_prior_edges: bool) -> PriorMatrix:
+    prior = PriorMatrix.from_edges(edges_for_genes(cfg.prior, vocab.token_to_id, seed, quiet), vocab.token_to_id)
+    if prior.n_edges == 0 and require_prior_edges:
+        raise BioformerError(
+            f"no prior edges between the selected genes ({n_genes} genes, prior {cfg.prior}); "
+            "check gene names (--gene-column with symbols) or use --genes hvg+prior"
+        )
+    return prior
+
+
+def _prepare_backed(cfg, path, seed, with_prior, gene_list, selection_edges, quiet, require_prior_edges) -> PreparedData:
+    frame, vocab, split, backed = prepare_backed(cfg, path, seed, gene_list, selection_edges, quiet)
+    prior = _build_prior(cfg, vocab, frame.n_vars, seed, quiet, require_prior_edges) if with_prior else None
+    data = PreparedData(frame, vocab, split, prior, cfg, seed, backed=backed)
+    if prior is not None:  # on the gene-selection subsample (all its expressed genes, before max_len)
+        data.coverage = prior_coverage(backed.subsample.X, data.gene_token_ids, prior)
     return data

@@ -73,6 +73,15 @@ def prior_gene_candidates(
     return np.isin(names, chosen)
 
 
+def bin_values(vals: np.ndarray, n_bins: int) -> np.ndarray:
+    """One cell's non-zero values -> bins 1..n_bins-1 by average rank (see `bin_cells`). Any
+    increasing transform of the values (normalize_total, log1p) gives the same bins."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(vals, method="average")
+    return np.clip(np.ceil(ranks / vals.size * (n_bins - 1)), 1, n_bins - 1)
+
+
 def bin_cells(X: sp.csr_matrix, n_bins: int) -> tuple[sp.csr_matrix, np.ndarray]:
     """Per-cell quantile binning of non-zero values into 1..n_bins-1 (0 stays 0).
 
@@ -81,8 +90,6 @@ def bin_cells(X: sp.csr_matrix, n_bins: int) -> tuple[sp.csr_matrix, np.ndarray]
     binned matrix (same sparsity) and per-cell edges [n_cells, n_bins] (the cell's value
     quantiles at k / (n_bins - 1)), so a bin can be mapped back to an expression range.
     """
-    from scipy.stats import rankdata
-
     X = X.tocsr()
     X.sort_indices()
     out = X.copy().astype(np.float32)
@@ -93,8 +100,7 @@ def bin_cells(X: sp.csr_matrix, n_bins: int) -> tuple[sp.csr_matrix, np.ndarray]
         vals = X.data[lo:hi]
         if vals.size == 0:
             continue
-        ranks = rankdata(vals, method="average")
-        out.data[lo:hi] = np.clip(np.ceil(ranks / vals.size * (n_bins - 1)), 1, n_bins - 1)
+        out.data[lo:hi] = bin_values(vals, n_bins)
         edges[i] = np.quantile(vals, q)
     return out, edges
 

@@ -97,6 +97,7 @@ class CellDataset(Dataset):
     ) -> None:
         self.binned = binned.tocsr()
         self.binned.sort_indices()
+        self.n_genes = self.binned.shape[1]
         self.gene_token_ids = np.asarray(gene_token_ids, dtype=np.int64)
         self.cells = np.asarray(cells)
         self.seed = seed
@@ -124,15 +125,24 @@ class CellDataset(Dataset):
     def lengths(self) -> np.ndarray:
         """Sequence length of every item (incl. <cls>), without building the items."""
         if self.include_zero_genes:
-            n = np.full(len(self.cells), min(self.binned.shape[1], self.max_genes))
+            n = np.full(len(self.cells), min(self.n_genes, self.max_genes))
         else:
-            n = np.minimum(np.diff(self.binned.indptr)[self.cells], self.max_genes)
+            n = np.minimum(self.expressed_counts(), self.max_genes)
         return n + int(self.append_cls)
+
+    def expressed_counts(self) -> np.ndarray:
+        """Number of non-zero selected genes of every cell of the dataset."""
+        return np.diff(self.binned.indptr)[self.cells]
+
+    def row(self, cell: int) -> tuple[np.ndarray, np.ndarray]:
+        """A cell's non-zero (gene column, bin) pairs, columns ascending."""
+        lo, hi = self.binned.indptr[cell], self.binned.indptr[cell + 1]
+        return self.binned.indices[lo:hi], self.binned.data[lo:hi]
 
     def shared_columns(self) -> np.ndarray:
         """Include-zero mode: the gene columns every cell uses this epoch (one draw for all cells,
         so position i means the same gene in every cell and z stays aligned with the prior)."""
-        n = self.binned.shape[1]
+        n = self.n_genes
         if n <= self.max_genes:
             return np.arange(n)
         rng = np.random.default_rng([self.seed, self.epoch_key, 2**31 - 1])
@@ -141,15 +151,15 @@ class CellDataset(Dataset):
     def __getitem__(self, idx: int) -> dict[str, np.ndarray]:
         cell = int(self.cells[idx])
         rng = np.random.default_rng([self.seed, self.epoch_key, cell])
-        lo, hi = self.binned.indptr[cell], self.binned.indptr[cell + 1]
+        nz_cols, nz_bins = self.row(cell)
         if self.include_zero_genes:
             cols = self.shared_columns()
-            row = np.zeros(self.binned.shape[1], dtype=np.float32)
-            row[self.binned.indices[lo:hi]] = self.binned.data[lo:hi]
+            row = np.zeros(self.n_genes, dtype=np.float32)
+            row[nz_cols] = nz_bins
             vals = row[cols]
         else:
-            cols = self.binned.indices[lo:hi]
-            vals = self.binned.data[lo:hi].astype(np.float32)
+            cols = nz_cols
+            vals = nz_bins.astype(np.float32)
             if cols.size > self.max_genes:
                 pick = np.sort(rng.choice(cols.size, size=self.max_genes, replace=False))
                 cols, vals = cols[pick], vals[pick]

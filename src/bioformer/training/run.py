@@ -215,7 +215,7 @@ def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume
     seed_everything(seed)
     model = build_model(cfg.model, len(data.vocab), data.vocab.pad_id, use_prior=needs_prior)
     n_params = count_parameters(model)
-    floors = Floors.fit(data.adata.X, data.gene_token_ids, data.split["train"], len(data.vocab), cfg.data.include_zero_genes)
+    floors = Floors.for_data(data)
     meta = {"config": json.dumps(cfg.to_dict())}
 
     def on_best(m, epoch, row):
@@ -287,7 +287,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
         train_cells = prepared.split["train"]
         unknown = 0
     else:
-        dcfg = dataclasses.replace(cfg.data, data=data, layer=layer, gene_column=gene_column, max_cells=None)
+        # other data are read into memory (scoring all of their cells)
+        dcfg = dataclasses.replace(cfg.data, data=data, layer=layer, gene_column=gene_column, max_cells=None, backed=False)
         prepared = prepare_data(dcfg, seed=seed, need_prior=needs_prior, gene_list=vocab.genes, quiet=quiet)
         t2i = vocab.token_to_id
         unknown = len(vocab.genes) - prepared.adata.n_vars
@@ -309,7 +310,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
     model.to(runtime.device)
     # Floors from the run's own training cells when on its data; on other data from that data
     # (then they are an in-sample reference, said so in the output).
-    floors = Floors.fit(prepared.adata.X, prepared.gene_token_ids, train_cells, len(vocab), cfg.data.include_zero_genes)
+    floors = Floors.for_data(prepared) if same else Floors.fit(prepared.adata.X, prepared.gene_token_ids, train_cells, len(vocab), cfg.data.include_zero_genes)
     metrics = evaluate(model, dataset, prepared.prior, cfg.train.batch_size * 2, runtime.device, floors=floors, amp_dtype=runtime.amp_dtype)
     out = floor_summary(metrics)
     out.update({"data": data or cfg.data.data, "n_cells": len(dataset), "unknown_genes": unknown, "n_model_genes": len(vocab.genes)})

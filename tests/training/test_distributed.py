@@ -1,0 +1,151 @@
+"""DDP on CPU (gloo): 2 processes x batch b == 1 process x batch 2b; exact metric reduction;
+plain checkpoints; every model switch uses all its parameters (DDP without unused-parameter search)."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bioformer.config import ModelConfig
+from bioformer.data.prior import N_PRIOR_CODES
+from bioformer.models import build_model
+from bioformer.training.checkpoint import TRAINING_STATE, load_training_state
+from bioformer.training.distributed import shard
+from bioformer.training.loop import masked_loss
+from bioformer.training.metrics import SplitMetrics
+from bioformer.training.run import evaluate_run, run_training
+from tests.conftest import tiny_config
+
+TEST_KEYS = ("test_mse", "test_mre", "test_mae", "test_pearson", "floor_gene_mean_mse", "floor_const_mse")
+
+
+def shift_invariant_removed(name: str, w: torch.Tensor, d_model: int) -> torch.Tensor:
+    """`w` without the entries that cannot change any output: the key bias (adds a constant to a
+    query's logits) and norm_z.bias (a per-head constant bias). Their true gradient is exactly 0,
+    so AdamW turns float round-off in it into lr-sized steps (measured: up to 4e-5 apart after 15
+    steps, every other weight <= 2e-7 apart)."""
+    if name.endswith("attention.in_proj.bias"):
+        return torch.cat([w[:d_model], w[2 * d_model:]])
+    if name.endswith("attention.norm_z.bias"):
+        return w[:0]
+    return w
+
+
+def test_two_processes_match_one_process_with_double_batch(tmp_path):
+    b = 8
+    cfg = tiny_config(tmp_path)
+    cfg.train.epochs = 1
+    cfg.train.batch_size = b
+    cfg.data.backed = True  # ranks share the streaming passes over the file: same lengths and floors
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg.save(cfg_path)
+    two = tmp_path / "two"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bioformer", "-q", "train", "--nproc", "2", "--config", str(cfg_path), "--out", str(two)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("run directory:") == 1  # only rank 0 prints
+
+    cfg.train.batch_size = 2 * b
+    cfg.data.backed = False
+    cfg.out = str(tmp_path / "one")
+    _, one_summary = run_training(cfg, quiet=True)
+
+    w2, w1 = load_file(str(two / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
+    assert w2.keys() == w1.keys() and not any(k.startswith("module.") for k in w2)
+    for k in w1:
+        a, b = shift_invariant_removed(k, w2[k], cfg.model.d_model), shift_invariant_removed(k, w1[k], cfg.model.d_model)
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), (k, (a - b).abs().max())
+    s2 = load_training_state(two / TRAINING_STATE)
+    s1 = load_training_state(tmp_path / "one" / TRAINING_STATE)
+    assert s2["step"] == s1["step"] == 15  # 240 training cells / 16 per global batch
+    assert len(s2["rng"]) == 2  # one RNG state per rank
+    assert s2["history"][0]["train_loss"] == pytest.approx(s1["history"][0]["train_loss"], rel=1e-5)
+    two_summary = json.loads((two / "summary.json").read_text())
+    for k in TEST_KEYS:
+        assert two_summary[k] == pytest.approx(one_summary[k], rel=1e-4), k
+    # the 2-process test metrics (sums reduced over ranks) equal a 1-process evaluation of the
+    # same weights: exactly, up to float64 summation order
+    single = evaluate_run(two, quiet=True)
+    for k in TEST_KEYS:
+        assert single[k] == pytest.approx(two_summary[k], rel=1e-12, abs=0), k
+    rows = list(csv.DictReader(open(two / "metrics.csv")))
+    assert len(rows) == 1
+
+
+def test_shard_cuts_global_batches_into_contiguous_parts():
+    batch = list(range(10, 17))  # 7 cells on 2 ranks
+    parts = [shard(batch, r, 2) for r in range(2)]
+    assert parts == [([10, 11, 12], 1.0), ([13, 14, 15, 16], 1.0)]
+    # fewer cells than ranks: the idle rank runs a cell with weight 0
+    assert shard([5], 0, 2) == ([5], 0.0)
+    assert shard([5], 1, 2) == ([5], 1.0)
+
+
+def test_split_metrics_reduce_to_the_single_process_sums():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(6, 10, generator=g) * 50, torch.randint(0, 51, (6, 10), generator=g).float()
+    mask = torch.rand(6, 10, generator=g) < 0.4
+    whole = SplitMetrics(by_zero=True)
+    whole.update(pred, target, mask)
+    parts = [SplitMetrics(by_zero=True) for _ in range(2)]
+    parts[0].update(pred[:3], target[:3], mask[:3])
+    parts[1].update(pred[3:], target[3:], mask[3:])
+    # what all_reduce does with two ranks: add the packed sums of both
+    packed = []
+    for p in parts:
+        p.all_reduce(lambda t: packed.append(t) or t)
+    total = [packed[i] + packed[i + 3] for i in range(3)]
+    it = iter(total)
+    parts[0].all_reduce(lambda t: next(it))
+    got, want = parts[0].compute(), whole.compute()
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-12), k
+
+
+SWITCHES = [
+    dict(model="scgpt"),
+    dict(model="scgpt", explicit_zero_prob=True),
+    *[dict(model="bioformer", pair_bias=pb, opm=o, gating=g, explicit_zero_prob=zp, nlayers=n)
+      for pb, o, g, zp, n in itertools.product([True, False], [True, False], [True, False], [False, True], [1, 2])],
+]
+
+
+@pytest.mark.parametrize("use_prior", [True, False])
+def test_every_switch_uses_every_parameter(use_prior):
+    """DDP (without find_unused_parameters) needs a gradient for every parameter each step."""
+    torch.manual_seed(0)
+    B, r, V = 2, 6, 20
+    gene_ids = torch.randint(3, V, (B, r))
+    values = torch.randint(0, 51, (B, r)).float()
+    mask = torch.zeros(B, r, dtype=torch.bool)
+    mask[:, 1] = True
+    pad = torch.zeros(B, r, dtype=torch.bool)
+    pad[1, -1] = True
+    prior = torch.randint(0, N_PRIOR_CODES, (B, r, r))
+    for sw in SWITCHES:
+        cfg = ModelConfig(d_model=8, nhead=2, d_z=4, d_opm=4, dropout=0.0, **sw)
+        model = build_model(cfg, V, use_prior=use_prior)
+        out = model(gene_ids, values.masked_fill(mask, -1.0), pad, prior=prior if getattr(model, "needs_prior", False) else None)
+        masked_loss(out, values, mask).backward()
+        unused = [n for n, p in model.named_parameters() if p.grad is None]
+        assert not unused, (sw, unused)
+
+
+def test_length_grouped_global_batches_are_seeded_and_epoch_dependent():
+    from bioformer.data.tokenize import length_grouped_batches
+
+    lengths = np.random.default_rng(0).integers(5, 60, 200)
+    a = length_grouped_batches(lengths, 16, 1001)
+    assert a == length_grouped_batches(lengths, 16, 1001)
+    assert a != length_grouped_batches(lengths, 16, 1002)
+    assert sorted(i for b in a for i in b) == list(range(200))
