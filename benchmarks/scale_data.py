@@ -76,8 +76,8 @@ def generate(path: Path, n_cells: int, n_genes: int, umis: int, seed: int = 0, c
         X = f.create_group("X")
         X.attrs["encoding-type"], X.attrs["encoding-version"] = "csr_matrix", "0.1.0"
         X.attrs["shape"] = (n_cells, n_genes)
-        data = X.create_dataset("data", shape=(0,), maxshape=(None,), dtype="float32", chunks=(1 << 18,))
-        indices = X.create_dataset("indices", shape=(0,), maxshape=(None,), dtype="int32", chunks=(1 << 18,))
+        data = X.create_dataset("data", shape=(0,), maxshape=(None,), dtype="float32", chunks=(1 << 14,))
+        indices = X.create_dataset("indices", shape=(0,), maxshape=(None,), dtype="int32", chunks=(1 << 14,))
         indptr = np.zeros(n_cells + 1, dtype=np.int64)
         nnz = 0
         for lo in range(0, n_cells, chunk):

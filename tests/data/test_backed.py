@@ -93,3 +93,16 @@ def test_backed_refuses_dense_and_bad_values(tmp_path):
     cfg.data = str(p)
     with pytest.raises(BioformerError, match="negative values"):
         prepare_data(cfg, quiet=True)
+
+
+def test_bin_values_equals_scipy_average_ranks():
+    from scipy.stats import rankdata
+
+    from bioformer.data.preprocess import bin_values
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 50, 400):
+        for ties in (True, False):
+            v = (rng.integers(1, 6, n) if ties else rng.random(n)).astype(np.float32)
+            want = np.clip(np.ceil(rankdata(v, method="average") / n * 50), 1, 50)
+            assert np.array_equal(bin_values(v, 51), want), (n, ties)

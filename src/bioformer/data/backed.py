@@ -40,6 +40,7 @@ log = logging.getLogger("bioformer")
 
 AUTO_BACKED_NNZ = 200_000_000  # stored values above which --backed is automatic (~2.4 GB per in-memory copy)
 CHUNK_CELLS = 8192  # cells per read in the streaming passes
+H5_CHUNK_CACHE = 32 * 2**20  # h5py chunk cache per open file (bytes): neighbouring rows hit it
 
 
 class BackedMatrix:
@@ -70,7 +71,7 @@ class BackedMatrix:
     @property
     def file(self) -> h5py.File:
         if self._file is None:
-            self._file = h5py.File(self.path, "r")
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=H5_CHUNK_CACHE)
         return self._file
 
     @property

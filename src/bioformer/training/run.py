@@ -149,9 +149,11 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], allowed: dict[str, 
 def read_resume_state(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
     """The training state in `out` (None when there is none), checked to belong to `cfg`."""
     path = out / TRAINING_STATE
-    if not path.exists():
+    # rank 0 reads, every rank gets it: the run directory need not be shared between machines
+    state = load_training_state(path) if (distributed.is_main() and path.exists()) else None
+    state = distributed.broadcast_object(state)
+    if state is None:
         return None
-    state = load_training_state(path)
     diffs = config_changes(state.get("config", {}), cfg.to_dict(), RESUMABLE_CHANGES)
     if diffs:
         raise BioformerError(f"{out} holds a run of another configuration ({'; '.join(diffs[:4])}); resume it with its own config.yaml or use a new --out")
@@ -177,10 +179,10 @@ def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume
     t_start = time.perf_counter()
     main = distributed.is_main()
     out = Path(distributed.broadcast_object(str(Path(cfg.out) if cfg.out else default_out(cfg))))
-    if resume and (out / "summary.json").exists():
+    if resume and distributed.broadcast_object((out / "summary.json").exists()):
         if not quiet:
             log.info("%s is finished; nothing to resume", out)
-        return out, json.loads((out / "summary.json").read_text())
+        return out, distributed.broadcast_object(json.loads((out / "summary.json").read_text()) if main else None)
     resume_state = read_resume_state(out, cfg) if resume else None
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +203,7 @@ def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume
         )
         if (w := coverage_warning(c)) is not None:
             log.warning(w)
-    if resume_state is not None:
+    if resume_state is not None and main:
         old_split = np.load(out / "split.npz")
         if any(not np.array_equal(old_split[k], v) for k, v in data.split.items()):
             raise BioformerError(f"the data of {out} gave another train/valid/test split than when the run started; was the data set changed?")
