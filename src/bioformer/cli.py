@@ -172,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").exists():
             raise BioformerError(f"{run_dir} is not a run directory (no config.yaml); pass the --out of the run to resume")
         if not (run_dir / "summary.json").exists() and not (run_dir / "last.pt").exists():
-            raise BioformerError(f"{run_dir} has no training state (last.pt) to resume from; train it again")
+            log.info("%s has no finished epoch (no last.pt): training it from the start", run_dir)
         given = {k for k, v in vars(args).items() if "." in k and v is not None}
         allowed = {f"{sec}.{k}" for sec, keys in RESUMABLE_CHANGES.items() for k in keys}
         if given - allowed or args.config or args.out:
