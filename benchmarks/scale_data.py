@@ -53,6 +53,7 @@ def generate(path: Path, n_cells: int, n_genes: int, umis: int, seed: int = 0, c
     import anndata as ad
     import h5py
     import pandas as pd
+    import scipy.sparse as sp
 
     src, names = kang_counts()
     n_src, g_src = src.shape
@@ -91,14 +92,15 @@ def generate(path: Path, n_cells: int, n_genes: int, umis: int, seed: int = 0, c
             gene = src.indices[pos].astype(np.int64)
             move = (gene < n_copy) & (rng.random(gene.size) < 0.3)
             gene[move] += g_src
-            key, count = np.unique(owner * n_genes + gene, return_counts=True)
-            row, col = key // n_genes, key % n_genes
-            indptr[lo + 1:hi + 1] = nnz + np.cumsum(np.bincount(row, minlength=m))
-            data.resize((nnz + key.size,))
-            indices.resize((nnz + key.size,))
-            data[nnz:] = count.astype(np.float32)
-            indices[nnz:] = col.astype(np.int32)
-            nnz += key.size
+            # UMIs -> counts: CSR construction sums duplicate (cell, gene) pairs in linear time
+            block = sp.csr_matrix((np.ones(gene.size, dtype=np.float32), (owner, gene)), shape=(m, n_genes))
+            block.sum_duplicates()  # also sorts each row's genes
+            indptr[lo + 1:hi + 1] = nnz + block.indptr[1:]
+            data.resize((nnz + block.nnz,))
+            indices.resize((nnz + block.nnz,))
+            data[nnz:] = block.data
+            indices[nnz:] = block.indices.astype(np.int32)
+            nnz += block.nnz
             print(f"\rgenerated {hi:,}/{n_cells:,} cells ({nnz / hi:.0f} genes/cell)", end="", file=sys.stderr, flush=True)
         X.create_dataset("indptr", data=indptr)
     print(file=sys.stderr)

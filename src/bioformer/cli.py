@@ -34,6 +34,9 @@ HELP = {
     "opm_chunk_size": "compute z updates in chunks of this many rows (saves memory)",
     "checkpoint_blocks": "recompute each block in backward (activation checkpointing)",
     "amp": "mixed precision: auto (bf16 on capable GPUs) | bf16 | fp16 | off",
+    "backed": "read the .h5ad without loading it (cells binned when read); default: automatic above 200M stored values",
+    "backed_hvg_cells": "backed mode: select genes on this many cells (seeded subsample)",
+    "max_steps": "stop after this many optimiser steps (benchmarks, smoke runs)",
 }
 
 
