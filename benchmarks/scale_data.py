@@ -5,8 +5,8 @@ the data pipeline's cells/s.
     python benchmarks/scale_data.py --n-cells 100000     # what fits a 4 GiB budget in memory
 
 The synthetic .h5ad (not committed; default benchmarks/data/) is generated from the real Kang
-2018 PBMCs (13,576 cells x 14,053 genes): each synthetic cell resamples Poisson(--umis) UMIs
-from a random Kang cell's counts; the genes are Kang's 14,053 plus copies of the first ones up
+2018 PBMCs (13,576 cells x 14,053 genes): each synthetic cell draws Poisson(--umis) UMIs
+(multinomial) from the gene distribution of a random Kang cell; the genes are Kang's 14,053 plus copies of the first ones up
 to --n-genes (each UMI of such a gene moves to its copy with probability 0.3). It is written in
 chunks straight into the h5ad layout (CSR X), so generating it never holds the matrix either.
 
@@ -53,7 +53,6 @@ def generate(path: Path, n_cells: int, n_genes: int, umis: int, seed: int = 0, c
     import anndata as ad
     import h5py
     import pandas as pd
-    import scipy.sparse as sp
 
     src, names = kang_counts()
     n_src, g_src = src.shape
@@ -61,9 +60,7 @@ def generate(path: Path, n_cells: int, n_genes: int, umis: int, seed: int = 0, c
         raise SystemExit(f"--n-genes must be >= Kang's {g_src} genes")
     n_copy = n_genes - g_src
     gene_names = np.concatenate([names, [f"{names[i]}-copy" for i in range(n_copy)]])
-    cum = np.cumsum(src.data)  # global UMI CDF, cell by cell
-    row_start = np.concatenate([[0.0], cum])[src.indptr[:-1]]
-    row_total = np.asarray(src.sum(axis=1)).ravel()
+    probs = src.multiply(1.0 / np.asarray(src.sum(axis=1))).tocsr()  # each Kang cell's gene distribution
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.h5ad")
@@ -86,21 +83,24 @@ def generate(path: Path, n_cells: int, n_genes: int, umis: int, seed: int = 0, c
             m = hi - lo
             cells = rng.integers(0, n_src, m)
             total = np.maximum(rng.poisson(umis, m), 1)
-            owner = np.repeat(np.arange(m), total)  # [UMIs] synthetic cell of each UMI
-            u = row_start[cells][owner] + rng.random(owner.size) * row_total[cells][owner]
-            pos = np.minimum(np.searchsorted(cum, u, side="right"), cum.size - 1)
-            gene = src.indices[pos].astype(np.int64)
-            move = (gene < n_copy) & (rng.random(gene.size) < 0.3)
-            gene[move] += g_src
-            # UMIs -> counts: CSR construction sums duplicate (cell, gene) pairs in linear time
-            block = sp.csr_matrix((np.ones(gene.size, dtype=np.float32), (owner, gene)), shape=(m, n_genes))
-            block.sum_duplicates()  # also sorts each row's genes
-            indptr[lo + 1:hi + 1] = nnz + block.indptr[1:]
-            data.resize((nnz + block.nnz,))
-            indices.resize((nnz + block.nnz,))
-            data[nnz:] = block.data
-            indices[nnz:] = block.indices.astype(np.int32)
-            nnz += block.nnz
+            rows_idx, rows_val = [], []
+            for c, t in zip(cells, total, strict=True):
+                lo_, hi_ = probs.indptr[c], probs.indptr[c + 1]
+                counts = rng.multinomial(t, probs.data[lo_:hi_])  # t UMIs over the Kang cell's genes
+                genes = probs.indices[lo_:hi_]
+                moved = np.where(genes < n_copy, rng.binomial(counts, 0.3), 0)  # to the gene's copy
+                stay = counts - moved
+                idx = np.concatenate([genes[stay > 0], genes[moved > 0] + g_src])  # ascending: copies come last
+                rows_idx.append(idx)
+                rows_val.append(np.concatenate([stay[stay > 0], moved[moved > 0]]))
+            sizes = np.array([len(r) for r in rows_idx])
+            indptr[lo + 1:hi + 1] = nnz + np.cumsum(sizes)
+            new = int(sizes.sum())
+            data.resize((nnz + new,))
+            indices.resize((nnz + new,))
+            data[nnz:] = np.concatenate(rows_val).astype(np.float32)
+            indices[nnz:] = np.concatenate(rows_idx).astype(np.int32)
+            nnz += new
             print(f"\rgenerated {hi:,}/{n_cells:,} cells ({nnz / hi:.0f} genes/cell)", end="", file=sys.stderr, flush=True)
         X.create_dataset("indptr", data=indptr)
     print(file=sys.stderr)

@@ -19,7 +19,6 @@ from bioformer.data.prior import N_PRIOR_CODES
 from bioformer.models import build_model
 from bioformer.training.checkpoint import TRAINING_STATE, load_training_state
 from bioformer.training.distributed import shard
-from bioformer.training.loop import masked_loss
 from bioformer.training.metrics import SplitMetrics
 from bioformer.training.run import evaluate_run, run_training
 from tests.conftest import tiny_config
@@ -135,8 +134,8 @@ def test_every_switch_uses_every_parameter(use_prior):
     for sw in SWITCHES:
         cfg = ModelConfig(d_model=8, nhead=2, d_z=4, d_opm=4, dropout=0.0, **sw)
         model = build_model(cfg, V, use_prior=use_prior)
-        out = model(gene_ids, values.masked_fill(mask, -1.0), pad, prior=prior if getattr(model, "needs_prior", False) else None)
-        masked_loss(out, values, mask).backward()
+        out = model(gene_ids, values.masked_fill(mask, -1.0), pad, prior=prior if model.needs_prior else None)
+        model.loss(out, values, mask).backward()
         unused = [n for n, p in model.named_parameters() if p.grad is None]
         assert not unused, (sw, unused)
 
