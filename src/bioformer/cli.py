@@ -37,6 +37,7 @@ HELP = {
     "backed": "read the .h5ad without loading it (cells binned when read); default: automatic above 200M stored values",
     "backed_hvg_cells": "backed mode: select genes on this many cells (seeded subsample)",
     "max_steps": "stop after this many optimiser steps (benchmarks, smoke runs)",
+    "num_workers": "DataLoader worker processes for training batches (helps --backed: cells are read and binned in them)",
 }
 
 

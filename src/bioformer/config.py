@@ -86,6 +86,7 @@ class TrainConfig:
     num_threads: int | None = None
     progress: bool = True
     max_steps: int | None = None  # stop after this many optimiser steps (benchmarks, smoke runs)
+    num_workers: int = 0  # DataLoader worker processes reading training cells (backed data: reading + binning)
 
 
 @dataclass

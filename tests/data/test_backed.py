@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pytest
+import torch
 
 from bioformer.data import backed as backed_mod
 from bioformer.data.pipeline import prepare_data
@@ -106,3 +107,20 @@ def test_bin_values_equals_scipy_average_ranks():
             v = (rng.integers(1, 6, n) if ties else rng.random(n)).astype(np.float32)
             want = np.clip(np.ceil(rankdata(v, method="average") / n * 50), 1, 50)
             assert np.array_equal(bin_values(v, 51), want), (n, ties)
+
+
+def test_backed_batches_are_the_same_with_loader_workers(tmp_path):
+    """Worker processes open their own file handle and give exactly the batches of one process."""
+    from torch.utils.data import DataLoader
+
+    from bioformer.data.tokenize import collate, length_grouped_batches
+
+    cfg = tiny_config(tmp_path, data={"backed": True})
+    ds = prepare_data(cfg.data, quiet=True).dataset("train")
+    ds.set_epoch(1)
+    batches = length_grouped_batches(ds.lengths(), 16, 1)[:6]
+    one = list(DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=0))
+    two = list(DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=2))
+    for a, b in zip(one, two, strict=True):
+        for k in a:
+            assert torch.equal(a[k], b[k]), k

@@ -21,6 +21,7 @@ Passes 2 and 4 are split over the ranks of a process group (chunks round-robin) 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class BackedMatrix:
         key = "X" if layer in (None, "X") else "raw/X" if layer == "raw" else f"layers/{layer}"
         self.key = key
         self._file: h5py.File | None = None
+        self._pid = os.getpid()
         group = self.file.get(key)
         if group is None:
             raise BioformerError(f"{self.path.name} has no {key}; pass --layer with an existing layer (or --no-backed)")
@@ -66,13 +68,22 @@ class BackedMatrix:
             )
         self.shape = tuple(int(v) for v in group.attrs["shape"])
         self.indptr = group["indptr"][:].astype(np.int64)
-        self._indices, self._data = group["indices"], group["data"]
 
     @property
     def file(self) -> h5py.File:
-        if self._file is None:
+        """The open file; a DataLoader worker (another process) opens its own handle."""
+        if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, "r", rdcc_nbytes=H5_CHUNK_CACHE)
+            self._pid = os.getpid()
+            group = self._file.get(self.key)
+            if isinstance(group, h5py.Group) and "indices" in group:
+                self._indices, self._data = group["indices"], group["data"]
         return self._file
+
+    def _datasets(self) -> tuple[h5py.Dataset, h5py.Dataset]:
+        """The CSR indices and data datasets, opened in this process."""
+        _ = self.file
+        return self._indices, self._data
 
     @property
     def nnz(self) -> int:
@@ -81,13 +92,15 @@ class BackedMatrix:
     def row(self, cell: int) -> tuple[np.ndarray, np.ndarray]:
         """(column indices, values) of one cell."""
         lo, hi = self.indptr[cell], self.indptr[cell + 1]
-        return self._indices[lo:hi], self._data[lo:hi]
+        indices, data = self._datasets()
+        return indices[lo:hi], data[lo:hi]
 
     def rows(self, lo: int, hi: int, values: bool = True) -> sp.csr_matrix:
         """Cells lo..hi-1 as CSR (with `values=False` the data are ones and never read)."""
         a, b = self.indptr[lo], self.indptr[hi]
-        indices = self._indices[a:b]
-        data = self._data[a:b].astype(np.float32) if values else np.ones(b - a, dtype=np.float32)
+        ds_indices, ds_data = self._datasets()
+        indices = ds_indices[a:b]
+        data = ds_data[a:b].astype(np.float32) if values else np.ones(b - a, dtype=np.float32)
         return sp.csr_matrix((data, indices, self.indptr[lo:hi + 1] - a), shape=(hi - lo, self.shape[1]))
 
     def take(self, cells: np.ndarray) -> sp.csr_matrix:
@@ -108,13 +121,8 @@ class BackedMatrix:
         values = ad.io.read_elem(group[column])
         return np.asarray(values, dtype=str)
 
-    def __getstate__(self):  # DataLoader workers reopen the file
+    def __getstate__(self):  # spawned DataLoader workers reopen the file
         return {**self.__dict__, "_file": None, "_indices": None, "_data": None}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        group = self.file[self.key]
-        self._indices, self._data = group["indices"], group["data"]
 
 
 def h5ad_nnz(path: str | Path, layer: str | None = None) -> int | None:

@@ -175,7 +175,7 @@ def train(
         t0 = time.perf_counter()
         global_batches = length_grouped_batches(train_set.lengths(), cfg.batch_size * world, cfg.seed * 1000 + epoch, True)
         shards = [distributed.shard(b, rank, world) for b in global_batches]
-        batches = DataLoader(train_set, batch_sampler=[idx for idx, _ in shards], collate_fn=collate, num_workers=0)
+        batches = DataLoader(train_set, batch_sampler=[idx for idx, _ in shards], collate_fn=collate, num_workers=cfg.num_workers)
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not (cfg.progress and rank == 0))
         loss_sum = torch.zeros((), dtype=torch.float64)  # sum over steps of this rank's share of the global loss
         n_steps = 0

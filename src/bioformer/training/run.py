@@ -133,7 +133,7 @@ def format_test_table(metrics: dict[str, float]) -> str:
 
 
 # options a resumed run may change: they do not change what the remaining epochs compute
-RESUMABLE_CHANGES = {"train": {"epochs", "max_steps", "device", "num_threads", "progress"}}
+RESUMABLE_CHANGES = {"train": {"epochs", "max_steps", "device", "num_threads", "num_workers", "progress"}}
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], allowed: dict[str, set[str]] | None = None) -> list[str]:
