@@ -46,6 +46,10 @@ def test_backed_equals_in_memory(tmp_path, data):
         assert np.array_equal(backed.split[k], memory.split[k]), k
     assert_same_items(memory, backed, "train", epoch=2)
     assert_same_items(memory, backed, "test")
+    # prior coverage: same genes, TFs and edges; per-cell numbers over the subsample's cells
+    for k in ("genes", "tfs", "edges", "edges_activating", "edges_repressing"):
+        assert backed.coverage[k] == memory.coverage[k] > 0, k
+    assert backed.coverage["cells"] == backed.backed.subsample.n_obs
     fm, fb = Floors.for_data(memory), Floors.for_data(backed)
     assert fb.const == pytest.approx(fm.const, rel=1e-12)
     assert np.allclose(fb.gene_mean.numpy(), fm.gene_mean.numpy(), rtol=1e-6, atol=0)

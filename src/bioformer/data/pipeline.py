@@ -50,6 +50,14 @@ class PreparedData:
         )
 
 
+    def coverage_of(self, prior: PriorMatrix) -> dict[str, float]:
+        """`prior_coverage` over the training sequences (backed: over the gene-selection
+        subsample's expressed genes, which does not read every cell again)."""
+        if self.backed is not None:
+            return prior_coverage(self.backed.subsample.X, self.gene_token_ids, prior)
+        return prior_coverage(self.adata.X, self.gene_token_ids, prior, self.dataset("train"))
+
+
 def prior_coverage(
     binned: sp.csr_matrix,
     gene_token_ids: np.ndarray,
@@ -169,7 +177,7 @@ def prepare_data(
     prior = _build_prior(cfg, vocab, binned.n_vars, seed, quiet, require_prior_edges) if (use_prior and need_prior) else None
     data = PreparedData(binned, vocab, split, prior, cfg, seed)
     if prior is not None:
-        data.coverage = prior_coverage(binned.X, data.gene_token_ids, prior, data.dataset("train"))
+        data.coverage = data.coverage_of(prior)
     return data
 
 
@@ -197,6 +205,6 @@ def _prepare_backed(cfg, path, seed, with_prior, gene_list, selection_edges, qui
     frame, vocab, split, backed = prepare_backed(cfg, path, seed, gene_list, selection_edges, quiet)
     prior = _build_prior(cfg, vocab, frame.n_vars, seed, quiet, require_prior_edges) if with_prior else None
     data = PreparedData(frame, vocab, split, prior, cfg, seed, backed=backed)
-    if prior is not None:  # on the gene-selection subsample (all its expressed genes, before max_len)
-        data.coverage = prior_coverage(backed.subsample.X, data.gene_token_ids, prior)
+    if prior is not None:
+        data.coverage = data.coverage_of(prior)
     return data

@@ -47,7 +47,7 @@ class SeedData:
 
     def data_for(self, arm: Arm) -> PreparedData:
         """The seed's PreparedData with the arm's prior swapped in (same genes, split and masks)."""
-        from bioformer.data.pipeline import edges_for_genes, prior_coverage
+        from bioformer.data.pipeline import edges_for_genes
         from bioformer.data.prior import PriorMatrix
 
         prior = arm.prior or self.study_prior
@@ -59,7 +59,7 @@ class SeedData:
             matrix = PriorMatrix.from_edges(edges_for_genes(prior, t2i, p.seed), t2i)
             if matrix.n_edges == 0:
                 raise BioformerError(f"prior {prior} has no edges among the study's genes")
-            cov = prior_coverage(p.adata.X, p.gene_token_ids, matrix, p.dataset("train"))
+            cov = p.coverage_of(matrix)
             self._by_prior[prior] = dataclasses.replace(p, prior=matrix, coverage=cov)
         return self._by_prior[prior]
 
