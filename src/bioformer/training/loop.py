@@ -162,7 +162,7 @@ def train(
         step, start_epoch = resume_state["step"], resume_state["epoch"] + 1
         result.history = list(resume_state["history"])
         result.best_epoch, result.best_valid_mse = resume_state["best_epoch"], resume_state["best_valid_mse"]
-        result.best_state = resume_state["best_state"]
+        result.best_state = resume_state["best_state"] or None
         rngs = resume_state["rng"]
         set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
     core = model
