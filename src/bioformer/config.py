@@ -66,6 +66,8 @@ class ModelConfig:
     d_opm: int = 8
     opm_chunk_size: int | None = None  # rows of z per OPM chunk (inference / very long r)
     checkpoint_blocks: bool = False
+    pair_mode: str = "full"  # full | linear (no LN on z before the bias; z never materialised)
+    attention_chunk_size: int | None = None  # linear mode: query rows per attention chunk (memory O(r * chunk))
 
 
 @dataclass

@@ -24,6 +24,7 @@ class PairPath:
     checkpoint: bool = False
     d_z: int = 0
     d_opm: int = 0
+    linear: bool = False  # linear pair mode: z is never materialised (models/linear_pair.py)
 
 
 class MaskedValueModel(nn.Module):
@@ -35,7 +36,7 @@ class MaskedValueModel(nn.Module):
 
     name: str = ""
     needs_prior: bool = False
-    PAIR_PARTS: tuple[str, ...] = ("prior_encoder", "outer_product_mean", "norm_z", "bias_proj")
+    PAIR_PARTS: tuple[str, ...] = ("prior_encoder", "outer_product_mean", "norm_z", "z_scale", "bias_proj")
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, vocab_size: int, pad_id: int = 0, use_prior: bool = True) -> MaskedValueModel:

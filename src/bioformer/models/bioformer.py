@@ -8,10 +8,14 @@ from torch.utils.checkpoint import checkpoint
 
 from bioformer.config import ModelConfig
 from bioformer.data.prior import N_PRIOR_CODES
+from bioformer.errors import BioformerError
 from bioformer.models.base import MaskedValueModel, PairPath
 from bioformer.models.layers import ExprDecoder, GeneEncoder, Transition, ValueEncoder
+from bioformer.models.linear_pair import OPMTerm, PriorCodes, linear_pair_attention, linear_pair_bias
 from bioformer.models.pair import CodedPair, OuterProductMean, PairBiasAttention
 from bioformer.models.registry import register_model
+
+PAIR_MODES = ("full", "linear")
 
 
 class BioFormerBlock(nn.Module):
@@ -20,10 +24,12 @@ class BioFormerBlock(nn.Module):
     def __init__(
         self, d_model: int, nhead: int, d_z: int, d_opm: int, ff_factor: int = 4,
         dropout: float = 0.1, pair_bias: bool = True, gating: bool = True,
-        update_z: bool = True, opm_chunk_size: int | None = None,
+        update_z: bool = True, opm_chunk_size: int | None = None, linear: bool = False,
+        attention_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.attention = PairBiasAttention(d_model, nhead, d_z, pair_bias=pair_bias, gating=gating, dropout=dropout)
+        self.attention = PairBiasAttention(d_model, nhead, d_z, pair_bias=pair_bias, gating=gating, dropout=dropout, linear=linear)
+        self.attention_chunk_size = attention_chunk_size
         self.transition = Transition(d_model, ff_factor, dropout)
         self.outer_product_mean = OuterProductMean(d_model, d_opm, d_z, opm_chunk_size) if update_z else None
 
@@ -35,6 +41,19 @@ class BioFormerBlock(nn.Module):
             z = self.outer_product_mean(m, padding_mask, z)  # z + OPM(m): [B, r, r, c_z]
         return m, z
 
+    def forward_linear(
+        self, m: torch.Tensor, terms: list[OPMTerm], prior: PriorCodes | None, padding_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, OPMTerm | None]:
+        """The same block in linear pair mode: z is given by the earlier blocks' OPM terms and the
+        prior codes; returns m [B, r, c] and this block's OPM term (None when it has no OPM)."""
+        if self.attention.bias_proj is None:
+            m = m + self.attention(m, None, padding_mask)
+        else:
+            m = m + linear_pair_attention(self.attention, m, terms, prior, padding_mask, self.attention_chunk_size)
+        m = m + self.transition(m)
+        term = OPMTerm.of(self.outer_product_mean, m, padding_mask) if self.outer_product_mean is not None else None
+        return m, term
+
 
 @register_model("bioformer")
 class BioFormer(MaskedValueModel):
@@ -45,6 +64,12 @@ class BioFormer(MaskedValueModel):
     last block skips its OPM because no later block would read that update. The initial z is
     never materialised: it holds at most 4 distinct rows, so the first block reads it as a
     `CodedPair` (its pair bias is a 4-entry lookup; the first OPM adds it while writing z).
+
+    `pair_mode="linear"` drops the LayerNorm on z before each pair bias (a learnable per-channel
+    scale instead); the bias is then linear in z and z is never formed at all: the OPM updates
+    fold into attention as low-rank query/key channels and the prior into a sparse bias (see
+    `bioformer.models.linear_pair`). `forward_materialised` computes the same model with z
+    materialised (the reference the linear path is tested against).
     """
 
     @classmethod
@@ -55,7 +80,8 @@ class BioFormer(MaskedValueModel):
     def pair_path(cls, cfg: ModelConfig) -> PairPath:
         opm_blocks = (cfg.nlayers - 1) if (cfg.pair_bias and cfg.opm) else 0  # the last block skips its OPM
         return PairPath(reads_z=cfg.pair_bias, opm_blocks=opm_blocks, gating=cfg.gating,
-                        checkpoint=cfg.checkpoint_blocks, d_z=cfg.d_z, d_opm=cfg.d_opm)
+                        checkpoint=cfg.checkpoint_blocks, d_z=cfg.d_z, d_opm=cfg.d_opm,
+                        linear=cfg.pair_bias and cfg.pair_mode == "linear")
 
     @classmethod
     def fine_size_field(cls, cfg: ModelConfig) -> str | None:
@@ -63,6 +89,9 @@ class BioFormer(MaskedValueModel):
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 0, use_prior: bool = True) -> None:
         super().__init__()
+        if cfg.pair_mode not in PAIR_MODES:
+            raise BioformerError(f"unknown pair_mode {cfg.pair_mode!r}; use one of {', '.join(PAIR_MODES)}")
+        self.pair_mode = cfg.pair_mode
         d_model, d_z = cfg.d_model, cfg.d_z
         self.uses_z = cfg.pair_bias
         self.needs_prior = bool(use_prior and cfg.pair_bias)
@@ -76,7 +105,8 @@ class BioFormer(MaskedValueModel):
             BioFormerBlock(
                 d_model, cfg.nhead, d_z, cfg.d_opm, cfg.ff_factor, cfg.dropout, pair_bias=cfg.pair_bias,
                 gating=cfg.gating, update_z=(cfg.opm and cfg.pair_bias and i < cfg.nlayers - 1),
-                opm_chunk_size=cfg.opm_chunk_size,
+                opm_chunk_size=cfg.opm_chunk_size, linear=(cfg.pair_mode == "linear"),
+                attention_chunk_size=cfg.attention_chunk_size,
             )
             for i in range(cfg.nlayers)
         )
@@ -113,11 +143,68 @@ class BioFormer(MaskedValueModel):
         padding_mask: torch.Tensor,  # [B, r] True = pad
         prior: torch.Tensor | None = None,  # [B, r, r] edge codes
     ) -> dict[str, torch.Tensor]:
+        if self.pair_mode == "linear":
+            m, _, _ = self._trunk_linear(gene_ids, values, padding_mask, prior, len(self.blocks))
+        else:
+            m, _ = self._trunk(gene_ids, values, padding_mask, prior, len(self.blocks))
+        return self.decoder(self.norm(m))
+
+    def forward_materialised(
+        self, gene_ids: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor, prior: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The forward of either pair mode with z materialised (the linear mode's reference)."""
+        m, _ = self._trunk(gene_ids, values, padding_mask, prior, len(self.blocks))
+        return self.decoder(self.norm(m))
+
+    def pair_bias_logits(
+        self,
+        gene_ids: torch.Tensor,  # [B, r]
+        values: torch.Tensor,  # [B, r]
+        padding_mask: torch.Tensor,  # [B, r] True = pad
+        prior: torch.Tensor | None = None,  # [B, r, r] edge codes
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:  # [B, H, r, r]
+        """The last block's pair bias (its logits' additive term, per head) for every gene pair:
+        `Linear(LN(z_L))`, or in linear mode `w . z_L` built from the OPM factors in chunks of
+        `chunk_size` query rows (z_L itself is never formed). Pairs with a padded gene are
+        meaningless."""
+        if not self.uses_z:
+            raise BioformerError("this BioFormer has no pair bias (pair_bias off): there are no pair-bias logits to read")
+        B, r = gene_ids.shape
+        last = self.blocks[-1].attention
+        if self.pair_mode == "linear":
+            _, terms, codes = self._trunk_linear(gene_ids, values, padding_mask, prior, len(self.blocks) - 1)
+            bias = linear_pair_bias(last, terms, codes, r, chunk_size)
+        else:
+            _, z = self._trunk(gene_ids, values, padding_mask, prior, len(self.blocks) - 1)
+            bias = last.pair_bias(z)
+        return bias.expand(B, -1, r, r)
+
+    def _run_block(self, fn, *args):
+        if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _trunk(self, gene_ids, values, padding_mask, prior, n_blocks: int):
+        """Encoders and the first n_blocks blocks with z materialised: m [B, r, c], z."""
         m = self.gene_encoder(gene_ids) + self.value_encoder(values)  # [B, r, c]
         z = self.initial_z_coded(prior)  # implicit [B, r, r, c_z], or None
-        for block in self.blocks:
-            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-                m, z = checkpoint(block, m, z, padding_mask, use_reentrant=False)
-            else:
-                m, z = block(m, z, padding_mask)
-        return self.decoder(self.norm(m))
+        for block in self.blocks[:n_blocks]:
+            m, z = self._run_block(block, m, z, padding_mask)
+        return m, z
+
+    def _trunk_linear(self, gene_ids, values, padding_mask, prior, n_blocks: int):
+        """Encoders and the first n_blocks blocks in linear pair mode: m [B, r, c], the OPM terms
+        written so far, and the prior codes (None for a zero z, whose bias is constant)."""
+        m = self.gene_encoder(gene_ids) + self.value_encoder(values)  # [B, r, c]
+        codes = None
+        if self.uses_z and self.prior_encoder is not None:
+            if prior is None:
+                raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
+            codes = PriorCodes.of(prior, self.prior_encoder.weight)
+        terms: list[OPMTerm] = []
+        for block in self.blocks[:n_blocks]:
+            m, term = self._run_block(block.forward_linear, m, terms, codes, padding_mask)
+            if term is not None:
+                terms = [*terms, term]
+        return m, terms, codes

@@ -72,7 +72,10 @@ class PairBiasAttention(nn.Module):
     bias and gate, it is exactly the attention of a pre-LN nn.TransformerEncoderLayer.
     """
 
-    def __init__(self, d_model: int, nhead: int, d_z: int, pair_bias: bool = True, gating: bool = True, dropout: float = 0.1) -> None:
+    def __init__(
+        self, d_model: int, nhead: int, d_z: int, pair_bias: bool = True, gating: bool = True,
+        dropout: float = 0.1, linear: bool = False,
+    ) -> None:
         super().__init__()
         if d_model % nhead:
             raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
@@ -84,21 +87,32 @@ class PairBiasAttention(nn.Module):
         if self.gate is not None:  # start open (sigmoid(1) ~ 0.73), AlphaFold-style
             nn.init.zeros_(self.gate.weight)
             nn.init.ones_(self.gate.bias)
-        self.norm_z = nn.LayerNorm(d_z) if pair_bias else None
+        # linear pair mode: no LayerNorm on z, so the bias is linear in z (a per-channel scale
+        # keeps some of its freedom); see bioformer.models.linear_pair
+        self.norm_z = nn.LayerNorm(d_z) if (pair_bias and not linear) else None
+        self.z_scale = nn.Parameter(torch.ones(d_z)) if (pair_bias and linear) else None
         self.bias_proj = nn.Linear(d_z, nhead, bias=False) if pair_bias else None
         self.dropout = dropout
         self.dropout_out = nn.Dropout(dropout)
 
+    def normalise_z(self, z: torch.Tensor) -> torch.Tensor:
+        """LN(z) (full pair mode) or z * scale (linear pair mode), over the last dim c_z."""
+        return self.norm_z(z) if self.norm_z is not None else z * self.z_scale
+
+    def bias_weight(self) -> torch.Tensor:
+        """[H, c_z]: the linear map z -> pair bias of the linear pair mode (scale folded in)."""
+        return self.bias_proj.weight * self.z_scale
+
     def pair_bias(self, z: torch.Tensor | CodedPair) -> torch.Tensor:
         """Linear(LN(z)) in head-major layout: [B, H, r, r] (or [1, H, 1, 1] for a constant z)."""
         if isinstance(z, CodedPair):
-            per_code = self.bias_proj(self.norm_z(z.table))  # [K, H]
+            per_code = self.bias_proj(self.normalise_z(z.table))  # [K, H]
             if z.onehot is None:
                 return per_code[0].view(1, -1, 1, 1)
             B, r = z.onehot.shape[:2]
             # [H, K] @ [B, K, r*r] -> [B, H, r*r]: the lookup as a matmul, already head-major
             return torch.matmul(per_code.t(), z.onehot.reshape(B, r * r, -1).transpose(1, 2)).view(B, -1, r, r)
-        return self.bias_proj(self.norm_z(z)).permute(0, 3, 1, 2)  # [B, H, r, r] (a view)
+        return self.bias_proj(self.normalise_z(z)).permute(0, 3, 1, 2)  # [B, H, r, r] (a view)
 
     def forward(
         self,
@@ -106,13 +120,26 @@ class PairBiasAttention(nn.Module):
         z: torch.Tensor | CodedPair | None,  # [B, r, r, c_z]
         padding_mask: torch.Tensor,  # [B, r] True = pad
     ) -> torch.Tensor:  # [B, r, c]
-        B, r, c = m.shape
-        x = self.norm_m(m)
-        q, k, v = self.in_proj(x).view(B, r, 3, self.nhead, c // self.nhead).permute(2, 0, 3, 1, 4)  # [B, H, r, c/H] each
+        x, q, k, v = self.qkv(m)
         bias = self.pair_bias(z) if (self.bias_proj is not None and z is not None) else None
         mask = attention_mask(bias, padding_mask, q.dtype)  # [B, H, r, r]
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        o = o.transpose(1, 2).reshape(B, r, c)  # [B, r, c]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attention_dropout())
+        return self.output(x, o)
+
+    def qkv(self, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """LN(m) [B, r, c] and the queries, keys, values [B, H, r, c/H]."""
+        B, r, c = m.shape
+        x = self.norm_m(m)
+        q, k, v = self.in_proj(x).view(B, r, 3, self.nhead, c // self.nhead).permute(2, 0, 3, 1, 4)
+        return x, q, k, v
+
+    def attention_dropout(self) -> float:
+        return self.dropout if self.training else 0.0
+
+    def output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Heads [B, H, r, c/H] -> gate (from LN(m) x [B, r, c]) -> out_proj -> dropout: [B, r, c]."""
+        B, H, r, dh = o.shape
+        o = o.transpose(1, 2).reshape(B, r, H * dh)  # [B, r, c]
         if self.gate is not None:
             o = torch.sigmoid(self.gate(x)) * o
         return self.dropout_out(self.out_proj(o))
@@ -139,6 +166,16 @@ class OuterProductMean(nn.Module):
         self.d_opm, self.d_z = d_opm, d_z
         self.chunk_size = chunk_size
 
+    def factors(self, m: torch.Tensor, padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """a, b = Linear(LN(m)) [B, r, c_opm] each, zero at padded positions."""
+        x = self.norm(m)
+        keep = (~padding_mask).unsqueeze(-1).to(x.dtype)  # [B, r, 1]
+        return self.linear_a(x) * keep, self.linear_b(x) * keep
+
+    def weight(self) -> torch.Tensor:
+        """The output weight viewed as [c_z, c_opm(a), c_opm(b)]."""
+        return self.linear_out.weight.view(self.d_z, self.d_opm, self.d_opm)
+
     def forward(
         self,
         m: torch.Tensor,  # [B, r, c]
@@ -146,11 +183,8 @@ class OuterProductMean(nn.Module):
         z: torch.Tensor | CodedPair | None = None,  # [B, r, r, c_z] to add the update to
     ) -> torch.Tensor:  # [B, r, r, c_z]: update (+ z)
         B, r, _ = m.shape
-        x = self.norm(m)
-        keep = (~padding_mask).unsqueeze(-1).to(x.dtype)  # [B, r, 1]
-        a = self.linear_a(x) * keep  # [B, r, c_opm]
-        b = self.linear_b(x) * keep  # [B, r, c_opm]
-        W = self.linear_out.weight.view(self.d_z, self.d_opm, self.d_opm).to(b.dtype)  # [c_z, c_opm(a), c_opm(b)]
+        a, b = self.factors(m, padding_mask)  # [B, r, c_opm] each
+        W = self.weight().to(b.dtype)  # [c_z, c_opm(a), c_opm(b)]
         t = torch.einsum("bjd,zcd->bcjz", b, W).reshape(B, self.d_opm, r * self.d_z)  # [B, c_opm(a), r_j*c_z]
         # the bias as one more input channel: a_ext = [a, 1], t_ext = [t; bias tiled over j]
         out_bias = self.linear_out.bias

@@ -1,0 +1,185 @@
+"""Linear pair mode: BioFormer's pair bias computed without ever forming z [B, r, r, c_z].
+
+Without the LayerNorm on z before the bias (block l's bias is `w_l . z_l`, w_l [H, c_z] with a
+per-channel scale folded in), z_l = z_0 + sum_{k<l} (W_k (a_k x b_k) + beta_k) makes the bias
+
+    bias_l[h, i, j] = (w_l E)[code(i, j), h] + sum_{k<l} a_k(i) M_{k,l,h} b_k(j) + const_l[h]
+    M_{k,l,h} = sum_c w_l[h, c] W_k[c]        ([c_opm, c_opm] per head)
+
+Terms constant over the key j cancel in the softmax (beta_k, the "no edge" code's value), so:
+
+* each earlier block's OPM becomes c_opm more query/key channels per head: q' = [q, s a_k M],
+  k' = [k, b_k], with s = sqrt(d_head) so that SDPA's 1/sqrt(d_head) leaves the term exact;
+* the prior is non-zero only on rows i that have an edge code in the cell ("slots"): with
+  S such rows, bias[h, i, j] = sum_t 1[i = slot_t] D_h(slot_t, j), i.e. S more channels (a
+  one-hot of the slot on the query side, the per-head code values on the key side). Where S is
+  large, the prior is a float bias built per chunk of query rows instead.
+
+Values are zero-padded to the query/key width (CPU's fused kernel wants equal head dims). With
+`chunk_size`, attention runs over chunks of query rows, each recomputed in backward, so even the
+math path (CPU with dropout) holds O(B H chunk r) at a time. See docs/linear-pair-mode.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from bioformer.models.pair import OuterProductMean, PairBiasAttention, attention_mask
+
+MAX_PRIOR_SLOTS = 64  # above this many prior rows in a cell, the prior goes in as a float bias
+
+
+@dataclass
+class OPMTerm:
+    """One block's OPM in factored form: its z update is W (a x b) + bias, never formed."""
+
+    a: torch.Tensor  # [B, r, c_opm], zero at pads
+    b: torch.Tensor  # [B, r, c_opm], zero at pads
+    weight: torch.Tensor  # [c_z, c_opm(a), c_opm(b)]
+    bias: torch.Tensor  # [c_z] (constant over pairs: only the pair-bias readout needs it)
+
+    @classmethod
+    def of(cls, opm: OuterProductMean, m: torch.Tensor, padding_mask: torch.Tensor) -> OPMTerm:
+        a, b = opm.factors(m, padding_mask)
+        return cls(a, b, opm.weight(), opm.linear_out.bias)
+
+
+@dataclass
+class PriorCodes:
+    """The initial z as edge codes and their embedding table, with the rows that carry edges."""
+
+    codes: torch.Tensor  # [B, r, r] edge codes (0 = no edge)
+    table: torch.Tensor  # [K, c_z] the prior embedding E
+    slot_rows: torch.Tensor | None  # [B, S] rows with any edge (padded with row 0), or None: use a float bias
+    slot_valid: torch.Tensor | None  # [B, S] bool, False for the padding slots
+
+    @classmethod
+    def of(cls, codes: torch.Tensor, table: torch.Tensor, max_slots: int | None = None) -> PriorCodes:
+        """Slots when at most `max_slots` (default MAX_PRIOR_SLOTS) rows of a cell carry edges."""
+        max_slots = MAX_PRIOR_SLOTS if max_slots is None else max_slots
+        has_edge = (codes != 0).any(dim=-1)  # [B, r]
+        n_slots = int(has_edge.sum(dim=-1).max()) if codes.numel() else 0
+        if n_slots > max_slots:
+            return cls(codes, table, None, None)
+        order = torch.argsort(has_edge.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_slots]  # [B, S]
+        return cls(codes, table, order, torch.gather(has_edge, 1, order))
+
+
+def code_bias(prior: PriorCodes, w: torch.Tensor, relative: bool = True) -> torch.Tensor:
+    """[K, H] per-code pair bias E w^T; `relative` subtracts code 0's (it cancels in the softmax)."""
+    per_code = prior.table @ w.t()  # [K, H]
+    return per_code - per_code[:1] if relative else per_code
+
+
+def _prior_slot_channels(prior: PriorCodes, delta: torch.Tensor, r: int, H: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query [B, 1, r, S] (one-hot of each row's slot) and key [B, H, r, S] channels of the prior."""
+    rows, valid = prior.slot_rows, prior.slot_valid  # [B, S]
+    B, S = rows.shape
+    positions = torch.arange(r, device=rows.device)
+    q_side = ((positions[None, :, None] == rows[:, None, :]) & valid[:, None, :]).to(delta.dtype)  # [B, r, S]
+    codes = torch.gather(prior.codes, 1, rows[:, :, None].expand(B, S, r)).long()  # [B, S, r]: code(slot -> j)
+    onehot = F.one_hot(codes, delta.shape[0]).to(delta.dtype)  # [B, S, r, K]
+    k_side = (onehot @ delta).permute(0, 3, 2, 1)  # [B, H, r_j, S]
+    return q_side.unsqueeze(1), k_side
+
+
+def _attend_rows(
+    q: torch.Tensor,  # [B, H, rq, d'] a chunk of query rows
+    k: torch.Tensor,  # [B, H, r, d']
+    v: torch.Tensor,  # [B, H, r, d']
+    padding_mask: torch.Tensor,  # [B, r] True = pad
+    codes: torch.Tensor | None,  # [B, r, r] or None (prior already folded or absent)
+    delta: torch.Tensor | None,  # [K, H]
+    start: int,
+    scale: float,
+    dropout_p: float,
+) -> torch.Tensor:  # [B, H, rq, d']
+    if codes is None:
+        mask = ~padding_mask[:, None, None, :]  # [B, 1, 1, r] True = attend
+    else:
+        rows = codes[:, start:start + q.shape[2]].long()  # [B, rq, r]
+        bias = F.embedding(rows, delta).permute(0, 3, 1, 2)  # [B, H, rq, r]
+        mask = attention_mask(bias, padding_mask, q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+
+
+def linear_pair_attention(
+    attn: PairBiasAttention,
+    m: torch.Tensor,  # [B, r, c]
+    terms: list[OPMTerm],  # OPMs of the earlier blocks
+    prior: PriorCodes | None,  # None: z_0 is zero (constant)
+    padding_mask: torch.Tensor,  # [B, r] True = pad
+    chunk_size: int | None = None,
+) -> torch.Tensor:  # [B, r, c]
+    """`attn(m, z, padding_mask)` for the z these terms and prior define (attn without LN on z)."""
+    x, q, k, v = attn.qkv(m)  # q, k, v [B, H, r, d_h]
+    B, H, r, dh = q.shape
+    s = dh**0.5
+    w = attn.bias_weight().to(q.dtype)  # [H, c_z]
+    q_parts, k_parts = [q], [k]
+    for t in terms:
+        M = torch.einsum("hz,zde->hde", w, t.weight.to(q.dtype))  # [H, c_opm, c_opm]
+        q_parts.append(torch.einsum("bid,hde->bhie", t.a.to(q.dtype), M) * s)  # [B, H, r, c_opm]
+        k_parts.append(t.b.to(q.dtype).unsqueeze(1).expand(B, H, r, -1))  # [B, H, r, c_opm]
+    codes = delta = None
+    if prior is not None:
+        delta = code_bias(prior, w.to(prior.table.dtype)).to(q.dtype)  # [K, H]
+        if prior.slot_rows is None:
+            codes = prior.codes
+        elif prior.slot_rows.shape[1]:
+            q_side, k_side = _prior_slot_channels(prior, delta, r, H)
+            q_parts.append((q_side * s).expand(B, H, r, -1))
+            k_parts.append(k_side)
+    d = sum(p.shape[-1] for p in q_parts)
+    d_pad = (d + 7) // 8 * 8  # equal, aligned head dims for q, k and v: fused kernels apply
+    if d_pad > d:
+        q_parts.append(q.new_zeros(B, H, r, d_pad - d))
+        k_parts.append(k.new_zeros(B, H, r, d_pad - d))
+    q2 = torch.cat(q_parts, dim=-1) if len(q_parts) > 1 else q  # [B, H, r, d']
+    k2 = torch.cat(k_parts, dim=-1) if len(k_parts) > 1 else k  # [B, H, r, d']
+    v2 = F.pad(v, (0, d_pad - dh))  # [B, H, r, d']
+    attend = partial(_attend_rows, padding_mask=padding_mask, codes=codes, delta=delta, scale=1 / s,
+                     dropout_p=attn.attention_dropout())
+    chunk = min(chunk_size or r, r)
+    if chunk >= r:
+        o = attend(q2, k2, v2, start=0)
+    else:  # each chunk is recomputed in backward: O(B H chunk r) alive at a time
+        recompute = torch.is_grad_enabled()
+        outs = []
+        for start in range(0, r, chunk):
+            fn = partial(attend, start=start)
+            q_c = q2[:, :, start:start + chunk]
+            outs.append(checkpoint(fn, q_c, k2, v2, use_reentrant=False) if recompute else fn(q_c, k2, v2))
+        o = torch.cat(outs, dim=2)
+    return attn.output(x, o[..., :dh])
+
+
+def linear_pair_bias(
+    attn: PairBiasAttention,
+    terms: list[OPMTerm],
+    prior: PriorCodes | None,
+    r: int,
+    chunk_size: int | None = None,
+) -> torch.Tensor:  # [B, H, r, r]
+    """The full pair bias w . z (constants included, so it equals the materialised one), built
+    in chunks of query rows so that no [.., r, r, c_z] tensor is formed."""
+    w = attn.bias_weight()  # [H, c_z]
+    const = sum((w @ t.bias.to(w.dtype) for t in terms), torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))  # [H]
+    per_code = code_bias(prior, w, relative=False) if prior is not None else None  # [K, H]
+    Ms = [torch.einsum("hz,zde->hde", w, t.weight) for t in terms]  # [H, c_opm, c_opm] each
+    chunk = min(chunk_size or r, r)
+    outs = []
+    for start in range(0, r, chunk):
+        stop = min(start + chunk, r)
+        part = const.view(1, -1, 1, 1)
+        if per_code is not None:
+            part = part + F.embedding(prior.codes[:, start:stop].long(), per_code).permute(0, 3, 1, 2)  # [B, H, rq, r]
+        for t, M in zip(terms, Ms, strict=True):
+            part = part + torch.einsum("bid,hde,bje->bhij", t.a[:, start:stop], M, t.b)  # [B, H, rq, r]
+        outs.append(part.expand(-1, -1, stop - start, r))
+    return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
