@@ -11,7 +11,12 @@ from bioformer.data.prior import N_PRIOR_CODES
 from bioformer.errors import BioformerError
 from bioformer.models.base import MaskedValueModel, PairPath
 from bioformer.models.layers import ExprDecoder, GeneEncoder, Transition, ValueEncoder
-from bioformer.models.linear_pair import OPMTerm, PriorCodes, linear_pair_attention, linear_pair_bias
+from bioformer.models.linear_pair import (
+    OPMTerm,
+    PriorCodes,
+    linear_pair_attention,
+    linear_pair_bias,
+)
 from bioformer.models.pair import CodedPair, OuterProductMean, PairBiasAttention
 from bioformer.models.registry import register_model
 

@@ -1,0 +1,172 @@
+"""Linear pair mode: the folded attention equals the same model with z materialised (no LN on z),
+forward and backward, with padding, for every switch; on a real fixture batch; under
+checkpointing; under bf16; and its pair-bias readout equals the materialised one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bioformer.models.linear_pair as linear_pair
+from bioformer.config import ModelConfig
+from bioformer.errors import BioformerError
+from bioformer.models import BioFormer, build_model
+from tests.models.test_models import V, batch, tiny_bioformer
+
+
+def sparse_prior(prior: torch.Tensor, frac: float = 0.15, seed: int = 1) -> torch.Tensor:
+    """Keep edge codes on a few rows only (TFs are few): the slot path's realistic case."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.rand(prior.shape[:2], generator=g) < frac  # [B, r]
+    return (prior * rows[:, :, None]).to(torch.int8)
+
+
+def linear_model(**kw) -> BioFormer:
+    model = tiny_bioformer(pair_mode="linear", **kw)
+    for p in model.parameters():  # every parameter matters (gates, biases, scales start constant)
+        p.data.normal_(0, 0.3)
+    return model
+
+
+def assert_same_forward_and_backward(model: BioFormer, gene_ids, values, pm, prior) -> None:
+    out = model(gene_ids, values, pm, prior=prior)["pred"]
+    ref = model.forward_materialised(gene_ids, values, pm, prior=prior)["pred"]
+    keep = ~pm
+    torch.testing.assert_close(out[keep], ref[keep], rtol=1e-5, atol=1e-5)
+    w = torch.randn_like(out) * keep
+    model.zero_grad()
+    (out * w).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    (ref * w).sum().backward()
+    ref_grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    # the OPM output biases only shift z by a constant per head, which cancels in the softmax:
+    # the linear path leaves them out, and the reference's gradient for them is zero
+    assert grads.keys() <= ref_grads.keys()
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(grads.get(n, torch.zeros_like(g)), g, rtol=1e-4, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize(
+    "use_prior,opm,gating,prior_path,chunk",
+    [
+        (True, True, True, "slots", None),
+        (True, True, True, "bias", None),
+        (True, True, False, "slots", 4),
+        (True, True, True, "bias", 4),
+        (True, False, True, "slots", None),
+        (False, True, True, None, None),
+        (False, True, False, None, 5),
+    ],
+)
+def test_linear_mode_equals_materialised_reference(monkeypatch, use_prior, opm, gating, prior_path, chunk):
+    if prior_path == "bias":  # every cell has more edge rows than slots: the chunked float bias
+        monkeypatch.setattr(linear_pair, "MAX_PRIOR_SLOTS", 0)
+    model = linear_model(use_prior=use_prior, opm=opm, gating=gating, attention_chunk_size=chunk).eval()
+    gene_ids, values, pm, prior = batch()
+    prior = sparse_prior(prior) if use_prior else None
+    if use_prior:
+        codes = linear_pair.PriorCodes.of(prior, model.prior_encoder.weight)
+        assert (codes.slot_rows is None) == (prior_path == "bias")
+    assert_same_forward_and_backward(model, gene_ids, values, pm, prior)
+    # the prior really enters: another prior changes the prediction
+    if use_prior:
+        other = model(gene_ids, values, pm, prior=torch.zeros_like(prior))["pred"]
+        assert (other - model(gene_ids, values, pm, prior=prior)["pred"]).abs().max() > 1e-4  # >> the tolerance
+
+
+def test_linear_mode_without_ln_differs_from_full_mode():
+    """The reference is not the full model: same weights, LN on z -> different numbers."""
+    model = linear_model().eval()
+    full = tiny_bioformer(pair_mode="full").eval()
+    full.load_state_dict({k: v for k, v in model.state_dict().items() if "z_scale" not in k}, strict=False)
+    gene_ids, values, pm, prior = batch()
+    prior = sparse_prior(prior)
+    a = model(gene_ids, values, pm, prior=prior)["pred"]
+    b = full(gene_ids, values, pm, prior=prior)["pred"]
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_linear_mode_on_a_real_fixture_batch(tmp_path):
+    from bioformer.data.pipeline import prepare_data
+    from bioformer.data.tokenize import collate
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    data = prepare_data(cfg.data, seed=0, quiet=True)
+    ds = data.dataset("train")
+    b = collate([ds[i] for i in range(6)])
+    gene_ids, values, pm = b["gene_ids"], b["values"], b["padding_mask"]
+    prior = data.prior.prior_for(gene_ids)
+    assert pm.any() and (prior != 0).any()  # padding and real edges in this batch
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(d_model=16, nhead=2, nlayers=3, d_z=4, d_opm=4, dropout=0.0, pair_mode="linear"), len(data.vocab), use_prior=True)
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    assert_same_forward_and_backward(model.eval(), gene_ids, values, pm, prior)
+
+
+def test_checkpointing_is_exact_in_linear_mode():
+    gene_ids, values, pm, prior = batch()
+    prior = sparse_prior(prior)
+    grads = []
+    for ckpt in (False, True):
+        model = linear_model(checkpoint_blocks=ckpt, dropout=0.1, attention_chunk_size=4).train()
+        torch.manual_seed(3)
+        out = model(gene_ids, values, pm, prior=prior)["pred"]
+        (out[~pm] ** 2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    model = linear_model().eval()
+    gene_ids, values, pm, prior = batch()
+    prior = sparse_prior(prior)
+    ref = model(gene_ids, values, pm, prior=prior)["pred"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(gene_ids, values, pm, prior=prior)["pred"].float()
+    keep = ~pm
+    assert torch.isfinite(out).all()
+    err = (out - ref)[keep].abs().max() / ref[keep].abs().max()
+    assert err < 0.05, float(err)
+
+
+@pytest.mark.parametrize("pair_mode", ["full", "linear"])
+def test_pair_bias_logits_equal_the_materialised_bias(pair_mode):
+    """[B, H, r, r]: the last block's Linear(norm(z_L)) with z_L formed explicitly."""
+    model = linear_model() if pair_mode == "linear" else tiny_bioformer()
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    model.eval()
+    gene_ids, values, pm, prior = batch()
+    prior = sparse_prior(prior)
+    with torch.no_grad():
+        got = model.pair_bias_logits(gene_ids, values, pm, prior=prior, chunk_size=4)
+        m = model.gene_encoder(gene_ids) + model.value_encoder(values)
+        z = model.initial_z(gene_ids, prior)
+        for block in model.blocks[:-1]:
+            z_in = z
+            m = m + block.attention(m, z_in, pm)
+            m = m + block.transition(m)
+            z = block.outer_product_mean(m, pm, z_in)
+        last = model.blocks[-1].attention
+        want = last.bias_proj(last.normalise_z(z)).permute(0, 3, 1, 2)  # [B, H, r, r]
+    B, r = gene_ids.shape
+    assert got.shape == (B, model.blocks[-1].attention.nhead, r, r)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_pair_mode_config_and_errors():
+    cfg = ModelConfig(d_model=16, nhead=2, nlayers=2, d_z=4, d_opm=4, pair_mode="linear")
+    model = build_model(cfg, V)
+    assert model.pair_mode == "linear"
+    assert all(b.attention.norm_z is None and b.attention.z_scale is not None for b in model.blocks)
+    with pytest.raises(BioformerError, match="pair_mode"):
+        build_model(ModelConfig(pair_mode="sparse"), V)
+    no_bias = tiny_bioformer(pair_bias=False)
+    gene_ids, values, pm, _ = batch()
+    with pytest.raises(BioformerError, match="no pair bias"):
+        no_bias.pair_bias_logits(gene_ids, values, pm)
