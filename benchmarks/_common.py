@@ -93,7 +93,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _random_batch(B: int, r: int, vocab: int, device, seed: int = 0):
+def _random_batch(B: int, r: int, vocab: int, device, seed: int = 0, prior_rows_frac: float | None = None):
+    """Random tokens; prior codes uniform over all pairs, or (prior_rows_frac) only on that share
+    of rows, as for real cells where only the TFs among a cell's genes carry edges."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -102,6 +104,8 @@ def _random_batch(B: int, r: int, vocab: int, device, seed: int = 0):
     padding_mask = torch.zeros(B, r, dtype=torch.bool)
     padding_mask[0, r - r // 8:] = True  # some padding
     prior = torch.randint(0, 4, (B, r, r), generator=g, dtype=torch.int8)
+    if prior_rows_frac is not None:
+        prior *= (torch.rand(B, r, 1, generator=g) < prior_rows_frac).to(torch.int8)
     return gene_ids.to(device), values.to(device), padding_mask.to(device), prior.to(device)
 
 
@@ -118,7 +122,7 @@ def _model_step(spec: dict) -> dict:
     vocab = spec.get("vocab_size", r + 3)
     torch.manual_seed(0)
     model = build_model(cfg, vocab, use_prior=spec.get("use_prior", True)).to(device)
-    gene_ids, values, pm, prior = _random_batch(B, r, vocab, device)
+    gene_ids, values, pm, prior = _random_batch(B, r, vocab, device, prior_rows_frac=spec.get("prior_rows_frac"))
     prior = prior if model.needs_prior else None
     del_prior = None
     amp = torch.autocast(device, dtype=torch.bfloat16) if spec.get("amp") else None

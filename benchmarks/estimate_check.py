@@ -20,7 +20,11 @@ CONFIGS = [  # (label, model overrides, batch size, r)
     ("bioformer N=4 ckpt", {"nlayers": 4, "d_z": 32, "checkpoint_blocks": True}, 2, 768),
     ("bioformer no dropout", {"dropout": 0.0, "nlayers": 3}, 4, 640),
     ("scgpt", {"model": "scgpt"}, 8, 512),
+    ("bioformer linear", {"pair_mode": "linear"}, 8, 512),
+    ("bioformer linear N=4 d_z=32 d_opm=32", {"nlayers": 4, "d_z": 32, "d_opm": 32, "pair_mode": "linear"}, 1, 2048),
+    ("bioformer linear N=4 chunk 512", {"nlayers": 4, "d_z": 32, "d_opm": 32, "pair_mode": "linear", "attention_chunk_size": 512}, 1, 4096),
 ]
+PRIOR_ROWS_FRAC = 0.05  # linear rows: prior codes on this share of rows (a cell's TFs)
 
 
 def main() -> None:
@@ -32,7 +36,9 @@ def main() -> None:
     for label, over, B, r in CONFIGS:
         cfg = ModelConfig(**over)
         est = estimate_memory(cfg, r, B, training=True, device=args.device, amp=args.device == "cuda")
-        res = run_worker({"task": "model_step", "model": over, "batch_size": B, "n_genes": r, "device": args.device, "amp": args.device == "cuda"})
+        frac = PRIOR_ROWS_FRAC if over.get("pair_mode") == "linear" else None
+        res = run_worker({"task": "model_step", "model": over, "batch_size": B, "n_genes": r, "device": args.device,
+                          "amp": args.device == "cuda", "prior_rows_frac": frac})
         measured = res["peak_bytes"] - base if "peak_bytes" in res else None
         rows.append({
             "config": label, "B": B, "r": r, "predicted_mib": mib(est.total), "measured_mib": mib(measured),

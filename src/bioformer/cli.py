@@ -238,7 +238,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     train = estimate_memory(cfg.model, r, B, training=True, **kw)
     infer = estimate_memory(cfg.model, r, B, training=False, **kw)
     m = cfg.model
-    pair = f", d_z {m.d_z}, d_opm {m.d_opm}, opm {m.opm}, pair_bias {m.pair_bias}" if model_class(m.model).pair_path(m).reads_z else ""
+    pair = (f", d_z {m.d_z}, d_opm {m.d_opm}, opm {m.opm}, pair_bias {m.pair_bias}, pair_mode {m.pair_mode}"
+            if model_class(m.model).pair_path(m).reads_z else "")
     print(f"{m.model}: {kw['n_params']:,} parameters (d_model {m.d_model}, nhead {m.nhead}, nlayers {m.nlayers}{pair})")
     src = "--n-genes" if args.n_genes is not None else "upper bound from the data config"
     print(f"r = {r} genes per cell ({src}), batch size {B}, {device}{', bf16 activations' if amp else ', fp32'}")
@@ -248,7 +249,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     r_infer = max_genes_for_budget(cfg.model, B, budget, False, **kw)
     print(f"largest r within {format_bytes(budget)} at batch size {B}: training {r_train}, inference {r_infer}")
     if train.total > budget:
-        print("does not fit for training: lower --batch-size, d_z or d_opm, or use --checkpoint-blocks")
+        print("does not fit for training: lower --batch-size, d_z or d_opm, or use --checkpoint-blocks or --pair-mode linear")
+    else:
+        print(f"fits for training: predicted peak {format_bytes(train.total)} <= budget {format_bytes(budget)}")
     return 0
 
 

@@ -76,6 +76,10 @@ def estimate_memory(
     cz, co = path.d_z, path.d_opm
     math_path = _attention_is_math_path(device, cfg.dropout, training)
     parts = dict.fromkeys(CATEGORIES, 0.0)
+    if path.linear:
+        parts.update(_linear_pair_parts(cfg, B, r, training, math_path, act, use_prior, n_opm))
+        parts["parameters + optimizer state"] = (4.0 if training else 1.0) * P * 4
+        return MemoryEstimate(n_genes=r, batch_size=B, n_params=P, parts=parts)
 
     if training:
         # with checkpointing only each block's inputs are kept, plus one block recomputed in backward
@@ -127,6 +131,45 @@ def estimate_memory(
         # mask, bias and (math path / CPU) scores and probabilities of one block
         parts["attention"] = H * (2 + (2 if pair_bias else 0)) * act * pairs
     return MemoryEstimate(n_genes=r, batch_size=B, n_params=P, parts=parts)
+
+
+def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_path: bool, act: int, use_prior: bool, n_opm: int) -> dict[str, float]:
+    """Linear pair mode (models/linear_pair.py): no z; per block the attention's queries, keys
+    and values widen to d' = d_head + (earlier OPMs) * c_opm + prior slots (at most
+    MAX_PRIOR_SLOTS; more go in as a chunked float bias), padded to a multiple of 8. The only
+    [B, r, r] tensors are the int8 prior codes (and a bool "has edge" scan), and, on the math path
+    (CPU training with dropout), the attention scores of one chunk of query rows (all r rows
+    unless attention_chunk_size is set, and then kept for backward per block)."""
+    from bioformer.models.linear_pair import MAX_PRIOR_SLOTS
+
+    c, H, N = cfg.d_model, cfg.nhead, cfg.nlayers
+    ff, co, dh = cfg.ff_factor * c, cfg.d_opm, c // cfg.nhead
+    T, pairs = B * r, B * r * r
+    slots = MAX_PRIOR_SLOTS if use_prior else 0
+    widths = [-(-(dh + min(block, n_opm) * co + slots) // 8) * 8 for block in range(N)]  # d' per block
+    ckpt = cfg.checkpoint_blocks and training
+    chunk = min(cfg.attention_chunk_size or r, r)
+    parts = dict.fromkeys(CATEGORIES, 0.0)
+    z_pairs = 2.0 if use_prior else 0.0  # int8 codes + the bool scan for rows with edges
+    if not training:
+        parts["m activations"] = (4 * c + ff) * T * act
+        parts["attention"] = 4 * H * max(widths) * T * act  # one block's q', k', v', output (fused kernels)
+        parts["OPM intermediates"] = n_opm * 2 * co * T * act
+        parts["z activations"] = z_pairs * pairs
+        return parts
+    n_kept = 1 if ckpt else N
+    per_token = n_kept * (12 * c + (3 * c if cfg.gating else 0) + 2.5 * ff) + 12 * c + (N * c if ckpt else 0)
+    parts["m activations"] = per_token * T * act
+    # q', k', v' and the output at width d' (kept for backward), the slot one-hots (q side, per-code on the k side)
+    kept_widths = widths[-1:] if ckpt else widths
+    parts["attention"] = sum(4 * H * w + (H + 5) * slots for w in kept_widths) * T * act
+    parts["OPM intermediates"] = n_opm * (c + 4 * co) * T * act  # LN(m), a and b (before and after the pad mask)
+    if math_path:  # probabilities and dropout mask kept per block (measured ~2.75 H floats per pair),
+        # plus the scores/gradients of the block in backward; chunked: one chunk recomputed at a time
+        scores = H * act * B * chunk * r
+        parts["attention"] += 6 * scores if chunk < r else (2.75 * n_kept + 3) * scores
+    parts["z activations"] = z_pairs * pairs
+    return parts
 
 
 def max_genes_for_budget(model_cfg: ModelConfig, batch_size: int, budget: float, training: bool = True, **kw) -> int:
