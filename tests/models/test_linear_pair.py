@@ -170,3 +170,26 @@ def test_pair_mode_config_and_errors():
     gene_ids, values, pm, _ = batch()
     with pytest.raises(BioformerError, match="no pair bias"):
         no_bias.pair_bias_logits(gene_ids, values, pm)
+
+
+def test_train_and_evaluate_in_linear_mode_from_the_cli(tmp_path, capsys):
+    """`--pair-mode linear` trains through the one loop; the scale on z learns; evaluate reloads it."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from bioformer.cli import main
+    from tests.conftest import H5AD, PRIOR_CSV
+
+    out = tmp_path / "run"
+    argv = ["-q", "train", "--data", str(H5AD), "--prior", str(PRIOR_CSV), "--n-hvg", "48", "--max-prior-genes", "16",
+            "--max-len", "32", "--d-model", "16", "--nhead", "2", "--d-z", "4", "--d-opm", "4", "--epochs", "1",
+            "--pair-mode", "linear", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    weights = load_file(str(out / "model.safetensors"))
+    assert "blocks.0.attention.z_scale" in weights and "blocks.0.attention.norm_z.weight" not in weights
+    assert not torch.equal(weights["blocks.0.attention.z_scale"], torch.ones(4))  # gradients reach it
+    summary = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["-q", "evaluate", str(out)]) == 0
+    assert f"{summary['test_mse']:.2f}" in capsys.readouterr().out
