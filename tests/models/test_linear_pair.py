@@ -62,6 +62,7 @@ def assert_same_forward_and_backward(model: BioFormer, gene_ids, values, pm, pri
 def test_linear_mode_equals_materialised_reference(monkeypatch, use_prior, opm, gating, prior_path, chunk):
     if prior_path == "bias":  # every cell has more edge rows than slots: the chunked float bias
         monkeypatch.setattr(linear_pair, "MAX_PRIOR_SLOTS", 0)
+        monkeypatch.setattr(linear_pair, "BIAS_CHUNK_ELEMENTS", 3 * 4 * 11 * 3)  # chunk_size None: 3 rows a chunk
     model = linear_model(use_prior=use_prior, opm=opm, gating=gating, attention_chunk_size=chunk).eval()
     gene_ids, values, pm, prior = batch()
     prior = sparse_prior(prior) if use_prior else None

@@ -13,7 +13,8 @@ Terms constant over the key j cancel in the softmax (beta_k, the "no edge" code'
 * the prior is non-zero only on rows i that have an edge code in the cell ("slots"): with
   S such rows, bias[h, i, j] = sum_t 1[i = slot_t] D_h(slot_t, j), i.e. S more channels (a
   one-hot of the slot on the query side, the per-head code values on the key side). Where S is
-  large, the prior is a float bias built per chunk of query rows instead.
+  large, the prior is a float bias built per chunk of query rows instead (one dense bias while
+  B * H * r * r is small, else chunks of BIAS_CHUNK_ELEMENTS / (B H r) rows unless given).
 
 Values are zero-padded to the query/key width (CPU's fused kernel wants equal head dims). With
 `chunk_size`, attention runs over chunks of query rows, each recomputed in backward, so even the
@@ -32,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from bioformer.models.pair import OuterProductMean, PairBiasAttention, attention_mask
 
 MAX_PRIOR_SLOTS = 64  # above this many prior rows in a cell, the prior goes in as a float bias
+BIAS_CHUNK_ELEMENTS = 2**24  # float-bias path without chunk_size: query rows per chunk so that a chunk's bias has at most this many elements
 
 
 @dataclass
@@ -145,6 +147,8 @@ def linear_pair_attention(
     v2 = F.pad(v, (0, d_pad - dh))  # [B, H, r, d']
     attend = partial(_attend_rows, padding_mask=padding_mask, codes=codes, delta=delta, scale=1 / s,
                      dropout_p=attn.attention_dropout())
+    if chunk_size is None and codes is not None:  # a dense bias while it is small, else chunks of rows
+        chunk_size = max(1, BIAS_CHUNK_ELEMENTS // (B * H * r))
     chunk = min(chunk_size or r, r)
     if chunk >= r:
         o = attend(q2, k2, v2, start=0)
