@@ -177,3 +177,18 @@ def test_depth_arms_separate_the_pair_path_from_depth():
     assert ("bioformer-N8", "bioformer-no-pair-path-N8") in plan.pairs()
     assert ("bioformer-N8", "bioformer-N2") in plan.pairs() and ("bioformer-small-N8", "scgpt-large-N2") in plan.pairs()
     assert arms["scgpt-N8"].nlayers == 8 and arms["scgpt-large-N2"].d_model == 2 * arms["scgpt-N2"].d_model
+
+
+def test_ablation_has_a_linear_pair_mode_arm_that_runs(tiny_inputs, tmp_path):
+    """The `linear` arm is the full BioFormer with only the pair mode changed, paired with `full`."""
+    standard = suite.plan_study("ablation", "standard", out="x")
+    arms = {a.name: a.model for a in standard.arms(vocab_size=515)}
+    assert arms["linear"].pair_mode == "linear" and dataclasses.replace(arms["linear"], pair_mode="full") == arms["full"]
+    assert ("full", "linear") in standard.pairs()
+    out = tmp_path / "ablation"
+    plan = suite.plan_study("ablation", "quick", out=out, seeds=2, epochs=1, overrides=_overrides(tiny_inputs), arms=["full", "linear"])
+    suite.run_study(plan)
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(df["arm"].unique()) == ["full", "linear"] and df["test_mse"].notna().all()
+    assert "pair_mode: linear" in (out / "runs" / "linear" / "seed0" / "config.yaml").read_text()
+    assert "full vs linear" in (out / "summary.md").read_text()  # the paired comparison is reported

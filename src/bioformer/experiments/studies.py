@@ -75,6 +75,7 @@ def _ablation(base: ModelConfig, prior: str, vocab: int | None, profile: Profile
         Arm("no-pair-bias", _model(full, pair_bias=False), description="no pair bias; nothing reads z then, so this is also 'neither' (no OPM, no pair bias)"),
         Arm("no-gating", _model(full, gating=False), description="no sigmoid gate on the attention output"),
         Arm("transition-1", _model(full, ff_factor=1), description="transition factor 1 (scGPT paper) instead of 4"),
+        Arm("linear", _model(full, pair_mode="linear"), description="linear pair mode: no LayerNorm on z before the bias (a per-channel scale), z never materialised"),
     ]
 
 
