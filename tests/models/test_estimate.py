@@ -45,3 +45,21 @@ def test_cli_prints_breakdown(capsys):
     for k in CATEGORIES:
         assert k in out
     assert "r = 256" in out and "largest r within 2.00 GB" in out
+
+
+def test_linear_pair_mode_memory_is_about_linear_in_r(capsys):
+    """No z: with chunked attention the only r^2 terms are the 1-byte prior codes, so the peak
+    grows ~linearly (log-log slope over r = 1k..16k well below full mode's 2)."""
+    import math
+
+    lin = ModelConfig(nlayers=4, d_z=32, d_opm=32, pair_mode="linear", attention_chunk_size=512)
+    full = ModelConfig(nlayers=4, d_z=32, d_opm=32)
+    t1, t2 = (estimate_memory(lin, r, 1).total for r in (1024, 16384))
+    assert 1.0 <= math.log(t2 / t1) / math.log(16) < 1.2
+    assert estimate_memory(lin, 4096, 1).total < estimate_memory(full, 4096, 1).total / 10
+    # unchunked on CPU with dropout, the math path keeps the attention probabilities per block
+    unchunked = ModelConfig(nlayers=4, d_z=32, d_opm=32, pair_mode="linear")
+    assert estimate_memory(unchunked, 4096, 1).parts["attention"] > 4 * estimate_memory(lin, 4096, 1).parts["attention"]
+    assert main(["estimate", "--pair-mode", "linear", "--n-genes", "20000", "--batch-size", "1", "--device", "cuda", "--budget", "80GB"]) == 0
+    out = capsys.readouterr().out
+    assert "pair_mode linear" in out and "fits for training" in out
