@@ -165,11 +165,9 @@ def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_pa
     parts["attention"] = sum(4 * H * w + (H + 5) * slots for w in kept_widths) * T * act
     parts["OPM intermediates"] = n_opm * (c + 4 * co) * T * act  # LN(m), a and b (before and after the pad mask)
     if math_path:  # probabilities and dropout mask kept per block (measured ~2.75 H floats per pair),
-        # plus the scores/gradients of the block in backward; chunked: one chunk recomputed at a
-        # time, with its float bias, scores, dropout and their gradients (measured ~14 H floats
-        # per pair of the chunk: benchmarks/max_genes.py, chunk 128 vs 512 at r = 2,048)
+        # plus the scores/gradients of the block in backward; chunked: one chunk recomputed at a time
         scores = H * act * B * chunk * r
-        parts["attention"] += 14 * scores if chunk < r else (2.75 * n_kept + 3) * scores
+        parts["attention"] += 6 * scores if chunk < r else (2.75 * n_kept + 3) * scores
     parts["z activations"] = z_pairs * pairs
     return parts
 
