@@ -160,13 +160,20 @@ def test_pair_bias_logits_equal_the_materialised_bias(pair_mode):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_pair_mode_config_and_errors():
+def test_pair_mode_config_and_errors(capsys):
     cfg = ModelConfig(d_model=16, nhead=2, nlayers=2, d_z=4, d_opm=4, pair_mode="linear")
     model = build_model(cfg, V)
     assert model.pair_mode == "linear"
     assert all(b.attention.norm_z is None and b.attention.z_scale is not None for b in model.blocks)
     with pytest.raises(BioformerError, match="pair_mode"):
         build_model(ModelConfig(pair_mode="sparse"), V)
+    from bioformer.cli import main
+    from tests.conftest import H5AD
+
+    for argv in (["train", "--data", str(H5AD)], ["estimate", "--n-genes", "64"]):  # before any data is read
+        assert main(["-q", *argv, "--pair-mode", "sparse"]) == 2
+        err = capsys.readouterr().err
+        assert "error: unknown pair_mode 'sparse'; use one of full, linear" in err and "Traceback" not in err
     no_bias = tiny_bioformer(pair_bias=False)
     gene_ids, values, pm, _ = batch()
     with pytest.raises(BioformerError, match="no pair bias"):

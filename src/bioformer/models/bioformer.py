@@ -78,11 +78,18 @@ class BioFormer(MaskedValueModel):
     """
 
     @classmethod
+    def check_pair_mode(cls, cfg: ModelConfig) -> None:
+        if cfg.pair_mode not in PAIR_MODES:
+            raise BioformerError(f"unknown pair_mode {cfg.pair_mode!r}; use one of {', '.join(PAIR_MODES)}")
+
+    @classmethod
     def reads_prior(cls, cfg: ModelConfig) -> bool:
+        cls.check_pair_mode(cfg)  # asked before any data is loaded: a typo fails fast
         return cfg.pair_bias  # without pair bias nothing reads z
 
     @classmethod
     def pair_path(cls, cfg: ModelConfig) -> PairPath:
+        cls.check_pair_mode(cfg)
         opm_blocks = (cfg.nlayers - 1) if (cfg.pair_bias and cfg.opm) else 0  # the last block skips its OPM
         return PairPath(reads_z=cfg.pair_bias, opm_blocks=opm_blocks, gating=cfg.gating,
                         checkpoint=cfg.checkpoint_blocks, d_z=cfg.d_z, d_opm=cfg.d_opm,
@@ -94,8 +101,7 @@ class BioFormer(MaskedValueModel):
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 0, use_prior: bool = True) -> None:
         super().__init__()
-        if cfg.pair_mode not in PAIR_MODES:
-            raise BioformerError(f"unknown pair_mode {cfg.pair_mode!r}; use one of {', '.join(PAIR_MODES)}")
+        self.check_pair_mode(cfg)
         self.pair_mode = cfg.pair_mode
         d_model, d_z = cfg.d_model, cfg.d_z
         self.uses_z = cfg.pair_bias
