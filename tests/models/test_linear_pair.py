@@ -76,6 +76,30 @@ def test_linear_mode_equals_materialised_reference(monkeypatch, use_prior, opm, 
         assert (other - model(gene_ids, values, pm, prior=prior)["pred"]).abs().max() > 1e-4  # >> the tolerance
 
 
+@pytest.mark.parametrize("prior_path", ["slots", "bias"])
+def test_training_with_dropout_equals_reference_under_the_same_rng(monkeypatch, prior_path):
+    """Training mode, attention dropout on (CPU's math path, v not widened): the same random
+    stream gives the same dropout masks in both paths, so outputs and gradients still agree."""
+    if prior_path == "bias":
+        monkeypatch.setattr(linear_pair, "MAX_PRIOR_SLOTS", 0)
+    model = linear_model(dropout=0.2).train()
+    gene_ids, values, pm, prior = batch()
+    prior = sparse_prior(prior)
+    keep = ~pm
+    w = torch.randn(pm.shape) * keep
+    results = []
+    for forward in (model, model.forward_materialised):
+        torch.manual_seed(5)
+        out = forward(gene_ids, values, pm, prior=prior)["pred"]
+        model.zero_grad()
+        (out * w).sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (out, grads), (ref, ref_grads) = results
+    torch.testing.assert_close(out[keep], ref[keep], rtol=1e-5, atol=1e-5)
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(grads.get(n, torch.zeros_like(g)), g, rtol=1e-4, atol=1e-5, msg=n)
+
+
 def test_linear_mode_without_ln_differs_from_full_mode():
     """The reference is not the full model: same weights, LN on z -> different numbers."""
     model = linear_model().eval()

@@ -16,7 +16,7 @@ Terms constant over the key j cancel in the softmax (beta_k, the "no edge" code'
   large, the prior is a float bias built per chunk of query rows instead (one dense bias while
   B * H * r * r is small, else chunks of BIAS_CHUNK_ELEMENTS / (B H r) rows unless given).
 
-Values are zero-padded to the query/key width (CPU's fused kernel wants equal head dims). With
+Values are zero-padded to the query/key width where CPU's fused kernel runs (it wants equal head dims). With
 `chunk_size`, attention runs over chunks of query rows, each recomputed in backward, so even the
 math path (CPU with dropout) holds O(B H chunk r) at a time. See docs/linear-pair-mode.md.
 """
@@ -93,14 +93,14 @@ def _prior_slot_channels(prior: PriorCodes, delta: torch.Tensor, r: int, H: int)
 def _attend_rows(
     q: torch.Tensor,  # [B, H, rq, d'] a chunk of query rows
     k: torch.Tensor,  # [B, H, r, d']
-    v: torch.Tensor,  # [B, H, r, d']
+    v: torch.Tensor,  # [B, H, r, d' or d_h]
     padding_mask: torch.Tensor,  # [B, r] True = pad
     codes: torch.Tensor | None,  # [B, r, r] or None (prior already folded or absent)
     delta: torch.Tensor | None,  # [K, H]
     start: int,
     scale: float,
     dropout_p: float,
-) -> torch.Tensor:  # [B, H, rq, d']
+) -> torch.Tensor:  # [B, H, rq, width of v]
     if codes is None:
         mask = ~padding_mask[:, None, None, :]  # [B, 1, 1, r] True = attend
     else:
@@ -144,9 +144,13 @@ def linear_pair_attention(
         k_parts.append(k.new_zeros(B, H, r, d_pad - d))
     q2 = torch.cat(q_parts, dim=-1) if len(q_parts) > 1 else q  # [B, H, r, d']
     k2 = torch.cat(k_parts, dim=-1) if len(k_parts) > 1 else k  # [B, H, r, d']
-    v2 = F.pad(v, (0, d_pad - dh))  # [B, H, r, d']
-    attend = partial(_attend_rows, padding_mask=padding_mask, codes=codes, delta=delta, scale=1 / s,
-                     dropout_p=attn.attention_dropout())
+    dropout_p = attn.attention_dropout()
+    # CPU's fused kernel (bool mask, no dropout) wants v as wide as q and k; the math path (CPU
+    # training with dropout, a float bias) and CUDA's memory-efficient kernel do not, and there
+    # zero channels of v would only cost time
+    fused_cpu = q.device.type == "cpu" and dropout_p == 0 and codes is None
+    v2 = F.pad(v, (0, d_pad - dh)) if fused_cpu else v  # [B, H, r, d' or d_h]
+    attend = partial(_attend_rows, padding_mask=padding_mask, codes=codes, delta=delta, scale=1 / s, dropout_p=dropout_p)
     if chunk_size is None and codes is not None:  # a dense bias while it is small, else chunks of rows
         chunk_size = max(1, BIAS_CHUNK_ELEMENTS // (B * H * r))
     chunk = min(chunk_size or r, r)
