@@ -64,6 +64,8 @@ def test_linear_mode_equals_materialised_reference(monkeypatch, use_prior, opm, 
         monkeypatch.setattr(linear_pair, "MAX_PRIOR_SLOTS", 0)
         monkeypatch.setattr(linear_pair, "BIAS_CHUNK_ELEMENTS", 3 * 4 * 11 * 3)  # chunk_size None: 3 rows a chunk
     model = linear_model(use_prior=use_prior, opm=opm, gating=gating, attention_chunk_size=chunk).eval()
+    if use_prior:  # a prior that visibly moves the prediction (checked at the end)
+        model.prior_encoder.weight.data.mul_(10)
     gene_ids, values, pm, prior = batch()
     prior = sparse_prior(prior) if use_prior else None
     if use_prior:
@@ -222,6 +224,24 @@ def test_train_and_evaluate_in_linear_mode_from_the_cli(tmp_path, capsys):
     assert "blocks.0.attention.z_scale" in weights and "blocks.0.attention.norm_z.weight" not in weights
     assert not torch.equal(weights["blocks.0.attention.z_scale"], torch.ones(4))  # gradients reach it
     summary = json.loads((out / "summary.json").read_text())
-    capsys.readouterr()
-    assert main(["-q", "evaluate", str(out)]) == 0
-    assert f"{summary['test_mse']:.2f}" in capsys.readouterr().out
+    assert main(["-q", "evaluate", str(out)]) == 0 and "model (test)" in capsys.readouterr().out
+    from bioformer.training.run import evaluate_run
+
+    assert evaluate_run(out, quiet=True)["test_mse"] == summary["test_mse"]  # the reloaded model is the trained one
+
+
+@pytest.mark.parametrize("use_prior", [True, False])
+def test_every_parameter_gets_a_gradient_in_linear_mode(use_prior):
+    """DistributedDataParallel (without find_unused_parameters) needs a gradient for every
+    parameter: linear mode has no OPM output bias and no constant pair bias (both would cancel in
+    the softmax), and a batch without any prior edge still reaches the prior embedding."""
+    import itertools
+
+    gene_ids, values, pm, prior = batch()
+    for opm, gating, nlayers, edges in itertools.product([True, False], [True, False], [1, 2], [True, False]):
+        model = tiny_bioformer(pair_mode="linear", use_prior=use_prior, opm=opm, gating=gating, nlayers=nlayers)
+        codes = sparse_prior(prior) if edges else torch.zeros_like(prior, dtype=torch.int8)
+        out = model(gene_ids, values, pm, prior=codes if use_prior else None)["pred"]
+        out[~pm].pow(2).mean().backward()
+        unused = [n for n, p in model.named_parameters() if p.grad is None]
+        assert not unused, (opm, gating, nlayers, edges, unused)

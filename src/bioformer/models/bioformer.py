@@ -36,7 +36,9 @@ class BioFormerBlock(nn.Module):
         self.attention = PairBiasAttention(d_model, nhead, d_z, pair_bias=pair_bias, gating=gating, dropout=dropout, linear=linear)
         self.attention_chunk_size = attention_chunk_size
         self.transition = Transition(d_model, ff_factor, dropout)
-        self.outer_product_mean = OuterProductMean(d_model, d_opm, d_z, opm_chunk_size) if update_z else None
+        # linear mode: the OPM's output bias shifts z by a constant, which cancels in the softmax
+        # once no LayerNorm follows; it would be a parameter without a gradient, so there is none
+        self.outer_product_mean = OuterProductMean(d_model, d_opm, d_z, opm_chunk_size, bias=not linear) if update_z else None
 
     def forward(self, m: torch.Tensor, z: torch.Tensor | CodedPair | None, padding_mask: torch.Tensor):
         """m [B, r, c], z [B, r, r, c_z] (or the initial z as a CodedPair, or None), mask [B, r]."""
@@ -114,7 +116,7 @@ class BioFormer(MaskedValueModel):
         self.register_buffer("zero_z", torch.zeros(1, d_z), persistent=False)  # the table of zero z
         self.blocks = nn.ModuleList(
             BioFormerBlock(
-                d_model, cfg.nhead, d_z, cfg.d_opm, cfg.ff_factor, cfg.dropout, pair_bias=cfg.pair_bias,
+                d_model, cfg.nhead, d_z, cfg.d_opm, cfg.ff_factor, cfg.dropout, pair_bias=self._block_reads_z(cfg, i),
                 gating=cfg.gating, update_z=(cfg.opm and cfg.pair_bias and i < cfg.nlayers - 1),
                 opm_chunk_size=cfg.opm_chunk_size, linear=(cfg.pair_mode == "linear"),
                 attention_chunk_size=cfg.attention_chunk_size,
@@ -123,6 +125,14 @@ class BioFormer(MaskedValueModel):
         )
         self.norm = nn.LayerNorm(d_model)
         self.decoder = ExprDecoder(d_model, cfg.explicit_zero_prob)
+
+    def _block_reads_z(self, cfg: ModelConfig, i: int) -> bool:
+        """Whether block i has a pair bias. In linear mode a bias that is constant over pairs (zero
+        z and no earlier OPM) is left out: it cancels in the softmax, and its weights would get no
+        gradient (which DistributedDataParallel cannot have)."""
+        if not cfg.pair_bias:
+            return False
+        return cfg.pair_mode != "linear" or self.needs_prior or (cfg.opm and i > 0)
 
     def initial_z(self, gene_ids: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor | None:
         """[B, r, r, c_z] from the prior codes [B, r, r], or zeros; None when nothing reads z."""
@@ -183,6 +193,8 @@ class BioFormer(MaskedValueModel):
             raise BioformerError("this BioFormer has no pair bias (pair_bias off): there are no pair-bias logits to read")
         B, r = gene_ids.shape
         last = self.blocks[-1].attention
+        if last.bias_proj is None:  # linear mode, zero z and no OPM: z_L = 0, so is its bias
+            return gene_ids.new_zeros(B, last.nhead, r, r, dtype=self.norm.weight.dtype)
         if self.pair_mode == "linear":
             _, terms, codes = self._trunk_linear(gene_ids, values, padding_mask, prior, len(self.blocks) - 1)
             bias = linear_pair_bias(last, terms, codes, r, chunk_size)

@@ -43,7 +43,7 @@ class OPMTerm:
     a: torch.Tensor  # [B, r, c_opm], zero at pads
     b: torch.Tensor  # [B, r, c_opm], zero at pads
     weight: torch.Tensor  # [c_z, c_opm(a), c_opm(b)]
-    bias: torch.Tensor  # [c_z] (constant over pairs: only the pair-bias readout needs it)
+    bias: torch.Tensor | None  # [c_z] or None (constant over pairs: only the pair-bias readout needs it)
 
     @classmethod
     def of(cls, opm: OuterProductMean, m: torch.Tensor, padding_mask: torch.Tensor) -> OPMTerm:
@@ -65,7 +65,9 @@ class PriorCodes:
         """Slots when at most `max_slots` (default MAX_PRIOR_SLOTS) rows of a cell carry edges."""
         max_slots = MAX_PRIOR_SLOTS if max_slots is None else max_slots
         has_edge = (codes != 0).any(dim=-1)  # [B, r]
-        n_slots = int(has_edge.sum(dim=-1).max()) if codes.numel() else 0
+        # at least one slot (an empty one where no cell has an edge): the prior embedding and the
+        # bias weights then stay in the graph with an exactly zero gradient, as DDP needs
+        n_slots = max(int(has_edge.sum(dim=-1).max()) if codes.numel() else 0, 1)
         if n_slots > max_slots:
             return cls(codes, table, None, None)
         order = torch.argsort(has_edge.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_slots]  # [B, S]
@@ -177,7 +179,8 @@ def linear_pair_bias(
     """The full pair bias w . z (constants included, so it equals the materialised one), built
     in chunks of query rows so that no [.., r, r, c_z] tensor is formed."""
     w = attn.bias_weight()  # [H, c_z]
-    const = sum((w @ t.bias.to(w.dtype) for t in terms), torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))  # [H]
+    const = sum((w @ t.bias.to(w.dtype) for t in terms if t.bias is not None),
+                torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))  # [H]
     per_code = code_bias(prior, w, relative=False) if prior is not None else None  # [K, H]
     Ms = [torch.einsum("hz,zde->hde", w, t.weight) for t in terms]  # [H, c_opm, c_opm] each
     chunk = min(chunk_size or r, r)

@@ -157,12 +157,12 @@ class OuterProductMean(nn.Module):
     chunks (inference / very long r).
     """
 
-    def __init__(self, d_model: int, d_opm: int, d_z: int, chunk_size: int | None = None) -> None:
+    def __init__(self, d_model: int, d_opm: int, d_z: int, chunk_size: int | None = None, bias: bool = True) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
         self.linear_a = nn.Linear(d_model, d_opm)
         self.linear_b = nn.Linear(d_model, d_opm)
-        self.linear_out = nn.Linear(d_opm * d_opm, d_z)
+        self.linear_out = nn.Linear(d_opm * d_opm, d_z, bias=bias)
         self.d_opm, self.d_z = d_opm, d_z
         self.chunk_size = chunk_size
 
@@ -187,7 +187,7 @@ class OuterProductMean(nn.Module):
         W = self.weight().to(b.dtype)  # [c_z, c_opm(a), c_opm(b)]
         t = torch.einsum("bjd,zcd->bcjz", b, W).reshape(B, self.d_opm, r * self.d_z)  # [B, c_opm(a), r_j*c_z]
         # the bias as one more input channel: a_ext = [a, 1], t_ext = [t; bias tiled over j]
-        out_bias = self.linear_out.bias
+        out_bias = self.linear_out.bias if self.linear_out.bias is not None else b.new_zeros(self.d_z)
         if isinstance(z, CodedPair) and z.onehot is None:  # constant z: fold it into the bias
             out_bias = out_bias + z.table[0]
         bias_row = out_bias.to(t.dtype).repeat(r).expand(B, 1, r * self.d_z)  # [B, 1, r_j*c_z]
