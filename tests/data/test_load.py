@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from bioformer.data.load import load_anndata
+from bioformer.data.load import check_cell_count, load_anndata, min_cells_for_split
 from bioformer.errors import BioformerError
 from tests.conftest import H5AD
 
@@ -55,6 +55,10 @@ def test_dense_input_becomes_sparse(tmp_path):
         (lambda t: _write(t, np.ones((2, 2), np.float32)), {"gene_column": "symbol"}, "gene column 'symbol' not in var"),
         (lambda t: _write(t, np.array([[1, -1], [2, 2]], np.float32)), {}, "negative values"),
         (lambda t: _write(t, np.array([[1, np.nan], [2, 2]], np.float32)), {}, "NaN"),
+        (lambda t: _write(t, np.array([[1, np.inf], [2, 2]], np.float32)), {}, "infinite values"),
+        (lambda t: _write(t, np.array([[1, -np.inf], [2, 2]], np.float32)), {}, "infinite values"),
+        (lambda t: _write(t, np.zeros((0, 3), np.float32)), {}, "has no cells"),
+        (lambda t: _write(t, np.zeros((3, 0), np.float32)), {}, "has no genes"),
         (lambda t: _write(t, np.array([[0, 0], [2, 2]], np.float32)), {}, "all-zero expression"),
     ],
 )
@@ -69,3 +73,29 @@ def test_max_cells_is_seeded():
     b = load_anndata(H5AD, max_cells=40, seed=3, quiet=True)
     c = load_anndata(H5AD, max_cells=40, seed=4, quiet=True)
     assert list(a.obs_names) == list(b.obs_names) != list(c.obs_names)
+
+
+def test_duplicate_gene_names_are_summed_and_reported(tmp_path, caplog):
+    X = np.array([[1, 2, 3, 4], [0, 5, 0, 6], [7, 0, 8, 0]], np.float32)
+    a = ad.AnnData(X=X)
+    a.var_names = ["A", "B", "A", "C"]
+    p = tmp_path / "dup.h5ad"
+    a.write_h5ad(p)
+    with caplog.at_level("WARNING", logger="bioformer"):
+        out = load_anndata(p, quiet=True)
+    assert list(out.var_names) == ["A", "B", "C"]
+    assert np.array_equal(out.X.toarray(), [[4, 2, 4], [0, 5, 6], [15, 0, 0]])
+    assert "1 gene name(s) occur more than once (A)" in caplog.text
+
+
+def test_too_few_cells_threshold_and_advice():
+    need = min_cells_for_split(0.1, 0.1)
+    assert need == 50  # MIN_CELLS dominates at the default fractions
+    assert round(0.1 * need) >= 2
+    assert min_cells_for_split(0.02, 0.1) == 75  # 0.02 * 75 rounds to 2 validation cells
+    check_cell_count(need, need, "x")
+    with pytest.raises(BioformerError, match="raise --max-cells to at least 50 \\(the file has 300 cells\\)"):
+        check_cell_count(10, need, "x", max_cells=10, n_file=300)
+    with pytest.raises(BioformerError, match="use a data set with more cells") as e:
+        check_cell_count(20, need, "x", max_cells=40, n_file=20)
+    assert "--max-cells" not in str(e.value)  # raising it cannot help: the file has 20 cells

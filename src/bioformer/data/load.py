@@ -14,6 +14,49 @@ from bioformer.errors import BioformerError
 
 log = logging.getLogger("bioformer")
 
+MIN_CELLS = 50  # fewer cannot give usable HVGs (seurat_v3's loess crashes on 1 cell) or splits
+
+
+def min_cells_for_split(valid_frac: float, test_frac: float, per_split: int = 2) -> int:
+    """Fewest cells for training: MIN_CELLS, and enough that the validation and test splits
+    (rounded like `split_cells`) get `per_split` cells each."""
+    need = MIN_CELLS
+    while round(valid_frac * need) < per_split or round(test_frac * need) < per_split:
+        need += 1
+    return need
+
+
+def check_cell_count(n_cells: int, need: int, name: str, max_cells: int | None = None, n_file: int | None = None) -> None:
+    """One clear error when `n_cells` (after --max-cells) is below `need`, advising only what helps."""
+    if n_cells >= need:
+        return
+    if max_cells is not None and n_file is not None and n_file >= need:
+        fix = f"raise --max-cells to at least {need} (the file has {n_file} cells)"
+    else:
+        fix = "use a data set with more cells"
+    raise BioformerError(
+        f"{name}: only {n_cells} cell(s); training needs at least {need} so that gene selection is stable "
+        f"and the validation and test splits hold cells; {fix}"
+    )
+
+
+def sum_duplicate_genes(X: sp.csr_matrix, names: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, list[str]]:
+    """Merge columns that share a gene name by summing them (e.g. several Ensembl IDs of one symbol).
+
+    Returns (X with one column per unique name in first-seen order, those names, the duplicated names).
+    """
+    uniq, first, inverse = np.unique(names, return_index=True, return_inverse=True)
+    if len(uniq) == len(names):
+        return X, names, []
+    order = np.argsort(first)  # unique names in first-seen order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    col = rank[inverse]  # [n_vars] -> merged column
+    merge = sp.csr_matrix((np.ones(len(names), dtype=np.float32), (np.arange(len(names)), col)), shape=(len(names), len(uniq)))
+    counts = np.bincount(col)
+    dup = [str(uniq[order][i]) for i in np.flatnonzero(counts > 1)]
+    return (X @ merge).tocsr(), uniq[order], dup
+
 
 def _read_h5ad(path: Path) -> ad.AnnData:
     if not path.exists():
@@ -38,8 +81,9 @@ def load_anndata(
 
     `source` is a built-in dataset name or a path. `layer` picks `layers[layer]` ("raw" picks
     `adata.raw`); `gene_column` a `var` column holding gene symbols. `max_cells` subsamples
-    cells with `seed`. Raises BioformerError on missing/unreadable files, unknown layers or
-    columns, negative or NaN values and all-zero cells.
+    cells with `seed`. Columns sharing a gene name are summed (with a warning). Raises
+    BioformerError on missing/unreadable files, unknown layers or columns, no cells or genes,
+    negative, NaN or infinite values and all-zero cells.
     """
     source = str(source)
     path = fetch(source, quiet=quiet) if source in DATASETS else Path(source).expanduser()
@@ -64,25 +108,36 @@ def load_anndata(
 
     if gene_column is not None:
         if gene_column not in var.columns:
-            raise BioformerError(f"gene column {gene_column!r} not in var; available: {list(var.columns)} (omit --gene-column to use var_names)")
+            raise BioformerError(f"gene column {gene_column!r} not in var; available: {list(var.columns) or 'none'} (omit --gene-column to use var_names)")
         names = var[gene_column].astype(str).to_numpy()
     else:
         names = np.asarray(var.index, dtype=str)
 
+    if adata.n_obs == 0:
+        raise BioformerError(f"{path.name} has no cells (0 rows); pass a file with cells")
+    if len(names) == 0:
+        raise BioformerError(f"{path.name} has no genes (0 columns); pass a file with genes")
     X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
     data = X.data
     if np.isnan(data).any():
         raise BioformerError(f"{path.name}: expression matrix contains NaN values; fill or drop them before training")
+    if np.isinf(data).any():
+        raise BioformerError(f"{path.name}: expression matrix contains infinite values; fill or drop them before training")
     if (data < 0).any():
         raise BioformerError(
             f"{path.name}: expression matrix contains negative values (scaled data?); pass raw counts "
             "or log-normalised values, e.g. --layer raw_count or --layer raw"
         )
     X.eliminate_zeros()
+    X, names, dup = sum_duplicate_genes(X, names)
+    if dup:
+        log.warning(
+            "%s: %d gene name(s) occur more than once (%s%s); their columns are summed into one gene",
+            path.name, len(dup), ", ".join(dup[:5]), ", ..." if len(dup) > 5 else "",
+        )
 
     out = ad.AnnData(X=X, obs=adata.obs.copy())
     out.var_names = names
-    out.var_names_make_unique()
     out.obs_names_make_unique()
 
     zero_cells = np.asarray(X.getnnz(axis=1) == 0)
@@ -92,6 +147,7 @@ def load_anndata(
             "(e.g. sc.pp.filter_cells(adata, min_counts=1))"
         )
 
+    out.uns["n_cells_in_file"] = int(out.n_obs)
     if max_cells is not None and max_cells < out.n_obs:
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(out.n_obs, size=max_cells, replace=False))

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from bioformer.config import DataConfig, prior_enabled
 from bioformer.data.backed import BackedData, prepare_backed, use_backed
 from bioformer.data.datasets import DATASETS
-from bioformer.data.load import load_anndata
+from bioformer.data.load import check_cell_count, load_anndata, min_cells_for_split
 from bioformer.data.preprocess import preprocess
 from bioformer.data.prior import SHUFFLED_SUFFIX, PriorMatrix, load_edges, shuffle_edges
 from bioformer.data.tokenize import CellDataset, GeneVocab, split_cells
@@ -152,6 +152,9 @@ def prepare_data(
     backed_path = _backed_path(cfg)
     if backed_path is None:
         adata = load_anndata(cfg.data, cfg.layer, cfg.gene_column, cfg.max_cells, seed, quiet=quiet)
+        if gene_list is None:  # before preprocessing: scanpy must never see too few cells
+            n_file = adata.uns.get("n_cells_in_file", adata.n_obs)
+            check_cell_count(adata.n_obs, min_cells_for_split(cfg.valid_frac, cfg.test_frac), Path(cfg.data).name, cfg.max_cells, n_file)
     use_prior = prior_enabled(cfg.prior)
     selection_prior = _unshuffled(cfg.gene_prior or (cfg.prior if use_prior else None))
     selection_edges: pd.DataFrame | None = None
@@ -194,10 +197,10 @@ def _backed_path(cfg: DataConfig) -> Path | None:
 def _build_prior(cfg: DataConfig, vocab: GeneVocab, n_genes: int, seed: int, quiet: bool, require_prior_edges: bool) -> PriorMatrix:
     prior = PriorMatrix.from_edges(edges_for_genes(cfg.prior, vocab.token_to_id, seed, quiet), vocab.token_to_id)
     if prior.n_edges == 0 and require_prior_edges:
-        raise BioformerError(
-            f"no prior edges between the selected genes ({n_genes} genes, prior {cfg.prior}); "
-            "check gene names (--gene-column with symbols) or use --genes hvg+prior"
-        )
+        fix = "check that the prior and the data name genes alike (--gene-column with symbols)"
+        if cfg.genes != "hvg+prior":  # never advise what is already in effect
+            fix += ", or use --genes hvg+prior"
+        raise BioformerError(f"no prior edges between the selected genes ({n_genes} genes, prior {cfg.prior}); {fix}")
     return prior
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
+from bioformer.data.load import MIN_CELLS, check_cell_count
 from bioformer.errors import BioformerError
 
 log = logging.getLogger("bioformer")
@@ -139,19 +140,35 @@ def preprocess(
     selection (seurat_v3 on counts by default; cell_ranger on logged input), optionally plus
     prior genes (`genes="hvg+prior"`), then per-cell binning. `gene_list` skips selection and
     keeps exactly those genes (in that order; used to evaluate a trained model on new data).
-    Already log-normalised input is detected and not normalised again.
+    Already log-normalised input is detected and not normalised again; there, genes that are zero
+    in every cell are removed instead of the count filter. Selecting genes needs >= MIN_CELLS cells.
     """
     say = (lambda *a: None) if quiet else log.info
     if genes not in ("hvg", "hvg+prior"):
         raise BioformerError(f"unknown gene selection {genes!r}; use hvg or hvg+prior")
+    if adata.n_obs == 0:
+        raise BioformerError("no cells to preprocess; pass a data set with cells")
+    if gene_list is None:  # before any scanpy call: seurat_v3's loess crashes the process on 1 cell
+        check_cell_count(adata.n_obs, MIN_CELLS, "data")
     kind = detect_input_kind(adata.X)
     adata = adata.copy()
     counts = None
+    if gene_list is None:
+        # Genes never (or too rarely) seen carry nothing and break HVG binning ("Bin edges must
+        # be unique"); on logged input the count threshold has no meaning, so keep genes seen once.
+        n_before = adata.n_vars
+        if kind == "counts":
+            sc.pp.filter_genes(adata, min_counts=max(min_counts, 1))
+            rule = f"with fewer than {min_counts} counts"
+            fix = "lower --min-counts or check the input" if min_counts > 1 else "check the input"
+        else:
+            sc.pp.filter_genes(adata, min_cells=1)
+            rule, fix = "that are zero in every cell", "check the input"
+        if adata.n_vars == 0:
+            raise BioformerError(f"no genes left after removing the {n_before} genes {rule}; {fix}")
+        if adata.n_vars < n_before:
+            say("removed %d genes %s", n_before - adata.n_vars, rule)
     if kind == "counts":
-        if gene_list is None:
-            sc.pp.filter_genes(adata, min_counts=min_counts)
-            if adata.n_vars == 0:
-                raise BioformerError(f"no genes left after filtering genes with fewer than {min_counts} counts; lower --min-counts or check the input")
         counts = adata.X.copy()
         sc.pp.normalize_total(adata, target_sum=1e4)
         sc.pp.log1p(adata)

@@ -37,6 +37,15 @@ def _sign_to_code(sign: np.ndarray) -> np.ndarray:
     return np.select([sign > 0, sign < 0], [ACTIVATES, REPRESSES], REGULATES).astype(np.int8)
 
 
+def omnipath_sign(is_stimulation: pd.Series, is_inhibition: pd.Series) -> np.ndarray:
+    """OmniPath's two flags as one sign: +1 stimulation only, -1 inhibition only, 0 both or neither."""
+    def flag(col: pd.Series) -> np.ndarray:  # bool, 0/1 or "True"/"False" text (CSV); missing = False
+        return col.astype(str).str.strip().str.lower().isin(("true", "1", "1.0", "t", "yes")).to_numpy()
+
+    stim, inhib = flag(is_stimulation), flag(is_inhibition)
+    return np.where(stim & ~inhib, 1, np.where(inhib & ~stim, -1, 0)).astype(np.int8)
+
+
 def _dedupe(edges: pd.DataFrame) -> pd.DataFrame:
     """One row per (source, target); conflicting signs become 0."""
     edges = edges[edges["source"] != edges["target"]]
@@ -66,9 +75,7 @@ def omnipath_edges(resource: str = "collectri", quiet: bool = True, table: str |
         df = df[df["sources"].str.contains("CollecTRI", na=False)]
     elif resource == "dorothea":
         df = df[df["sources"].str.contains("DoRothEA", na=False)]
-    stim = df["is_stimulation"].astype(bool).to_numpy()
-    inhib = df["is_inhibition"].astype(bool).to_numpy()
-    sign = np.where(stim & ~inhib, 1, np.where(inhib & ~stim, -1, 0)).astype(np.int8)
+    sign = omnipath_sign(df["is_stimulation"], df["is_inhibition"])
     edges = pd.DataFrame({"source": df["source"].astype(str).to_numpy(), "target": df["target"].astype(str).to_numpy(), "sign": sign})
     is_complex = edges["source"].str.startswith("COMPLEX:")
     if is_complex.any():
@@ -80,7 +87,9 @@ def omnipath_edges(resource: str = "collectri", quiet: bool = True, table: str |
 
 
 def read_edge_file(path: str | Path) -> pd.DataFrame:
-    """A user table with columns `source, target[, sign]` (CSV, TSV or parquet); sign defaults to 0."""
+    """A user table (CSV, TSV or parquet) with columns `source, target` and a sign, taken from the
+    first of: `sign`; `weight` or `mor` (decoupler's CollecTRI / DoRothEA export; its sign is
+    used); `is_stimulation` + `is_inhibition` (OmniPath's layout). Without any, edges are unsigned."""
     p = Path(path).expanduser()
     if not p.exists():
         raise BioformerError(f"prior file not found: {p}; use collectri, dorothea, all, none or a CSV/TSV/parquet path")
@@ -94,10 +103,15 @@ def read_edge_file(path: str | Path) -> pd.DataFrame:
     missing = {"source", "target"} - set(df.columns)
     if missing:
         raise BioformerError(f"prior file {p} lacks column(s) {sorted(missing)}; it needs source, target and optionally sign")
-    sign = df["sign"] if "sign" in df.columns else pd.Series(0, index=df.index)
-    sign = pd.to_numeric(sign, errors="coerce")
-    if sign.isna().any():
-        raise BioformerError(f"prior file {p}: column 'sign' must be numeric (-1, 0 or +1)")
+    column = next((c for c in ("sign", "weight", "mor") if c in df.columns), None)
+    if column is not None:
+        sign = pd.to_numeric(df[column], errors="coerce")
+        if sign.isna().any():
+            raise BioformerError(f"prior file {p}: column {column!r} must be numeric (its sign is used: -1, 0 or +1)")
+    elif {"is_stimulation", "is_inhibition"} <= set(df.columns):
+        sign = pd.Series(omnipath_sign(df["is_stimulation"], df["is_inhibition"]), index=df.index)
+    else:
+        sign = pd.Series(0, index=df.index)
     edges = pd.DataFrame({"source": df["source"].astype(str), "target": df["target"].astype(str), "sign": np.sign(sign).astype(np.int8)})
     return _dedupe(edges)
 

@@ -175,6 +175,7 @@ def run_study(plan: StudyPlan, report_only: bool = False, quiet: bool = True, jo
 
     if jobs < 1:
         raise BioformerError(f"--jobs must be >= 1, got {jobs}")
+    RunConfig(data=plan.data, model=plan.model, train=plan.train).validate()  # before --out exists
     plan.out.mkdir(parents=True, exist_ok=True)
     names, pairs = plan.arm_names(), plan.pairs()
     if not report_only:

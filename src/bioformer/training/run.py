@@ -8,11 +8,14 @@ n_params, seed, versions, wall time) and curves.png.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
+import os
 import platform
 import random
+import shutil
 import time
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -160,22 +163,87 @@ def read_resume_state(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
     return state
 
 
-def run_training(cfg: RunConfig, data: PreparedData | None = None, quiet: bool = False, resume: bool = False) -> tuple[Path, dict[str, Any]]:
+RUN_FILES = ("config.yaml", "split.npz", "vocab.json", "metrics.csv", "model.safetensors", "summary.json", "curves.png", TRAINING_STATE)
+
+
+def check_out_dir(out: Path, overwrite: bool = False) -> None:
+    """Refuse an --out that cannot hold a new run, before any work: a file, a place that cannot
+    be created or written, or a directory holding files (a finished or unfinished run) unless
+    `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise BioformerError(f"--out {out} is a file; pass a directory path")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            if (out / "summary.json").exists():
+                raise BioformerError(f"--out {out} already holds a finished run; pass --overwrite to replace it, or choose another --out")
+            raise BioformerError(
+                f"--out {out} already holds an unfinished run (no summary.json); pass --resume {out} to continue it, "
+                "--overwrite to start it over, or choose another --out"
+            )
+        if not any((out / f).exists() for f in RUN_FILES):
+            raise BioformerError(f"--out {out} holds files that are not a bioformer run; --overwrite only replaces run directories, choose another --out")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BioformerError(f"cannot create --out {out}: {parent} is a file; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BioformerError(f"cannot write --out {out}: {parent} is not writable; choose another --out")
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """A copy of `cfg` with file paths (data, prior files) made absolute, so that the saved
+    config.yaml works from any working directory. Built-in names stay as they are."""
+    from bioformer.data.datasets import DATASETS
+    from bioformer.data.prior import BUILTIN_PRIORS
+
+    def resolve(value: str | None) -> str | None:
+        if value is None or value in DATASETS or value in BUILTIN_PRIORS or not Path(value).expanduser().is_file():
+            return value
+        return str(Path(value).expanduser().resolve())
+
+    data = dataclasses.replace(cfg.data, data=resolve(cfg.data.data), prior=resolve(cfg.data.prior), gene_prior=resolve(cfg.data.gene_prior))
+    return dataclasses.replace(cfg, data=data)
+
+
+def floor_warning(summary: dict[str, Any]) -> str | None:
+    """A warning when the test MSE does not beat the per-gene-mean floor (None when it does)."""
+    ratio = summary.get("test_mse_vs_floor")
+    if ratio is None or ratio < 1.0:
+        return None
+    return (
+        f"the model did not beat the per-gene-mean floor on the test split (MSE {summary['test_mse']:.3f} vs "
+        f"{summary['floor_gene_mean_mse']:.3f}, ratio {ratio:.3f}): it predicts no better than each gene's training "
+        f"mean; train for more than {summary['epochs']} epochs or on more cells before reading its numbers"
+    )
+
+
+def run_training(
+    cfg: RunConfig, data: PreparedData | None = None, quiet: bool = False, resume: bool = False, overwrite: bool = False
+) -> tuple[Path, dict[str, Any]]:
     """Train `cfg` end to end and write its run directory. Returns (run_dir, summary).
 
-    With `resume`, a run directory that holds a training state (last.pt, written after every
-    epoch) continues from it exactly, and a finished one (summary.json) is returned as it is.
-    Under torchrun every rank calls this; rank 0 alone writes files and logs.
+    Options, --out and the data are all checked before the run directory is created.
+    `overwrite` replaces a run already in --out (else such an --out is refused). With `resume`,
+    a run directory that holds a training state (last.pt, written after every epoch) continues
+    from it exactly, and a finished one (summary.json) is returned as it is. A fresh run that
+    fails before its first epoch finished removes what it created; later, the directory stays
+    without summary.json (unfinished, resumable). Under torchrun every rank calls this; rank 0
+    alone writes files and logs.
     """
+    cfg.validate()
+    if resume and overwrite:
+        raise BioformerError("--overwrite and --resume exclude each other: --resume continues the run, --overwrite starts it over")
+    cfg = absolute_paths(cfg)
     device, started = distributed.setup(cfg.train.device)  # this rank's device under torchrun
     try:
-        return _run_training(cfg, data, quiet or not distributed.is_main(), resume, device)
+        return _run_training(cfg, data, quiet or not distributed.is_main(), resume, overwrite, device)
     finally:
         if started:
             distributed.teardown()
 
 
-def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume: bool, device: torch.device) -> tuple[Path, dict[str, Any]]:
+def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume: bool, overwrite: bool, device: torch.device) -> tuple[Path, dict[str, Any]]:
     t_start = time.perf_counter()
     main = distributed.is_main()
     out = Path(distributed.broadcast_object(str(Path(cfg.out) if cfg.out else default_out(cfg))))
@@ -183,9 +251,9 @@ def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume
         if not quiet:
             log.info("%s is finished; nothing to resume", out)
         return out, distributed.broadcast_object(json.loads((out / "summary.json").read_text()) if main else None)
+    if main and not resume:
+        check_out_dir(out, overwrite)
     resume_state = read_resume_state(out, cfg) if resume else None
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed = cfg.train.seed
@@ -209,6 +277,38 @@ def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume
             raise BioformerError(f"the data of {out} gave another train/valid/test split than when the run started; was the data set changed?")
         if not quiet:
             log.info("resuming %s after epoch %d (step %d)", out, resume_state["epoch"], resume_state["step"])
+    created = not out.exists()
+    if main:
+        if not created and not resume:  # --overwrite: the old run's files go only now that the new one can start
+            for f in RUN_FILES:
+                (out / f).unlink(missing_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BioformerError(f"cannot create --out {out} ({e.strerror}); choose another --out") from None
+    try:
+        summary = _train_into(cfg, data, out, runtime, needs_prior, coverage, quiet, t_start, resume_state, main)
+    except Exception:
+        # never leave a directory that looks like a run for a model that did not train; once an
+        # epoch finished (last.pt), keep it: it is unfinished (no summary.json) and resumable
+        if main and not resume and not (out / TRAINING_STATE).exists():
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for f in RUN_FILES:
+                    (out / f).unlink(missing_ok=True)
+        raise
+    if main and not quiet and (w := floor_warning(summary)) is not None:
+        log.warning("warning: " + w)
+    return out, summary
+
+
+def _train_into(
+    cfg: RunConfig, data: PreparedData, out: Path, runtime: Runtime, needs_prior: bool, coverage: dict[str, Any],
+    quiet: bool, t_start: float, resume_state: dict[str, Any] | None, main: bool,
+) -> dict[str, Any]:
+    """Everything after the checks: write the run files, train, test, summarise."""
+    seed = cfg.train.seed
     if main:
         cfg.save(out / "config.yaml")
         np.savez(out / "split.npz", **data.split, obs_names=np.asarray(data.adata.obs_names, dtype=str))
@@ -253,19 +353,47 @@ def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume
         "versions": versions(),
     }
     if not main:
-        return out, summary
-    atomic_write_json(out / "summary.json", summary)
+        return summary
     if result.history:
         plot_curves(out / "curves.png", result.history, f"{summary['name']} on {Path(cfg.data.data).name} (seed {seed})")
-    return out, summary
+    atomic_write_json(out / "summary.json", summary)  # last: its presence marks a finished run
+    return summary
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+    """A finished run's resolved config and vocabulary (one BioformerError if anything is missing or damaged)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists() or not (run_dir / "model.safetensors").exists():
-        raise BioformerError(f"{run_dir} is not a finished run directory (needs config.yaml and model.safetensors)")
-    vocab = json.loads((run_dir / "vocab.json").read_text())
-    return RunConfig.load(run_dir / "config.yaml"), vocab
+    missing = [f for f in ("config.yaml", "vocab.json", "model.safetensors") if not (run_dir / f).is_file()]
+    if missing:
+        raise BioformerError(
+            f"{run_dir} is not a finished run directory (missing {', '.join(missing)}); pass a directory written by bioformer train"
+        )
+    cfg = RunConfig.load(run_dir / "config.yaml")
+    try:
+        cfg.validate(check_hardware=False)
+    except BioformerError as e:
+        raise BioformerError(f"{run_dir / 'config.yaml'} is damaged: {e}") from None
+    try:
+        vocab = json.loads((run_dir / "vocab.json").read_text())
+        if not isinstance(vocab, dict) or not isinstance(vocab.get("tokens"), list) or not isinstance(vocab.get("genes"), list):
+            raise ValueError("needs lists 'tokens' and 'genes'")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BioformerError(f"{run_dir / 'vocab.json'} is damaged ({e}); retrain the run or restore the file") from None
+    return cfg, vocab
+
+
+def load_run_weights(model: torch.nn.Module, run_dir: Path) -> None:
+    """The run's best weights into `model`; a truncated file or one that does not match
+    config.yaml is one BioformerError."""
+    path = run_dir / "model.safetensors"
+    try:
+        load_weights(model, path)
+    except RuntimeError as e:  # load_state_dict: missing / unexpected keys, shape mismatches
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("Error(s) in loading")]
+        first = (lines[0] if lines else type(e).__name__)[:200]
+        raise BioformerError(f"{path} does not match {run_dir / 'config.yaml'} ({first}); restore the config the run was trained with") from None
+    except Exception as e:  # safetensors raises its own error types for truncated / non-safetensors files
+        raise BioformerError(f"{path} is damaged and cannot be read ({type(e).__name__}); retrain the run") from None
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None = None, gene_column: str | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -280,7 +408,13 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
     vocab = GeneVocab(vocab_info["tokens"])
     needs_prior = uses_prior(cfg.model, cfg.data.prior)
     seed = cfg.train.seed
-    same = data is None or data == cfg.data.data
+    if data is None and (layer is not None or gene_column is not None):
+        raise BioformerError("--layer and --gene-column describe the file given with --data; without --data the run's own test split is scored with the run's settings")
+    same = data is None or (
+        _same_source(data, cfg.data.data) and layer in (None, cfg.data.layer) and gene_column in (None, cfg.data.gene_column)
+    )
+    model = build_model(cfg.model, len(vocab), vocab.pad_id, use_prior=needs_prior)
+    load_run_weights(model, run_dir)  # before the data work: a damaged run fails fast
     if same:
         prepared = prepare_data(cfg.data, seed=seed, need_prior=needs_prior, gene_list=vocab.genes, quiet=quiet)
         if list(prepared.adata.var_names) != vocab.genes:
@@ -306,8 +440,6 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
         train_cells = all_cells
         if not quiet:
             log.info("%d of the model's %d genes are not in %s (treated as unexpressed)", unknown, len(vocab.genes), data)
-    model = build_model(cfg.model, len(vocab), vocab.pad_id, use_prior=needs_prior)
-    load_weights(model, run_dir / "model.safetensors")
     runtime = Runtime.from_config(cfg.train)
     model.to(runtime.device)
     # Floors from the run's own training cells when on its data; on other data from that data
@@ -315,5 +447,16 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
     floors = Floors.for_data(prepared) if same else Floors.fit(prepared.adata.X, prepared.gene_token_ids, train_cells, len(vocab), cfg.data.include_zero_genes)
     metrics = evaluate(model, dataset, prepared.prior, cfg.train.batch_size * 2, runtime.device, floors=floors, amp_dtype=runtime.amp_dtype)
     out = floor_summary(metrics)
-    out.update({"data": data or cfg.data.data, "n_cells": len(dataset), "unknown_genes": unknown, "n_model_genes": len(vocab.genes)})
+    out.update({
+        "data": cfg.data.data if same else data, "scored": "test split" if same else "all cells",
+        "n_cells": len(dataset), "unknown_genes": unknown, "n_model_genes": len(vocab.genes),
+    })
     return out
+
+
+def _same_source(data: str, run_data: str) -> bool:
+    """Does `data` name the run's own data set (same built-in name or the same file)?"""
+    if data == run_data:
+        return True
+    a, b = Path(data).expanduser(), Path(run_data).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
