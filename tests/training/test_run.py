@@ -116,3 +116,82 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         save_weights(model, path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["model.safetensors"]  # no temp file left behind
+
+
+def test_overwrite_absolute_paths_and_evaluate_from_anywhere(tmp_path, monkeypatch, caplog):
+    """A finished run in --out is refused unless overwrite; relative data/prior paths are stored
+    absolute, so the run evaluates from another working directory; a run that does not beat the
+    per-gene floor says so."""
+    import yaml
+
+    from bioformer.errors import BioformerError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for f in ("config.yaml", "vocab.json", "model.safetensors", "summary.json"):
+        (out / f).write_text("old")
+    (out / "notes.txt").write_text("mine")
+    cfg = tiny_config(tmp_path, data={"data": H5AD.name, "prior": "prior_edges.csv"})
+    cfg.train.epochs = 1
+    monkeypatch.chdir(H5AD.parent)
+    with pytest.raises(BioformerError, match="already holds a finished run; pass --overwrite"):
+        run_training(cfg, quiet=True)
+    assert (out / "summary.json").read_text() == "old"
+    with caplog.at_level("WARNING", logger="bioformer"):
+        _, summary = run_training(cfg, overwrite=True)
+    assert ("did not beat the per-gene-mean floor" in caplog.text) == (summary["test_mse_vs_floor"] >= 1)
+    assert (out / "notes.txt").read_text() == "mine"
+    saved = yaml.safe_load((out / "config.yaml").read_text())["data"]
+    assert saved["data"] == str(H5AD.resolve()) and saved["prior"] == str((H5AD.parent / "prior_edges.csv").resolve())
+    monkeypatch.chdir(tmp_path)
+    res = evaluate_run(out, quiet=True)
+    assert res["scored"] == "test split"
+    for k in (*TEST_KEYS, "floor_gene_mean_mse"):
+        assert res[k] == summary[k], k
+
+
+def test_floor_warning_only_when_the_floor_is_not_beaten():
+    from bioformer.training.run import floor_warning
+
+    s = {"test_mse": 150.0, "floor_gene_mean_mse": 140.0, "test_mse_vs_floor": 150 / 140, "epochs": 3}
+    assert "did not beat the per-gene-mean floor" in floor_warning(s) and "more than 3 epochs" in floor_warning(s)
+    assert floor_warning({**s, "test_mse": 130.0, "test_mse_vs_floor": 130 / 140}) is None
+
+
+def test_failed_run_leaves_nothing_behind(tmp_path, monkeypatch):
+    def crash(*a, **k):
+        raise RuntimeError("out of memory in epoch 1")
+
+    monkeypatch.setattr("bioformer.training.run.train", crash)
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_training(cfg, quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_data_honours_layer_and_says_what_it_scored(bioformer_run, tmp_path):
+    import anndata as ad
+    import numpy as np
+
+    from bioformer.errors import BioformerError
+
+    _, out, summary = bioformer_run
+    plain = ad.read_h5ad(H5AD)[:80].copy()
+    plain.write_h5ad(tmp_path / "plain.h5ad")
+    layered = plain.copy()
+    layered.layers["counts"] = plain.X.copy()
+    X = plain.X.copy()
+    X.data = np.ones_like(X.data)  # X is something else: scoring it would give other numbers
+    layered.X = X
+    layered.write_h5ad(tmp_path / "layered.h5ad")
+    ref = evaluate_run(out, data=str(tmp_path / "plain.h5ad"), quiet=True)
+    via_layer = evaluate_run(out, data=str(tmp_path / "layered.h5ad"), layer="counts", quiet=True)
+    via_x = evaluate_run(out, data=str(tmp_path / "layered.h5ad"), quiet=True)
+    assert ref["scored"] == via_layer["scored"] == "all cells" and ref["n_cells"] == 80
+    for k in TEST_KEYS:
+        assert via_layer[k] == ref[k], k
+    assert via_x["test_mse"] != ref["test_mse"]
+    own = evaluate_run(out, data=str(H5AD), quiet=True)  # the run's own file: its test split
+    assert own["scored"] == "test split" and own["test_mse"] == summary["test_mse"]
+    with pytest.raises(BioformerError, match="--layer and --gene-column describe the file given with --data"):
+        evaluate_run(out, layer="counts", quiet=True)

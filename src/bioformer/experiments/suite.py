@@ -176,6 +176,10 @@ def run_study(plan: StudyPlan, report_only: bool = False, quiet: bool = True, jo
     if jobs < 1:
         raise BioformerError(f"--jobs must be >= 1, got {jobs}")
     RunConfig(data=plan.data, model=plan.model, train=plan.train).validate()  # before --out exists
+    from bioformer.data.datasets import DATASETS
+
+    if plan.data.data not in DATASETS and not Path(plan.data.data).expanduser().is_file():
+        raise BioformerError(f"--data {plan.data.data}: no such file; pass a built-in name ({', '.join(DATASETS)}) or an .h5ad path")
     plan.out.mkdir(parents=True, exist_ok=True)
     names, pairs = plan.arm_names(), plan.pairs()
     if not report_only:
