@@ -62,6 +62,9 @@ def main() -> None:
         last = (proc.stderr.strip().splitlines() or [""])[-1][:160]
         rows[name] = {"outcome": outcome, "leftover": leftover, "code": proc.returncode, "last_line": last}
         print(f"{name:<28} {outcome:<9} {'LEFTOVER' if leftover else '':<8} {last}", flush=True)
+        if args.json:  # after every case, so an interrupted tally keeps what it measured
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"cases": rows}, indent=2) + "\n")
     tally = Counter(r["outcome"] for r in rows.values())
     n_left = sum(r["leftover"] for r in rows.values())
     print(f"\n{len(rows)} cases: " + ", ".join(f"{k} {tally.get(k, 0)}" for k in ("clear", "traceback", "crash", "silent", "other")) + f"; leftovers {n_left}")

@@ -248,6 +248,7 @@ CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], tuple[list[str], Path | No
     "dataset-unknown": lambda t, m: (["datasets", "fetch", "pbmc4k"], None),
     # ---- studies validate before creating --out
     "experiment-epochs-0": lambda t, m: (["experiment", "ablation", "--profile", "quick", "--data", str(H5AD), "--epochs", "0", "--out", str(t / "study")], t / "study"),
+    "experiment-too-few-cells": lambda t, m: (["experiment", "ablation", "--profile", "quick", "--data", _h5ad(t, "c5.h5ad", _cells(5)), "--out", str(t / "study")], t / "study"),
     "experiment-data-missing": lambda t, m: (["experiment", "ablation", "--profile", "quick", "--data", str(t / "nope.h5ad"), "--out", str(t / "study")], t / "study"),
 }
 

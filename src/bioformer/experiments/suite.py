@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,16 +172,26 @@ def run_study(plan: StudyPlan, report_only: bool = False, quiet: bool = True, jo
     jobs > 1 trains that many runs at once in worker processes (one torch thread each unless the
     plan sets num_threads); results are the same as with jobs = 1, since each run is seeded.
     """
-    from tqdm.auto import tqdm
-
     if jobs < 1:
         raise BioformerError(f"--jobs must be >= 1, got {jobs}")
-    RunConfig(data=plan.data, model=plan.model, train=plan.train).validate()  # before --out exists
-    from bioformer.data.datasets import DATASETS
-
-    if plan.data.data not in DATASETS and not Path(plan.data.data).expanduser().is_file():
-        raise BioformerError(f"--data {plan.data.data}: no such file; pass a built-in name ({', '.join(DATASETS)}) or an .h5ad path")
+    # options and data are checked before --out exists (seed_data is cached: no work is repeated)
+    RunConfig(data=plan.data, model=plan.model, train=plan.train).validate()
+    if not report_only and plan.seeds:
+        seed_data(plan, plan.seeds[0])
+    created = not plan.out.exists()
     plan.out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_study_in(plan, report_only, quiet, jobs)
+    except Exception:
+        if created and not any(plan.out.glob("runs/*/*/summary.json")):  # nothing worth keeping
+            shutil.rmtree(plan.out, ignore_errors=True)
+        raise
+
+
+def _run_study_in(plan: StudyPlan, report_only: bool, quiet: bool, jobs: int) -> Path:
+    """run_study's work once --out exists."""
+    from tqdm.auto import tqdm
+
     names, pairs = plan.arm_names(), plan.pairs()
     if not report_only:
         stale = _stale_runs(plan, names)
