@@ -195,3 +195,16 @@ def test_evaluate_data_honours_layer_and_says_what_it_scored(bioformer_run, tmp_
     assert own["scored"] == "test split" and own["test_mse"] == summary["test_mse"]
     with pytest.raises(BioformerError, match="--layer and --gene-column describe the file given with --data"):
         evaluate_run(out, layer="counts", quiet=True)
+
+
+def test_evaluate_a_run_trained_on_a_device_this_machine_lacks(bioformer_run, tmp_path):
+    import shutil
+
+    _, out, summary = bioformer_run
+    moved = tmp_path / "from-gpu"
+    shutil.copytree(out, moved)
+    text = (moved / "config.yaml").read_text()
+    assert "device: auto" in text
+    (moved / "config.yaml").write_text(text.replace("device: auto", "device: cuda:99"))
+    res = evaluate_run(moved, quiet=True)
+    assert res["test_mse"] == summary["test_mse"]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bioformer.config import RunConfig
+from bioformer.config import RunConfig, check_device
 from bioformer.data.pipeline import PreparedData, coverage_warning, prepare_data
 from bioformer.errors import BioformerError
 from bioformer.models import build_model, count_parameters, uses_prior
@@ -440,7 +440,13 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
         train_cells = all_cells
         if not quiet:
             log.info("%d of the model's %d genes are not in %s (treated as unexpressed)", unknown, len(vocab.genes), data)
-    runtime = Runtime.from_config(cfg.train)
+    try:
+        check_device(cfg.train.device)
+        runtime = Runtime.from_config(cfg.train)
+    except BioformerError:  # trained on a device this machine lacks (a GPU run read on a laptop)
+        if not quiet:
+            log.info("the run was trained on --device %s, which this machine lacks: evaluating on the default device", cfg.train.device)
+        runtime = Runtime.from_config(dataclasses.replace(cfg.train, device="auto"))
     model.to(runtime.device)
     # Floors from the run's own training cells when on its data; on other data from that data
     # (then they are an in-sample reference, said so in the output).
