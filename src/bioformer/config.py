@@ -132,6 +132,7 @@ class DataConfig:
         _need(self.genes in ("hvg", "hvg+prior"), "genes", "hvg or hvg+prior", self.genes)
         _need(0.0 <= self.min_cells_frac <= 1.0, "min_cells_frac", "in [0, 1]", self.min_cells_frac)
         _need(self.max_prior_genes >= 0, "max_prior_genes", ">= 0", self.max_prior_genes)
+        _need(self.backed_hvg_cells >= 1, "backed_hvg_cells", ">= 1", self.backed_hvg_cells)
         _need(self.n_bins >= 3, "n_bins", ">= 3 (bin 0 is zero; two or more bins for non-zero values)", self.n_bins)
         _need(self.max_len >= 2, "max_len", ">= 2 (room for <cls> and one gene)", self.max_len)
         _need(0.0 < self.mask_ratio < 1.0, "mask_ratio", "between 0 and 1 (exclusive)", self.mask_ratio)
@@ -216,6 +217,8 @@ class TrainConfig:
         _need(0.0 < self.plateau_factor < 1.0, "plateau_factor", "between 0 and 1 (exclusive)", self.plateau_factor)
         _need(self.amp in AMP_MODES, "amp", " | ".join(AMP_MODES), self.amp)
         _need(self.num_threads is None or self.num_threads >= 1, "num_threads", ">= 1", self.num_threads)
+        _need(self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1 or none", self.max_steps)
+        _need(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
         if check_hardware:
             check_device(self.device)
 
