@@ -166,6 +166,21 @@ def _onto_finished(tmp: Path) -> tuple[list[str], Path]:
     return argv, run
 
 
+def _onto_unfinished(tmp: Path) -> tuple[list[str], Path]:
+    run = _finished_run(tmp)
+    (run / "summary.json").unlink()
+    (run / "last.pt").write_text("x")
+    argv, _ = _train(tmp)
+    argv[-1] = str(run)
+    return argv, run
+
+
+def _overwrite_with_resume(tmp: Path) -> tuple[list[str], Path]:
+    run = tmp / "copy"
+    shutil.copytree(_trained_run(), run)
+    return ["train", "--resume", str(run), "--overwrite"], run
+
+
 # name -> builder(tmp, monkeypatch) -> (argv, out dir that must stay empty / unchanged, or None)
 CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], tuple[list[str], Path | None]]] = {
     # ---- options, checked in the config dataclasses
@@ -233,6 +248,8 @@ CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], tuple[list[str], Path | No
     "out-is-a-file": lambda t, m: _out_is_file(t),
     "out-under-a-file": lambda t, m: _out_under_file(t),
     "out-onto-finished-run": lambda t, m: _onto_finished(t),
+    "out-onto-unfinished-run": lambda t, m: _onto_unfinished(t),
+    "overwrite-with-resume": lambda t, m: _overwrite_with_resume(t),
     "evaluate-not-a-run": lambda t, m: (["evaluate", str(t)], None),
     "evaluate-no-weights": lambda t, m: _damaged_run(t, "no-weights"),
     "evaluate-corrupt-weights": lambda t, m: _damaged_run(t, "corrupt-weights"),
