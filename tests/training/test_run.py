@@ -208,3 +208,23 @@ def test_evaluate_a_run_trained_on_a_device_this_machine_lacks(bioformer_run, tm
     (moved / "config.yaml").write_text(text.replace("device: auto", "device: cuda:99"))
     res = evaluate_run(moved, quiet=True)
     assert res["test_mse"] == summary["test_mse"]
+
+
+def test_failure_after_an_epoch_keeps_an_unfinished_resumable_run(tmp_path, monkeypatch):
+    from bioformer.errors import BioformerError
+
+    def crash(*a, **k):
+        raise RuntimeError("disk full while testing")
+
+    cfg = tiny_config(tmp_path)
+    cfg.train.epochs = 1
+    with monkeypatch.context() as mp, pytest.raises(RuntimeError, match="disk full"):
+        mp.setattr("bioformer.training.run.evaluate", crash)  # after training, before summary.json
+        run_training(cfg, quiet=True)
+    out = tmp_path / "run"
+    assert (out / "last.pt").exists() and (out / "model.safetensors").exists()
+    assert not (out / "summary.json").exists()
+    with pytest.raises(BioformerError, match="holds an unfinished run .*pass --resume"):
+        run_training(cfg, quiet=True)
+    _, summary = run_training(cfg, quiet=True, resume=True)
+    assert (out / "summary.json").exists() and summary["epochs"] == 1
