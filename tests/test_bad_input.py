@@ -207,6 +207,7 @@ CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], tuple[list[str], Path | No
     "max-len-1": lambda t, m: _train(t, "--max-len", "1"),
     "unknown-genes-mode": lambda t, m: _train(t, "--genes", "all"),
     "unknown-model": lambda t, m: _train(t, "--model", "gpt"),
+    "unknown-pair-mode": lambda t, m: _train(t, "--pair-mode", "sparse"),
     "dropout-above-1": lambda t, m: _train(t, "--dropout", "1.5"),
     "max-cells-0": lambda t, m: _train(t, "--max-cells", "0"),
     "hvg-prior-without-prior": lambda t, m: _train(t, "--genes", "hvg+prior", "--prior", "none"),

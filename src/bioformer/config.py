@@ -181,6 +181,7 @@ class ModelConfig:
             raise BioformerError(f"--d-model {self.d_model} is not divisible by --nhead {self.nhead}; pick d_model a multiple of nhead")
         _need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
         _need(self.opm_chunk_size is None or self.opm_chunk_size >= 1, "opm_chunk_size", ">= 1 or none", self.opm_chunk_size)
+        _need(self.attention_chunk_size is None or self.attention_chunk_size >= 1, "attention_chunk_size", ">= 1 or none", self.attention_chunk_size)
 
 
 @dataclass
