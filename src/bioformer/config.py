@@ -114,8 +114,11 @@ class DataConfig:
     max_len: int = 128  # sequence length cap (incl. <cls>); PBMC3k default genes: median cell ~90
     append_cls: bool = True
     mask_ratio: float = 0.15
+    mask_strategy: str = "random"  # random | prior-targets (mask one TF's targets per cell, TF visible)
     valid_frac: float = 0.1
     test_frac: float = 0.1
+    split_by: str | None = None  # obs column for a transfer split: cells in test_groups are the test set
+    test_groups: str | None = None  # comma-separated values of split_by, e.g. "stimulated" (train on the rest)
     prior: str = "collectri"  # collectri | dorothea | all | none | path to CSV/TSV/parquet
     gene_prior: str | None = None  # prior used by --genes hvg+prior; None = `prior`
     backed: bool | None = None  # read the .h5ad in backed mode; None: when it stores > 200M values
@@ -168,6 +171,7 @@ class ModelConfig:
     checkpoint_blocks: bool = False
     pair_mode: str = "full"  # full | linear (no LN on z before the bias; z never materialised)
     attention_chunk_size: int | None = None  # linear mode: query rows per attention chunk (memory O(r * chunk))
+    prior_direction: str = "both"  # z codes both edge directions of a pair, or "outgoing" (i -> j only)
 
     def validate(self) -> None:
         """Raise BioformerError on an architecture that cannot be built."""

@@ -13,7 +13,9 @@ from bioformer.data.tokenize import (
     GeneVocab,
     collate,
     split_cells,
+    split_cells_by_group,
 )
+from bioformer.errors import BioformerError
 
 
 @pytest.fixture
@@ -121,3 +123,50 @@ def test_length_grouped_batches_cover_every_item_once_and_cut_padding(binned):
     padded = sum(len(b) * lengths[b].max() for b in batches)
     random_padded = sum(len(b) * lengths[b].max() for b in np.array_split(rng.permutation(1000), len(batches)))
     assert padded < 0.7 * random_padded
+
+
+def _graph(n: int, edges: list[tuple[int, int]]) -> sp.csr_matrix:
+    s, t = zip(*edges, strict=True)
+    return sp.csr_matrix((np.ones(len(edges), dtype=np.float32), (s, t)), shape=(n, n))
+
+
+def test_prior_target_masks_hide_one_tfs_targets_and_keep_the_tf(binned):
+    n = binned.shape[1]
+    edges = [(0, 3), (0, 5), (0, 8), (1, 2), (1, 9), (1, 1), (4, 6)]  # gene 0 is in every cell
+    graph = _graph(n, edges)
+    _, ds = make(binned, mask_strategy="prior-targets", target_graph=graph)
+    targets = {tf: {t for s, t in edges if s == tf and t != tf} for tf in (0, 1, 4)}
+    hits = 0
+    for k in range(len(ds)):
+        it = ds[k]
+        cols = it["gene_ids"][1:] - 3  # drop <cls>; ids are 3 + column
+        masked = set(cols[it["mask"][1:]].tolist())
+        present = set(cols.tolist())
+        candidates = [tf for tf in targets if tf in present and targets[tf] & present]
+        if not it["prior_masked"]:
+            assert not candidates  # fallback only when no TF of the cell has a target in it
+            continue
+        hits += 1
+        tf = [tf for tf in candidates if masked == targets[tf] & present]
+        assert len(tf) == 1 and tf[0] not in masked  # exactly one TF's targets; the TF visible
+        assert np.all(it["values"][it["mask"]] == MASK_VALUE)
+    assert hits >= len(ds) // 2 and ds.prior_target_share() == hits / len(ds)
+    again = make(binned, mask_strategy="prior-targets", target_graph=graph)[1]
+    assert all(np.array_equal(ds[k]["mask"], again[k]["mask"]) for k in range(5))  # seeded, paired
+    with pytest.raises(BioformerError, match="needs a prior"):
+        make(binned, mask_strategy="prior-targets")
+    with pytest.raises(BioformerError, match="unknown mask strategy"):
+        make(binned, mask_strategy="everything")
+
+
+def test_transfer_split_by_group():
+    groups = np.array(["ctrl", "stim"] * 10 + ["ctrl"] * 5)
+    split = split_cells_by_group(groups, ["stim"], valid_frac=0.2, seed=0)
+    assert np.array_equal(split["test"], np.flatnonzero(groups == "stim"))
+    assert (groups[split["train"]] == "ctrl").all() and (groups[split["valid"]] == "ctrl").all()
+    assert len(split["valid"]) == 3 and len(split["train"]) == 12
+    assert not set(split["train"]) & set(split["valid"])
+    with pytest.raises(BioformerError, match="not found"):
+        split_cells_by_group(groups, ["IFNB"], 0.1, 0)
+    with pytest.raises(BioformerError, match="no training cells"):
+        split_cells_by_group(groups, ["ctrl", "stim"], 0.1, 0)

@@ -16,8 +16,14 @@ from bioformer.data.backed import BackedData, prepare_backed, use_backed
 from bioformer.data.datasets import DATASETS
 from bioformer.data.load import check_cell_count, load_anndata, min_cells_for_split
 from bioformer.data.preprocess import preprocess
-from bioformer.data.prior import SHUFFLED_SUFFIX, PriorMatrix, load_edges, shuffle_edges
-from bioformer.data.tokenize import CellDataset, GeneVocab, split_cells
+from bioformer.data.prior import PriorMatrix, control_edges, load_edges, split_control
+from bioformer.data.tokenize import (
+    SPECIAL_TOKENS,
+    CellDataset,
+    GeneVocab,
+    split_cells,
+    split_cells_by_group,
+)
 from bioformer.errors import BioformerError
 
 log = logging.getLogger("bioformer")
@@ -33,22 +39,26 @@ class PreparedData:
     seed: int
     coverage: dict[str, float] = field(default_factory=dict)
     backed: BackedData | None = None  # set in backed mode: cells are read from the file on demand
+    target_graph: sp.csr_matrix | None = None  # [genes, genes] real TF -> target edges (prior-targets masks)
 
     @property
     def gene_token_ids(self) -> np.ndarray:
         t2i = self.vocab.token_to_id
         return np.array([t2i[g] for g in self.adata.var_names], dtype=np.int64)
 
-    def dataset(self, split: str) -> CellDataset:
+    def dataset(self, split: str, mask_strategy: str | None = None) -> CellDataset:
+        """The cells of `split` as masked sequences (mask_strategy: default the config's)."""
         c = self.config
         if self.backed is not None:
+            if (mask_strategy or c.mask_strategy) != "random":
+                raise BioformerError("--mask-strategy prior-targets is not available in backed mode (--no-backed reads the file into memory)")
             return self.backed.dataset(self.split[split], self.gene_token_ids, c, self.seed, self.vocab.cls_id, split != "train")
         return CellDataset(
             self.adata.X, self.gene_token_ids, self.split[split], seed=self.seed,
             max_len=c.max_len, include_zero_genes=c.include_zero_genes, append_cls=c.append_cls,
             mask_ratio=c.mask_ratio, cls_id=self.vocab.cls_id, fixed_masks=(split != "train"),
+            mask_strategy=mask_strategy or c.mask_strategy, target_graph=self.target_graph,
         )
-
 
     def coverage_of(self, prior: PriorMatrix) -> dict[str, float]:
         """`prior_coverage` over the training sequences (backed: over the gene-selection
@@ -56,6 +66,18 @@ class PreparedData:
         if self.backed is not None:
             return prior_coverage(self.backed.subsample.X, self.gene_token_ids, prior)
         return prior_coverage(self.adata.X, self.gene_token_ids, prior, self.dataset("train"))
+
+
+def target_graph(edges: pd.DataFrame, genes: list[str]) -> sp.csr_matrix:
+    """[n_genes, n_genes] 0/1 matrix over `genes` (columns of the data): 1 at (TF, target)."""
+    col = {g: i for i, g in enumerate(genes)}
+    s = edges["source"].map(col)
+    t = edges["target"].map(col)
+    keep = (s.notna() & t.notna()).to_numpy()
+    n = len(genes)
+    return sp.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=np.float32), (s[keep].astype(int).to_numpy(), t[keep].astype(int).to_numpy())), shape=(n, n),
+    )
 
 
 def prior_coverage(
@@ -107,22 +129,22 @@ def prior_coverage(
 def edges_for_genes(prior: str, genes: set[str] | dict[str, int], seed: int, quiet: bool = True) -> pd.DataFrame | None:
     """The edge table a model over `genes` gets for the option `prior`.
 
-    `NAME-shuffled` is the degree-preserving control *inside the genes*: NAME's edges among the
-    genes with targets permuted, so it keeps the number of edges and every gene's in/out degree
-    that the model sees (a genome-wide shuffle would also thin the edges out, confounding
-    knowledge with density).
+    The controls `NAME-rewired` (degree-preserving, avoiding NAME's edges), `NAME-random`
+    (Erdos-Renyi, same density and sign mix) and `NAME-shuffled` are built *inside the genes*
+    from NAME's edges among them, so they keep the number of edges the model sees (a genome-wide
+    control would also thin the edges out, confounding knowledge with density).
     """
-    if prior.endswith(SHUFFLED_SUFFIX):
-        base = load_edges(prior[: -len(SHUFFLED_SUFFIX)], seed=seed, quiet=quiet)
-        inside = base["source"].isin(genes) & base["target"].isin(genes)
-        return shuffle_edges(base[inside].reset_index(drop=True), seed=seed)
+    base_name, suffix = split_control(prior)
+    if suffix is not None:
+        base = load_edges(base_name, seed=seed, quiet=quiet)
+        gene_names = [g for g in genes if g not in SPECIAL_TOKENS]
+        return control_edges(base, gene_names, suffix, seed)
     return load_edges(prior, seed=seed, quiet=quiet)
 
 
 def _unshuffled(prior: str | None) -> str | None:
-    if prior and prior.endswith(SHUFFLED_SUFFIX):
-        return prior[: -len(SHUFFLED_SUFFIX)]
-    return prior
+    """The real prior behind a control name (collectri-rewired -> collectri)."""
+    return split_control(prior)[0] if prior else prior
 
 
 def coverage_warning(cov: dict[str, float]) -> str | None:
@@ -133,6 +155,18 @@ def coverage_warning(cov: dict[str, float]) -> str | None:
         f"({cov.get('edges', 0)} edges among {cov.get('genes', 0)} genes); use --genes hvg+prior, "
         "a larger --n-hvg, or --include-zero-genes"
     )
+
+
+def _split(adata: ad.AnnData, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
+    """Random split by cell, or the transfer split of `split_by` / `test_groups`."""
+    if cfg.split_by is None and cfg.test_groups is None:
+        return split_cells(adata.n_obs, cfg.valid_frac, cfg.test_frac, seed)
+    if cfg.split_by is None or not cfg.test_groups:
+        raise BioformerError("a transfer split needs both --split-by (an obs column) and --test-groups (its test values)")
+    if cfg.split_by not in adata.obs.columns:
+        raise BioformerError(f"--split-by {cfg.split_by!r} is not an obs column; columns: {', '.join(map(str, adata.obs.columns))}")
+    groups = [g.strip() for g in cfg.test_groups.split(",") if g.strip()]
+    return split_cells_by_group(adata.obs[cfg.split_by].to_numpy(), groups, cfg.valid_frac, seed, cfg.split_by)
 
 
 def prepare_data(
@@ -176,9 +210,14 @@ def prepare_data(
             log.warning("dropping %d cell(s) with no expressed selected genes", int(empty.sum()))
         binned = binned[~empty].copy()
     vocab = GeneVocab.from_genes(list(binned.var_names))
-    split = split_cells(binned.n_obs, cfg.valid_frac, cfg.test_frac, seed)
+    split = _split(binned, cfg, seed)
     prior = _build_prior(cfg, vocab, binned.n_vars, seed, quiet, require_prior_edges) if (use_prior and need_prior) else None
     data = PreparedData(binned, vocab, split, prior, cfg, seed)
+    real_prior = _unshuffled(cfg.prior if use_prior else cfg.gene_prior)
+    if prior_enabled(real_prior):
+        data.target_graph = target_graph(load_edges(real_prior, seed=seed, quiet=quiet), list(binned.var_names))
+    elif cfg.mask_strategy == "prior-targets":
+        raise BioformerError("--mask-strategy prior-targets needs a prior (its TF -> target edges choose the masks); pass --prior")
     if prior is not None:
         data.coverage = data.coverage_of(prior)
     return data
@@ -205,6 +244,8 @@ def _build_prior(cfg: DataConfig, vocab: GeneVocab, n_genes: int, seed: int, qui
 
 
 def _prepare_backed(cfg, path, seed, with_prior, gene_list, selection_edges, quiet, require_prior_edges) -> PreparedData:
+    if cfg.split_by is not None or cfg.test_groups is not None or cfg.mask_strategy != "random":
+        raise BioformerError("--split-by / --test-groups and --mask-strategy prior-targets are not available in backed mode; use --no-backed")
     frame, vocab, split, backed = prepare_backed(cfg, path, seed, gene_list, selection_edges, quiet)
     prior = _build_prior(cfg, vocab, frame.n_vars, seed, quiet, require_prior_edges) if with_prior else None
     data = PreparedData(frame, vocab, split, prior, cfg, seed, backed=backed)

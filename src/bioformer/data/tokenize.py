@@ -4,6 +4,11 @@ Masks and subsampling are drawn from `np.random.default_rng([seed, epoch_key, ce
 depend only on the seed, the epoch and the cell, never on batch order or on the model, so every
 model trained with the same seed sees the same split and the same masks (a paired design).
 Validation and test use one fixed key, so their masks are identical in every epoch and run.
+
+Mask strategies: "random" (mask_ratio of the positions) and "prior-targets": in each cell, one
+TF of the cell that has targets in the cell (drawn like the random mask) and all its targets
+are masked, the TF itself stays visible; a cell without such a TF falls back to random masking.
+The TF -> target graph is the real prior's (the same for every arm, so masks stay paired).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ PAD_VALUE = -2.0
 MASK_VALUE = -1.0
 CLS_VALUE = 0.0
 EVAL_EPOCH_KEY = 1_000_003  # fixed masks for validation/test
+MASK_STRATEGIES = ("random", "prior-targets")
 
 
 @dataclass
@@ -74,12 +80,34 @@ def split_cells(n_cells: int, valid_frac: float, test_frac: float, seed: int) ->
     }
 
 
+def split_cells_by_group(
+    groups: np.ndarray, test_groups: list[str], valid_frac: float, seed: int, column: str = "group",
+) -> dict[str, np.ndarray]:
+    """Transfer split: every cell whose group is in `test_groups` is a test cell; the others are
+    split into train / valid (valid_frac of them) by one seeded permutation."""
+    groups = np.asarray(groups).astype(str)
+    present = sorted(set(groups.tolist()))
+    unknown = [g for g in test_groups if g not in present]
+    if unknown:
+        raise BioformerError(f"test group(s) {unknown} not found in obs[{column!r}]; its values are: {', '.join(present[:20])}")
+    is_test = np.isin(groups, test_groups)
+    rest = np.flatnonzero(~is_test)
+    if not 0 <= valid_frac < 1:
+        raise BioformerError("valid_frac must be in [0, 1)")
+    n_valid = int(round(valid_frac * rest.size))
+    if rest.size - n_valid < 1:
+        raise BioformerError(f"no training cells left outside test groups {test_groups} of obs[{column!r}]")
+    perm = rest[np.random.default_rng([seed, 7]).permutation(rest.size)]
+    return {"test": np.flatnonzero(is_test), "valid": np.sort(perm[:n_valid]), "train": np.sort(perm[n_valid:])}
+
+
 class CellDataset(Dataset):
     """Masked (gene id, value) sequences for a subset of cells.
 
     binned: [n_cells, n_genes] CSR of bins (0 = not expressed); gene_token_ids: [n_genes] vocab
     ids of its columns. Items hold `gene_ids`, `values` (input, masked to -1), `target_values`,
-    `mask` (positions to predict).
+    `mask` (positions to predict). `mask_strategy="prior-targets"` needs `target_graph`, a
+    [n_genes, n_genes] sparse matrix over the same columns, nonzero at (TF, target).
     """
 
     def __init__(
@@ -94,6 +122,8 @@ class CellDataset(Dataset):
         mask_ratio: float = 0.15,
         cls_id: int = 1,
         fixed_masks: bool = False,
+        mask_strategy: str = "random",
+        target_graph: sp.csr_matrix | None = None,
     ) -> None:
         self.binned = binned.tocsr()
         self.binned.sort_indices()
@@ -109,6 +139,12 @@ class CellDataset(Dataset):
         self.mask_ratio = mask_ratio
         self.cls_id = cls_id
         self.fixed_masks = fixed_masks
+        if mask_strategy not in MASK_STRATEGIES:
+            raise BioformerError(f"unknown mask strategy {mask_strategy!r}; use one of {', '.join(MASK_STRATEGIES)}")
+        if mask_strategy == "prior-targets" and target_graph is None:
+            raise BioformerError("--mask-strategy prior-targets needs a prior (its TF -> target edges choose the masks)")
+        self.mask_strategy = mask_strategy
+        self.target_graph = target_graph.tocsr() if target_graph is not None else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -168,13 +204,36 @@ class CellDataset(Dataset):
         n_mask = min(n, max(1, int(round(self.mask_ratio * n)))) if n else 0
         mask = np.zeros(n, dtype=bool)
         mask[rng.choice(n, size=n_mask, replace=False)] = True
+        prior_masked = False
+        if self.mask_strategy == "prior-targets":
+            mask, prior_masked = self._prior_target_mask(cols, vals, rng, mask)
         inputs = np.where(mask, MASK_VALUE, vals).astype(np.float32)
         if self.append_cls:
             gene_ids = np.concatenate([[self.cls_id], gene_ids])
             inputs = np.concatenate([[CLS_VALUE], inputs]).astype(np.float32)
             vals = np.concatenate([[CLS_VALUE], vals]).astype(np.float32)
             mask = np.concatenate([[False], mask])
-        return {"gene_ids": gene_ids, "values": inputs, "target_values": vals.astype(np.float32), "mask": mask, "cell": cell}
+        return {"gene_ids": gene_ids, "values": inputs, "target_values": vals.astype(np.float32), "mask": mask, "cell": cell, "prior_masked": prior_masked}
+
+    def _prior_target_mask(self, cols: np.ndarray, vals: np.ndarray, rng: np.random.Generator, fallback: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Mask the targets (in this sequence) of one expressed TF of the sequence; TF visible.
+        Returns (mask, True), or (fallback, False) when no expressed TF has a target here."""
+        sub = self.target_graph[cols][:, cols].tocoo()  # [n, n] TF position -> target position
+        keep = (sub.row != sub.col) & (vals[sub.row] > 0)  # no self-loops; the TF is expressed
+        tf_pos, target_pos = sub.row[keep], sub.col[keep]
+        if tf_pos.size == 0:
+            return fallback, False
+        tfs = np.unique(tf_pos)
+        tf = tfs[rng.integers(tfs.size)]
+        mask = np.zeros(len(cols), dtype=bool)
+        mask[target_pos[tf_pos == tf]] = True
+        return mask, True
+
+    def prior_target_share(self) -> float:
+        """Share of cells whose mask is a TF's targets (the rest fell back to random masking)."""
+        if self.mask_strategy != "prior-targets" or len(self) == 0:
+            return 0.0
+        return float(np.mean([self[k]["prior_masked"] for k in range(len(self))]))
 
 
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True, group: int = 50) -> list[list[int]]:

@@ -7,7 +7,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bioformer.config import ModelConfig
-from bioformer.data.prior import N_PRIOR_CODES
+from bioformer.data.prior import N_PAIR_CODES, PRIOR_DIRECTIONS, pair_codes
+from bioformer.errors import BioformerError
 from bioformer.errors import BioformerError
 from bioformer.models.base import MaskedValueModel, PairPath
 from bioformer.models.layers import ExprDecoder, GeneEncoder, Transition, ValueEncoder
@@ -62,15 +63,32 @@ class BioFormerBlock(nn.Module):
         return m, term
 
 
+def _prior_embedding(d_z: int) -> nn.Embedding:
+    """The [N_PAIR_CODES, c_z] table of the initial z, drawn from its own generator: building it
+    (or not) never shifts the global RNG, so every other module's initial weights are the same
+    whether or not a prior is used."""
+    emb = nn.Embedding(N_PAIR_CODES, d_z, _weight=torch.empty(N_PAIR_CODES, d_z))
+    g = torch.Generator().manual_seed(torch.initial_seed())
+    with torch.no_grad():
+        emb.weight.normal_(generator=g)  # N(0, 1), nn.Embedding's own default
+    return emb
+
+
 @register_model("bioformer")
 class BioFormer(MaskedValueModel):
     """Gene/value encoders -> N BioFormer blocks -> LN -> expression decoder.
 
-    z starts from the prior (an embedding of each pair's edge code: none / activates / represses
-    / unsigned) or from zeros. z is only built when something reads it (pair bias on), and the
-    last block skips its OPM because no later block would read that update. The initial z is
-    never materialised: it holds at most 4 distinct rows, so the first block reads it as a
-    `CodedPair` (its pair bias is a 4-entry lookup; the first OPM adds it while writing z).
+    z starts from the prior (an embedding of each pair's code, see `bioformer.data.prior.pair_codes`:
+    with `prior_direction="both"` the code of i -> j and of j -> i, each none / activates /
+    represses / unsigned) or from zeros. z is only built when something reads it (pair bias on),
+    and the last block skips its OPM because no later block would read that update. The initial
+    z is never materialised: it holds at most 16 distinct rows, so the first block reads it as a
+    `CodedPair` (its pair bias is a 16-entry lookup; the first OPM adds it while writing z).
+
+    Init pairing: the prior embedding is built whenever z is (also for zero z, where it is frozen
+    and unread) and drawn from its own generator (seeded by `torch.initial_seed()`), after the
+    shared encoders and decoder, so a prior arm, a zero-z arm and an scGPT of the same d_model
+    start from the same weights in every module they share.
 
     `pair_mode="linear"` drops the LayerNorm on z before each pair bias (a learnable per-channel
     scale instead); the bias is then linear in z and z is never formed at all: the OPM updates
@@ -104,6 +122,9 @@ class BioFormer(MaskedValueModel):
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 0, use_prior: bool = True) -> None:
         super().__init__()
         self.check_pair_mode(cfg)
+        if cfg.prior_direction not in PRIOR_DIRECTIONS:
+            raise BioformerError(f"unknown prior_direction {cfg.prior_direction!r}; use one of {', '.join(PRIOR_DIRECTIONS)}")
+        self.prior_direction = cfg.prior_direction
         self.pair_mode = cfg.pair_mode
         d_model, d_z = cfg.d_model, cfg.d_z
         self.uses_z = cfg.pair_bias
@@ -112,7 +133,10 @@ class BioFormer(MaskedValueModel):
         self.checkpoint_blocks = cfg.checkpoint_blocks
         self.gene_encoder = GeneEncoder(vocab_size, d_model, pad_id)
         self.value_encoder = ValueEncoder(d_model, cfg.dropout)
-        self.prior_encoder = nn.Embedding(N_PRIOR_CODES, d_z) if self.needs_prior else None
+        self.decoder = ExprDecoder(d_model, cfg.explicit_zero_prob)  # built before the stack, as in ScGPT
+        self.prior_encoder = _prior_embedding(d_z) if self.uses_z else None
+        if self.prior_encoder is not None and not self.needs_prior:
+            self.prior_encoder.weight.requires_grad_(False)  # zero z: built for init pairing, never read (DDP skips it)
         self.register_buffer("zero_z", torch.zeros(1, d_z), persistent=False)  # the table of zero z
         self.blocks = nn.ModuleList(
             BioFormerBlock(
@@ -124,7 +148,6 @@ class BioFormer(MaskedValueModel):
             for i in range(cfg.nlayers)
         )
         self.norm = nn.LayerNorm(d_model)
-        self.decoder = ExprDecoder(d_model, cfg.explicit_zero_prob)
 
     def _block_reads_z(self, cfg: ModelConfig, i: int) -> bool:
         """Whether block i has a pair bias. In linear mode a bias that is constant over pairs (zero
@@ -138,10 +161,10 @@ class BioFormer(MaskedValueModel):
         """[B, r, r, c_z] from the prior codes [B, r, r], or zeros; None when nothing reads z."""
         if not self.uses_z:
             return None
-        if self.prior_encoder is not None:
+        if self.needs_prior:
             if prior is None:
                 raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
-            return self.prior_encoder(prior.long())
+            return self.prior_encoder(pair_codes(prior, self.prior_direction).long())
         B, r = gene_ids.shape
         return torch.zeros(B, r, r, self.d_z, device=gene_ids.device, dtype=self.norm.weight.dtype)
 
@@ -149,12 +172,13 @@ class BioFormer(MaskedValueModel):
         """The initial z as a lookup (see `initial_z` for the materialised tensor)."""
         if not self.uses_z:
             return None
-        if self.prior_encoder is None:
+        if not self.needs_prior:
             return CodedPair(None, self.zero_z)
         if prior is None:
             raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
-        codes = torch.arange(N_PRIOR_CODES, device=prior.device, dtype=prior.dtype)
-        onehot = (prior.unsqueeze(-1) == codes).to(self.zero_z.dtype)  # [B, r, r, 4] (no int64 detour)
+        pair = pair_codes(prior, self.prior_direction)  # [B, r, r]
+        codes = torch.arange(N_PAIR_CODES, device=prior.device, dtype=pair.dtype)
+        onehot = (pair.unsqueeze(-1) == codes).to(self.zero_z.dtype)  # [B, r, r, 16] (no int64 detour)
         return CodedPair(onehot, self.prior_encoder.weight)
 
     def forward(
@@ -221,10 +245,10 @@ class BioFormer(MaskedValueModel):
         written so far, and the prior codes (None for a zero z, whose bias is constant)."""
         m = self.gene_encoder(gene_ids) + self.value_encoder(values)  # [B, r, c]
         codes = None
-        if self.uses_z and self.prior_encoder is not None:
+        if self.uses_z and self.needs_prior:
             if prior is None:
                 raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
-            codes = PriorCodes.of(prior, self.prior_encoder.weight)
+            codes = PriorCodes.of(pair_codes(prior, self.prior_direction), self.prior_encoder.weight)
         terms: list[OPMTerm] = []
         for block in self.blocks[:n_blocks]:
             m, term = self._run_block(block.forward_linear, m, terms, codes, padding_mask)

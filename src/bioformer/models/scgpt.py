@@ -21,12 +21,12 @@ class ScGPT(MaskedValueModel):
         super().__init__()
         self.gene_encoder = GeneEncoder(vocab_size, cfg.d_model, pad_id)
         self.value_encoder = ValueEncoder(cfg.d_model, cfg.dropout)
+        self.decoder = ExprDecoder(cfg.d_model, cfg.explicit_zero_prob)  # before the stack: init-matched with BioFormer
         layer = nn.TransformerEncoderLayer(
             cfg.d_model, cfg.nhead, dim_feedforward=cfg.ff_factor * cfg.d_model, dropout=cfg.dropout, batch_first=True,
         )
         # enable_nested_tensor would drop padded positions on CPU eval and change numerics
         self.encoder = nn.TransformerEncoder(layer, cfg.nlayers, enable_nested_tensor=False)
-        self.decoder = ExprDecoder(cfg.d_model, cfg.explicit_zero_prob)
 
     def forward(
         self,

@@ -218,6 +218,23 @@ def floor_warning(summary: dict[str, Any]) -> str | None:
     )
 
 
+def prior_targets_summary(
+    model: torch.nn.Module, data: PreparedData, cfg: RunConfig, floors: Floors, device: torch.device, amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Test metrics under prior-targets masks (one TF's targets masked per cell, TF visible),
+    scored beside the run's own masks, as test_prior_targets_* / floor_prior_targets_*; empty
+    without the real prior's graph or when the run already masks that way."""
+    if data.target_graph is None or cfg.data.mask_strategy == "prior-targets":
+        return {}
+    test_set = data.dataset("test", mask_strategy="prior-targets")
+    m = evaluate(model, test_set, data.prior, cfg.train.batch_size * 2, device, floors=floors, amp_dtype=amp_dtype)
+    out = {f"test_prior_targets_{k}" if not k.startswith("floor_") else k.replace("floor_", "floor_prior_targets_", 1): v for k, v in m.items()}
+    if "floor_gene_mean_mse" in m:
+        out["test_prior_targets_mse_vs_floor"] = m["mse"] / m["floor_gene_mean_mse"]
+    out["test_prior_targets_cells_share"] = test_set.prior_target_share()
+    return out
+
+
 def run_training(
     cfg: RunConfig, data: PreparedData | None = None, quiet: bool = False, resume: bool = False, overwrite: bool = False
 ) -> tuple[Path, dict[str, Any]]:
@@ -333,11 +350,13 @@ def _train_into(
     )
 
     test = evaluate(model, test_set, data.prior, cfg.train.batch_size * 2, runtime.device, floors=floors, amp_dtype=runtime.amp_dtype)
+    beside = prior_targets_summary(model, data, cfg, floors, runtime.device, runtime.amp_dtype)
     summary: dict[str, Any] = {
         "name": cfg.name or cfg.model.model,
         "model": cfg.model.model,
         "uses_prior": needs_prior,
         **floor_summary(test),
+        **beside,
         "n_params": n_params,
         "seed": seed,
         "epochs": cfg.train.epochs,
