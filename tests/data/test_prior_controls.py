@@ -3,6 +3,7 @@ graph keeps density and sign mix, and the pair code carries both directions."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -98,3 +99,18 @@ def test_pair_codes_both_directions():
     with pytest.raises(BioformerError, match="prior_direction"):
         pair_codes(codes, "sideways")
     assert len(set(pair_codes(torch.arange(4).view(1, 2, 2).to(torch.int8), "both").flatten().tolist())) == 4
+
+
+def test_transfer_split_through_prepare_data():
+    cfg = DataConfig(data=str(H5AD), n_hvg=64, genes="hvg", prior="none", split_by="celltype", test_groups="B, NK")
+    data = prepare_data(cfg, seed=0, quiet=True)
+    kinds = data.adata.obs["celltype"].astype(str).to_numpy()
+    assert set(kinds[data.split["test"]]) == {"B", "NK"}
+    assert np.array_equal(np.sort(data.split["test"]), np.flatnonzero(np.isin(kinds, ["B", "NK"])))
+    assert not set(kinds[data.split["train"]]) & {"B", "NK"}
+    with pytest.raises(BioformerError, match="not an obs column"):
+        prepare_data(DataConfig(**{**cfg.__dict__, "split_by": "condition"}), seed=0, quiet=True)
+    with pytest.raises(BioformerError, match="needs both"):
+        prepare_data(DataConfig(**{**cfg.__dict__, "test_groups": None}), seed=0, quiet=True)
+    with pytest.raises(BioformerError, match="needs a prior"):
+        prepare_data(DataConfig(**{**cfg.__dict__, "mask_strategy": "prior-targets"}), seed=0, quiet=True)

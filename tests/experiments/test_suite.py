@@ -108,21 +108,63 @@ def test_cli_lists_the_studies():
 
     args = build_parser().parse_args(["experiment", "prior", "--profile", "quick", "--seeds", "3", "--report-only"])
     assert args.study == "prior" and args.seeds == 3 and args.report_only
-    assert set(suite.STUDIES) == {"same-params", "same-attention", "ablation", "depth", "prior"}
+    assert set(suite.STUDIES) == {"same-params", "same-attention", "ablation", "depth", "prior", "prior-transfer", "depth-recheck"}
     assert {"quick", "standard", "full"} <= set(suite.PROFILES)
 
 
-def test_shuffled_prior_keeps_edges_among_the_study_genes(tiny_inputs):
+def test_prior_study_end_to_end_with_init_paired_arms_and_controls(tiny_inputs, tmp_path):
+    from bioformer.data.prior import edge_overlap, read_edge_file
 
-    plan = _plan(tiny_inputs, tiny_inputs / "unused", study="prior")
+    out = tmp_path / "prior"
+    plan = suite.plan_study("prior", "quick", out=out, seeds=1, epochs=1, overrides=_overrides(tiny_inputs))
+    names = ["prior-both-directions", "prior-one-direction", "zero-z", "prior-rewired", "prior-random", "scgpt"]
+    assert plan.arm_names() == names
+    assert ("prior-both-directions", "zero-z") in plan.pairs() and ("prior-both-directions", "prior-rewired") in plan.pairs()
     sd = suite.seed_data(plan, 0)
     prepared, arms = sd.prepared, sd.arms
-    assert set(arms) == {"prior", "dorothea", "zero-z", "prior-shuffled"}
-    shuffled = sd.data_for(arms["prior-shuffled"])
-    assert shuffled.adata is prepared.adata and shuffled.split is prepared.split
-    assert shuffled.prior.n_edges >= 0.9 * prepared.prior.n_edges
-    assert not np.array_equal(shuffled.prior.keys.numpy(), prepared.prior.keys.numpy())
+    assert arms["prior-both-directions"].model.prior_direction == "both" and arms["prior-one-direction"].model.prior_direction == "outgoing"
+    assert dataclasses.replace(arms["prior-one-direction"].model, prior_direction="both") == arms["zero-z"].model == arms["prior-rewired"].model
+    real = read_edge_file(tiny_inputs / "prior.csv")
+    for name in ("prior-rewired", "prior-random"):
+        ctrl = sd.data_for(arms[name])
+        assert ctrl.adata is prepared.adata and ctrl.split is prepared.split  # same genes, cells, masks
+        assert ctrl.prior.n_edges == prepared.prior.n_edges
+        s, t, _ = ctrl.prior.edge_index()
+        tokens = prepared.vocab.tokens
+        edges = pd.DataFrame({"source": [tokens[i] for i in s], "target": [tokens[i] for i in t]})
+        assert edge_overlap(edges, real) < 0.1
     assert sd.data_for(arms["zero-z"]) is prepared
+
+    suite.run_study(plan)
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(df["arm"]) == sorted(names) and df["test_prior_targets_mse"].notna().all()
+    assert (df["floor_gene_mean_mse"].nunique(), df["floor_prior_targets_gene_mean_mse"].nunique()) == (1, 1)  # paired masks
+    assert df.loc[df["arm"] == "zero-z", "prior"].item() == "none" and df.loc[df["arm"] == "prior-rewired", "prior"].item().endswith("-rewired")
+    pairs = pd.read_csv(out / "pairs.csv")
+    assert "prior_targets_mse" in set(pairs["metric"])
+    assert "MSE, prior-targets masks" in (out / "summary.md").read_text()
+
+
+def test_per_arm_seeds_and_study_profiles():
+    plan = suite.plan_study("prior", "standard", out="x")
+    assert plan.seeds == list(range(10)) and plan.train.epochs == 40
+    runs = plan.runs()
+    per_arm = {name: sum(1 for _, a in runs if a == name) for name in plan.arm_names()}
+    assert per_arm == {"collectri-both-directions": 10, "collectri-one-direction": 10, "zero-z": 10,
+                       "collectri-rewired": 10, "collectri-random": 5, "scgpt": 5}
+    assert suite.plan_study("prior", "standard", out="x", seeds=3).runs()[-1][0] == 2
+    transfer = suite.plan_study("prior-transfer", "standard", out="x")
+    assert (transfer.data.split_by, transfer.data.test_groups) == ("condition", "stimulated") and transfer.train.epochs == 40
+    recheck = suite.plan_study("depth-recheck", "standard", out="x")
+    assert (recheck.train.epochs, recheck.train.lr) == (40, 1e-3)
+    arms = {a.name: a.model for a in recheck.arms(vocab_size=515)}
+    bio, matched = arms["bioformer-N8"], arms["bioformer-no-pair-path-N8-matched"]
+    assert not matched.pair_bias and not matched.opm and matched.nlayers == bio.nlayers == 8
+    from bioformer.experiments.sizing import count_parameters
+
+    n_bio, n_matched = count_parameters(bio, 515, True), count_parameters(matched, 515, False)
+    assert abs(n_matched - n_bio) / n_bio <= 0.05 and matched.d_model > bio.d_model
+    assert count_parameters(arms["bioformer-no-pair-path-N8"], 515, False) < 0.85 * n_bio
 
 
 def test_parallel_jobs_give_the_same_results(tiny_inputs, tmp_path):

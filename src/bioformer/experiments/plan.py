@@ -44,6 +44,11 @@ class StudyPlan:
     def arm_names(self) -> list[str]:
         return [a.name for a in self.arms(vocab_size=None)]
 
+    def runs(self) -> list[tuple[int, str]]:
+        """Every (seed, arm) the plan trains: an arm with `seeds` set runs on that many of the plan's seeds."""
+        limit = {a.name: a.seeds for a in self.arms(vocab_size=None)}
+        return [(s, name) for i, s in enumerate(self.seeds) for name in self.arm_names() if limit[name] is None or i < limit[name]]
+
     def pairs(self) -> list[tuple[str, str]]:
         names = set(self.arm_names())
         return [(a, b) for a, b in self.study.pairs([x.name for x in self.all_arms(None)]) if a in names and b in names]
@@ -85,7 +90,7 @@ def plan_study(
     o = overrides or {}
     data = {**p.data, **p.study_data.get(study, {}), **o.get("data", {})}
     if not prior_enabled(data.get("prior")):
-        if study == "prior":
+        if study in ("prior", "prior-transfer"):
             raise BioformerError("the prior study needs a prior (--prior collectri or a file)")
         data["genes"] = "hvg"
         data["prior"] = "none"
@@ -95,7 +100,7 @@ def plan_study(
     plan = StudyPlan(
         study=STUDIES[study], profile_name=profile, data=DataConfig(**data),
         model=ModelConfig(**{**p.model, **o.get("model", {})}), train=TrainConfig(**train),
-        seeds=list(range(first_seed, first_seed + (seeds if seeds is not None else p.seeds))),
+        seeds=list(range(first_seed, first_seed + (seeds if seeds is not None else p.study_seeds.get(study, p.seeds)))),
         out=Path(out) if out else Path("studies") / profile / study,
     )
     if arms:

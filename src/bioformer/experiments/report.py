@@ -21,11 +21,15 @@ from bioformer.config import ModelConfig
 from bioformer.training.checkpoint import atomic_write_text, save_figure
 
 METRICS = ("mse", "mre", "mae", "pearson")
-LOWER_IS_BETTER = {"mse": True, "mre": True, "mae": True, "pearson": False}
+# scored beside the run's own masks when a prior graph exists (see training.run.prior_targets_summary)
+EXTRA_METRICS = ("prior_targets_mse",)
+LOWER_IS_BETTER = {"mse": True, "mre": True, "mae": True, "pearson": False, "prior_targets_mse": True}
+METRIC_LABELS = {"pearson": "Pearson", "prior_targets_mse": "MSE, prior-targets masks"}
 FLOOR_COLUMNS = tuple(f"floor_{kind}_{m}" for kind in ("const", "gene_mean") for m in METRICS)
 RESULT_COLUMNS = (
     "study", "arm", "model", "seed",
     *(f"test_{m}" for m in METRICS), "test_mse_vs_floor", *FLOOR_COLUMNS,
+    "test_prior_targets_mse", "test_prior_targets_mse_vs_floor", "floor_prior_targets_gene_mean_mse", "test_prior_targets_cells_share",
     "n_params", "d_model", "nlayers", "prior", "epochs", "best_epoch", "best_valid_mse",
     "seconds_per_epoch", "wall_seconds", "run_dir",
 )
@@ -154,6 +158,9 @@ def _ci(values) -> str:
 
 def model_table(df: pd.DataFrame, arms: list[str]) -> str:
     head = ["model", "n", "params", *(f"test {m.upper() if m != 'pearson' else 'Pearson'}" for m in METRICS), "MSE / per-gene floor", "per-gene floor MSE", "constant floor MSE", "best epoch", "s / run"]
+    prior_targets = "test_prior_targets_mse_vs_floor" in df and df["test_prior_targets_mse_vs_floor"].notna().any()
+    if prior_targets:
+        head.insert(-2, "prior-targets MSE / floor")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in arms:
         g = df[df["arm"] == arm]
@@ -162,6 +169,8 @@ def model_table(df: pd.DataFrame, arms: list[str]) -> str:
         cells = [arm, str(len(g)), f"{int(g['n_params'].median()):,}"]
         cells += [_ci(g[f"test_{m}"]) for m in METRICS]
         cells += [_ci(g["test_mse_vs_floor"]), _ci(g["floor_gene_mean_mse"]), _ci(g["floor_const_mse"])]
+        if prior_targets:
+            cells.append(_ci(g["test_prior_targets_mse_vs_floor"]))
         cells += [f"{g['best_epoch'].mean():.1f} / {int(g['epochs'].max())}", f"{g['wall_seconds'].mean():.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -170,16 +179,17 @@ def model_table(df: pd.DataFrame, arms: list[str]) -> str:
 def pair_rows(df: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Paired statistics for each (a, b) pair and metric, on the seeds both have finished."""
     rows = []
+    metrics = METRICS + tuple(m for m in EXTRA_METRICS if f"test_{m}" in df and df[f"test_{m}"].notna().any())
     for a, b in pairs:
         A = df[df["arm"] == a].set_index("seed")
         B = df[df["arm"] == b].set_index("seed")
         seeds = sorted(set(A.index) & set(B.index))
-        for m in METRICS:
+        for m in metrics:
             col = f"test_{m}"
             res = paired_test(A.loc[seeds, col].to_numpy(), B.loc[seeds, col].to_numpy()) if seeds else {"n": 0}
             better = (A.loc[seeds, col] < B.loc[seeds, col]) if LOWER_IS_BETTER[m] else (A.loc[seeds, col] > B.loc[seeds, col])
             rows.append({"a": a, "b": b, "metric": m, "a_better": int(better.sum()) if seeds else 0, **res})
-    for m in METRICS:
+    for m in metrics:
         idx = [i for i, r in enumerate(rows) if r["metric"] == m]
         adj = holm([rows[i].get("t_p", math.nan) for i in idx])
         for i, p in zip(idx, adj, strict=True):
@@ -204,7 +214,7 @@ def pair_table(rows: list[dict[str, Any]]) -> str:
             verdict = f"**{r['a'] if a_wins else r['b']} better**"
         else:
             verdict = "no significant difference"
-        label = "Pearson" if m == "pearson" else m.upper()
+        label = METRIC_LABELS.get(m, m.upper())
         lines.append("| " + " | ".join([f"{r['a']} vs {r['b']}", label, str(n), ci, f"{r['a_better']}/{n}", _fmt_p(r["t_p"]), _fmt_p(p), _fmt_p(r["wilcoxon_p"]), verdict]) + " |")
     return "\n".join(lines)
 

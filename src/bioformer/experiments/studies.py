@@ -1,4 +1,4 @@
-"""The five studies: each a list of arms (named model configurations, optionally with their own z
+"""The studies: each a list of arms (named model configurations, optionally with their own z
 prior) and the pairs of arms whose paired differences answer its question.
 
 Arms are computed from the study's reference model, its prior, the vocabulary size of the
@@ -31,6 +31,7 @@ class Arm:
     model: ModelConfig
     prior: str | None = None
     description: str = ""
+    seeds: int | None = None  # run on the plan's first `seeds` seeds only (None: all of them)
 
 
 @dataclass(frozen=True)
@@ -109,22 +110,53 @@ def _prior_name(prior: str) -> str:
 
 
 def _prior(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
-    full = _model(base, model=BIOFORMER)
+    """Real prior with both directions in z (and with the first version's one direction), zero z,
+    two controls without knowledge, and an scGPT of the same d_model. Every arm of a seed starts
+    from the same weights in the modules it shares (see BioFormer), so the pairs are init-paired.
+    The first four arms run on 10 seeds where the profile gives the study 10, the others on 5."""
+    full = _model(base, model=BIOFORMER, prior_direction="both")
     p = _prior_name(prior)
-    arms = [Arm(p, full, prior=prior, description=f"z from the {p} prior")]
-    if prior not in ("dorothea",):
-        arms.append(Arm("dorothea", full, prior="dorothea", description="z from the DoRothEA prior (same genes)"))
-    arms.append(Arm("zero-z", full, prior="none", description="z starts at zero (no prior)"))
-    arms.append(Arm(f"{p}-shuffled", full, prior=f"{prior}-shuffled", description=f"{p} edges with targets permuted among the study's genes (degree-preserving): same structure, no knowledge"))
-    return arms
+    return [
+        Arm(f"{p}-both-directions", full, prior=prior, seeds=10, description=f"z from the {p} prior, each pair coded in both directions (a target's row sees its regulators)"),
+        Arm(f"{p}-one-direction", _model(full, prior_direction="outgoing"), prior=prior, seeds=10, description=f"z from the {p} prior, i -> j code only (the first version)"),
+        Arm("zero-z", full, prior="none", seeds=10, description="z starts at zero (the prior embedding is built, from the same weights, and unused)"),
+        Arm(f"{p}-rewired", full, prior=f"{prior}-rewired", seeds=10, description=f"{p} edges among the study's genes rewired: out-degrees and signs kept, in-degrees where the graph allows, no real edge kept"),
+        Arm(f"{p}-random", full, prior=f"{prior}-random", seeds=5, description=f"Erdos-Renyi graph with {p}'s number of edges and sign mix among the study's genes"),
+        Arm(SCGPT, _model(base, model=SCGPT), seeds=5, description=f"scGPT, d_model {base.d_model}, init-matched (same gene/value encoders and decoder at start)"),
+    ]
 
 
 def _prior_pairs(names: list[str]) -> list[tuple[str, str]]:
-    main, shuffled = names[0], f"{names[0]}-shuffled"
-    pairs = [(main, "zero-z"), (main, shuffled), (shuffled, "zero-z")]
-    if "dorothea" in names:
-        pairs += [("dorothea", "zero-z"), (main, "dorothea")]
-    return pairs
+    both = next(n for n in names if n.endswith("-both-directions"))
+    p = both[: -len("-both-directions")]
+    one = f"{p}-one-direction"
+    pairs = [(both, "zero-z"), (both, f"{p}-rewired"), (both, f"{p}-random"), (both, one), (one, "zero-z"),
+             (f"{p}-rewired", "zero-z"), (both, SCGPT)]
+    return [(a, b) for a, b in pairs if a in names and b in names]
+
+
+def _prior_transfer(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
+    """Train on control cells, test on IFN-beta stimulated ones (the profile's transfer split):
+    does TF knowledge help where the response runs through known TFs (STAT1/STAT2/IRF9)?"""
+    keep = lambda a: not a.name.endswith(("-one-direction", "-random"))  # noqa: E731
+    return [dataclasses.replace(a, seeds=None) for a in _prior(base, prior, vocab, profile) if keep(a)]
+
+
+def _depth_recheck(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
+    """BioFormer at N = 8 against the same model without its pair path, once at the same d_model
+    and once sized to BioFormer's total parameters (within 5%: d_model moves in steps of nhead)."""
+    n = 8
+    bio = _model(base, model=BIOFORMER, nlayers=n)
+    plain = _model(bio, pair_bias=False, opm=False)
+    if vocab is None:  # only the names are wanted
+        matched = plain
+    else:
+        matched = sizing.match_total_params(bio, plain, vocab, tol=0.05, use_prior=False, reference_uses_prior=prior_enabled(prior))
+    return [
+        Arm(f"{BIOFORMER}-N{n}", bio, description=f"BioFormer, N {n}, d_model {bio.d_model}"),
+        Arm(f"{BIOFORMER}-no-pair-path-N{n}-matched", matched, description=f"no pair bias and OPM, d_model {matched.d_model}: BioFormer's total parameters (±5%)"),
+        Arm(f"{BIOFORMER}-no-pair-path-N{n}", plain, description=f"no pair bias and OPM, d_model {plain.d_model} (as in the depth study)"),
+    ]
 
 
 STUDIES: dict[str, Study] = {
@@ -136,4 +168,12 @@ STUDIES: dict[str, Study] = {
     "ablation": Study("ablation", "which BioFormer part matters", _ablation, lambda n: [("full", a) for a in n[1:]]),
     "depth": Study("depth", "N in {2, 4, 8} for both; small-c BioFormer at large N vs large-c scGPT at small N", _depth, _depth_pairs),
     "prior": Study("prior", "does TF knowledge in z help, beyond the structure of a graph?", _prior, _prior_pairs),
+    "prior-transfer": Study(
+        "prior-transfer", "trained on control cells, tested on IFN-beta stimulated cells: does the prior help transfer?",
+        _prior_transfer, _prior_pairs,
+    ),
+    "depth-recheck": Study(
+        "depth-recheck", "at N = 8, does the pair path beat a no-pair-path model with the same total parameters?", _depth_recheck,
+        lambda n: [(n[0], n[1]), (n[0], n[2]), (n[1], n[2])],
+    ),
 }

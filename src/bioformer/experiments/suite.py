@@ -202,8 +202,9 @@ def _run_study_in(plan: StudyPlan, report_only: bool, quiet: bool, jobs: int) ->
                 + ("\n  ..." if len(stale) > 5 else "")
             )
         _write_plan(plan, names, pairs)
-        todo = [(s, a) for s in plan.seeds for a in names if not plan.is_done(a, s)]
-        skipped = len(plan.seeds) * len(names) - len(todo)
+        runs = plan.runs()
+        todo = [(s, a) for s, a in runs if not plan.is_done(a, s)]
+        skipped = len(runs) - len(todo)
         log.info("%s (%s): %d arms x %d seeds; %d finished run(s) skipped, %d to train%s -> %s",
                  plan.study.name, plan.profile_name, len(names), len(plan.seeds), skipped, len(todo),
                  f" in {jobs} processes" if jobs > 1 and len(todo) > 1 else "", plan.out)
