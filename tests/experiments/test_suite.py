@@ -160,11 +160,11 @@ def test_per_arm_seeds_and_study_profiles():
     arms = {a.name: a.model for a in recheck.arms(vocab_size=515)}
     bio, matched = arms["bioformer-N8"], arms["bioformer-no-pair-path-N8-matched"]
     assert not matched.pair_bias and not matched.opm and matched.nlayers == bio.nlayers == 8
-    from bioformer.experiments.sizing import count_parameters
+    from bioformer.models import count_config_parameters
 
-    n_bio, n_matched = count_parameters(bio, 515, True), count_parameters(matched, 515, False)
+    n_bio, n_matched = count_config_parameters(bio, 515, True), count_config_parameters(matched, 515, False)
     assert abs(n_matched - n_bio) / n_bio <= 0.05 and matched.d_model > bio.d_model
-    assert count_parameters(arms["bioformer-no-pair-path-N8"], 515, False) < 0.85 * n_bio
+    assert count_config_parameters(arms["bioformer-no-pair-path-N8"], 515, False) < 0.85 * n_bio
 
 
 def test_parallel_jobs_give_the_same_results(tiny_inputs, tmp_path):
