@@ -27,6 +27,10 @@ HVG_FLAVORS = ("seurat_v3", "cell_ranger", "seurat")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
+PRIOR_DIRECTIONS = ("both", "outgoing")  # how z codes a gene pair (bioformer.data.prior.pair_codes)
+MASK_STRATEGIES = ("random", "prior-targets")  # bioformer.data.tokenize.CellDataset
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -145,6 +149,9 @@ class DataConfig:
             raise BioformerError(
                 f"--valid-frac {self.valid_frac} + --test-frac {self.test_frac} leaves no training cells; keep their sum below 1"
             )
+        _need(self.mask_strategy in MASK_STRATEGIES, "mask_strategy", " or ".join(MASK_STRATEGIES), self.mask_strategy)
+        if (self.split_by is None) != (not self.test_groups):
+            raise BioformerError("a transfer split needs both --split-by (an obs column) and --test-groups (its test values)")
         if self.genes == "hvg+prior" and not prior_enabled(self.gene_prior or self.prior):
             raise BioformerError("--genes hvg+prior needs a prior (not --prior none); pass --gene-prior collectri or use --genes hvg")
 
@@ -186,6 +193,7 @@ class ModelConfig:
         _need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
         _need(self.opm_chunk_size is None or self.opm_chunk_size >= 1, "opm_chunk_size", ">= 1 or none", self.opm_chunk_size)
         _need(self.attention_chunk_size is None or self.attention_chunk_size >= 1, "attention_chunk_size", ">= 1 or none", self.attention_chunk_size)
+        _need(self.prior_direction in PRIOR_DIRECTIONS, "prior_direction", " or ".join(PRIOR_DIRECTIONS), self.prior_direction)
 
 
 @dataclass

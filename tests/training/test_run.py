@@ -251,3 +251,13 @@ def test_prior_targets_scored_beside_random_masks(bioformer_run):
     assert pt["mse"] == pytest.approx(s["test_prior_targets_mse"], rel=1e-5)
     assert pt["floor_gene_mean_mse"] == pytest.approx(s["floor_prior_targets_gene_mean_mse"], rel=1e-6)
     assert pt["mse"] != pytest.approx(s["test_mse"], rel=1e-3)  # other masks, other numbers
+
+
+@pytest.mark.parametrize("section, field, value", [("model", "prior_direction", "sideways"), ("data", "mask_strategy", "everything")])
+def test_bad_choice_is_refused_before_anything_is_written(tmp_path, section, field, value):
+    from bioformer.errors import BioformerError
+
+    cfg = tiny_config(tmp_path, **{section: {field: value}})
+    with pytest.raises(BioformerError, match=f"--{field.replace('_', '-')} must be .* got '{value}'"):
+        run_training(cfg, quiet=True)
+    assert not (tmp_path / "run").exists()

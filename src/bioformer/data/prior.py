@@ -30,14 +30,13 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from bioformer.config import prior_enabled
+from bioformer.config import PRIOR_DIRECTIONS, prior_enabled
 from bioformer.data.datasets import OMNIPATH, fetch
 from bioformer.errors import BioformerError
 
 NO_EDGE, ACTIVATES, REPRESSES, REGULATES = 0, 1, 2, 3
 N_PRIOR_CODES = 4
 N_PAIR_CODES = N_PRIOR_CODES * N_PRIOR_CODES  # (i -> j code) + 4 * (j -> i code)
-PRIOR_DIRECTIONS = ("both", "outgoing")
 BUILTIN_PRIORS = ("collectri", "dorothea", "all")
 SHUFFLED_SUFFIX = "-shuffled"
 REWIRED_SUFFIX = "-rewired"

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset
 
+from bioformer.config import MASK_STRATEGIES
 from bioformer.errors import BioformerError
 
 PAD, CLS, MASK = "<pad>", "<cls>", "<mask>"
@@ -28,7 +29,6 @@ PAD_VALUE = -2.0
 MASK_VALUE = -1.0
 CLS_VALUE = 0.0
 EVAL_EPOCH_KEY = 1_000_003  # fixed masks for validation/test
-MASK_STRATEGIES = ("random", "prior-targets")
 
 
 @dataclass

@@ -9,7 +9,6 @@ from torch.utils.checkpoint import checkpoint
 from bioformer.config import ModelConfig
 from bioformer.data.prior import N_PAIR_CODES, PRIOR_DIRECTIONS, pair_codes
 from bioformer.errors import BioformerError
-from bioformer.errors import BioformerError
 from bioformer.models.base import MaskedValueModel, PairPath
 from bioformer.models.layers import ExprDecoder, GeneEncoder, Transition, ValueEncoder
 from bioformer.models.linear_pair import (
