@@ -153,6 +153,7 @@ def test_per_arm_seeds_and_study_profiles():
     assert per_arm == {"collectri-both-directions": 10, "collectri-one-direction": 10, "zero-z": 10,
                        "collectri-rewired": 10, "collectri-random": 5, "scgpt": 5}
     assert suite.plan_study("prior", "standard", out="x", seeds=3).runs()[-1][0] == 2
+    assert "Seeds [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] (collectri-random: 5 seeds, scgpt: 5 seeds)." in suite._header(plan)
     transfer = suite.plan_study("prior-transfer", "standard", out="x")
     assert (transfer.data.split_by, transfer.data.test_groups) == ("condition", "stimulated") and transfer.train.epochs == 40
     recheck = suite.plan_study("depth-recheck", "standard", out="x")

@@ -241,6 +241,13 @@ def _breakdown(plan: StudyPlan, names: list[str]) -> str:
     return f"Vocabulary {vocab_size} tokens.\n\n" + table + "\n\n" + "\n".join(f"- **{n}**: {descriptions.get(n, '')}" for n in models)
 
 
+def _fewer_seeds(plan: StudyPlan) -> str:
+    """" (scgpt: 5 seeds, ...)" for arms that run on fewer of the plan's seeds, else ""."""
+    runs = plan.runs()
+    fewer = [(n, c) for n in plan.arm_names() if (c := sum(1 for _, a in runs if a == n)) < len(plan.seeds)]
+    return f" ({', '.join(f'{n}: {c} seeds' for n, c in fewer)})" if fewer else ""
+
+
 def _header(plan: StudyPlan) -> str:
     d, t, m = plan.data, plan.train, plan.model
     lines = [
@@ -250,7 +257,8 @@ def _header(plan: StudyPlan) -> str:
         f"genes {d.genes} (n_hvg {d.n_hvg}, max_prior_genes {d.max_prior_genes}, prior {d.prior}), max_len {d.max_len}, "
         f"split valid {d.valid_frac} / test {d.test_frac} by cell. Reference model: d_model {m.d_model}, nhead {m.nhead}, N {m.nlayers}, "
         f"ff_factor {m.ff_factor}, c_z {m.d_z}, c_opm {m.d_opm}. Training: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
-        f"warm-up {t.warmup_steps} steps, plateau patience {t.plateau_patience}; best epoch by validation MSE. Seeds {plan.seeds}.",
+        f"warm-up {t.warmup_steps} steps, plateau patience {t.plateau_patience}; best epoch by validation MSE. Seeds {plan.seeds}"
+        + _fewer_seeds(plan) + ".",
         "",
         f"Reproduce: `bioformer experiment {plan.study.name} --profile {plan.profile_name} --seeds {len(plan.seeds)}"
         + (f" --epochs {t.epochs}" if t.epochs != plan.profile.train.get("epochs") else "")
