@@ -114,3 +114,14 @@ def test_transfer_split_through_prepare_data():
         prepare_data(DataConfig(**{**cfg.__dict__, "test_groups": None}), seed=0, quiet=True)
     with pytest.raises(BioformerError, match="needs a prior"):
         prepare_data(DataConfig(**{**cfg.__dict__, "mask_strategy": "prior-targets"}), seed=0, quiet=True)
+
+
+def test_rewired_hub_that_regulates_most_genes_keeps_only_the_forced_overlap():
+    genes = [f"G{i}" for i in range(10)]
+    hub = pd.DataFrame({"source": "G0", "target": genes[1:8], "sign": 1})  # 7 of the 9 possible targets
+    other = pd.DataFrame({"source": ["G8", "G9"], "target": ["G9", "G1"], "sign": [-1, 1]})
+    e = pd.concat([hub, other], ignore_index=True)
+    r = rewire_edges(e, seed=0, genes=genes)
+    assert len(r) == len(e) and _degrees(r, "source") == _degrees(e, "source") and (r.source != r.target).all()
+    hub_overlap = len(_pairs(r[r.source == "G0"]) & _pairs(e))
+    assert hub_overlap == 7 - 2  # only 2 non-targets exist: 5 real targets are forced, no more

@@ -175,7 +175,8 @@ def rewire_edges(edges: pd.DataFrame, seed: int, genes: list[str] | None = None,
     Exact in-degrees would force a hub TF that regulates most of the targets back onto its real
     ones (at least ~11-15% of the edges on CollecTRI; a plain target permutation keeps ~36%),
     so the few edges left over go to other, uniformly drawn genes of `genes` (default: the
-    graph's genes) that are not real targets of that source. Then `mix * n_edges` random target
+    graph's genes) that are not real targets of that source; only a TF that regulates more than
+    half of the genes keeps some real targets (then the overlap is not zero). Then `mix * n_edges` random target
     swaps that keep every degree and never add a real edge or a duplicate randomise the result.
     """
     rng = np.random.default_rng([seed, 17])
@@ -193,8 +194,11 @@ def rewire_edges(edges: pd.DataFrame, seed: int, genes: list[str] | None = None,
     out_cap, in_cap = np.bincount(si, minlength=S), np.bincount(ti, minlength=T)
     chosen = _max_flow_assignment(~forbidden, out_cap, in_cap)
     for k in np.flatnonzero(out_cap - chosen.sum(1)):  # the rest: other genes, uniformly
-        free = np.flatnonzero(~forbidden[k] & ~chosen[k])
-        chosen[k, rng.choice(free, size=out_cap[k] - chosen[k].sum(), replace=False)] = True
+        need = out_cap[k] - chosen[k].sum()
+        free = rng.permutation(np.flatnonzero(~forbidden[k] & ~chosen[k]))
+        # a TF that regulates more than half of the genes must keep some real targets
+        forced = rng.permutation(np.flatnonzero(real[k] & ~chosen[k]))
+        chosen[k, np.concatenate([free, forced])[:need]] = True
     s, t = np.nonzero(chosen)
     n = s.size
     used = set(zip(s.tolist(), t.tolist(), strict=True))

@@ -16,7 +16,7 @@ from pathlib import Path
 from bioformer.config import ModelConfig, prior_enabled
 from bioformer.experiments import sizing
 from bioformer.experiments.profiles import Profile
-from bioformer.models import BioFormer, ScGPT
+from bioformer.models import BioFormer, ScGPT, count_config_parameters
 
 # the two families the studies compare, by their registered names
 BIOFORMER, SCGPT = BioFormer.name, ScGPT.name
@@ -144,17 +144,19 @@ def _prior_transfer(base: ModelConfig, prior: str, vocab: int | None, profile: P
 
 def _depth_recheck(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
     """BioFormer at N = 8 against the same model without its pair path, once at the same d_model
-    and once sized to BioFormer's total parameters (within 5%: d_model moves in steps of nhead)."""
+    and once at the d_model (a multiple of nhead) whose total parameters are closest to BioFormer's."""
     n = 8
     bio = _model(base, model=BIOFORMER, nlayers=n)
     plain = _model(bio, pair_bias=False, opm=False)
     if vocab is None:  # only the names are wanted
         matched = plain
-    else:
-        matched = sizing.match_total_params(bio, plain, vocab, tol=0.05, use_prior=False, reference_uses_prior=prior_enabled(prior))
+    else:  # the closest d_model (a multiple of nhead): within 5% on the standard profile
+        target = count_config_parameters(bio, vocab, prior_enabled(prior))
+        sizes = range(base.nhead, 4 * base.d_model + 1, base.nhead)
+        matched = min((_model(plain, d_model=d) for d in sizes), key=lambda m: abs(count_config_parameters(m, vocab, False) - target))
     return [
         Arm(f"{BIOFORMER}-N{n}", bio, description=f"BioFormer, N {n}, d_model {bio.d_model}"),
-        Arm(f"{BIOFORMER}-no-pair-path-N{n}-matched", matched, description=f"no pair bias and OPM, d_model {matched.d_model}: BioFormer's total parameters (±5%)"),
+        Arm(f"{BIOFORMER}-no-pair-path-N{n}-matched", matched, description=f"no pair bias and OPM, d_model {matched.d_model}: the closest to BioFormer's total parameters"),
         Arm(f"{BIOFORMER}-no-pair-path-N{n}", plain, description=f"no pair bias and OPM, d_model {plain.d_model} (as in the depth study)"),
     ]
 
