@@ -125,3 +125,10 @@ def test_rewired_hub_that_regulates_most_genes_keeps_only_the_forced_overlap():
     assert len(r) == len(e) and _degrees(r, "source") == _degrees(e, "source") and (r.source != r.target).all()
     hub_overlap = len(_pairs(r[r.source == "G0"]) & _pairs(e))
     assert hub_overlap == 7 - 2  # only 2 non-targets exist: 5 real targets are forced, no more
+
+
+def test_backed_mode_refuses_the_transfer_split_and_prior_target_masks():
+    for extra in ({"split_by": "celltype", "test_groups": "B"}, {"mask_strategy": "prior-targets"}):
+        cfg = DataConfig(data=str(H5AD), n_hvg=64, genes="hvg", prior=str(PRIOR_CSV), backed=True, **extra)
+        with pytest.raises(BioformerError, match="not available in backed mode"):
+            prepare_data(cfg, seed=0, quiet=True)

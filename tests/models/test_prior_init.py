@@ -71,7 +71,7 @@ def test_prior_and_zero_z_arms_start_from_identical_weights():
 def test_zero_z_model_ignores_the_prior_embedding():
     model = _build(0, False)
     gene_ids, codes = _edge_batch()
-    assert not model.needs_prior
+    assert not model.needs_prior and not model.prior_encoder.weight.requires_grad  # held: no optimizer step, no DDP gradient
     assert torch.count_nonzero(model.initial_z(gene_ids, None)) == 0
     values = torch.tensor([[0.0, 3.0, -1.0, 5.0]])
     pad = torch.zeros(1, 4, dtype=torch.bool)
