@@ -3,4 +3,13 @@
 from bioformer.errors import BioformerError
 
 __version__ = "0.1.0"
-__all__ = ["BioformerError", "__version__"]
+__all__ = ["BioformerError", "Run", "__version__"]
+
+
+def __getattr__(name: str):
+    """`from bioformer import Run` without importing torch/scanpy for every `bioformer` command."""
+    if name == "Run":
+        from bioformer.inference.run import Run
+
+        return Run
+    raise AttributeError(f"module 'bioformer' has no attribute {name!r}")

@@ -280,6 +280,80 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference_input(args: argparse.Namespace):
+    """(Run, input AnnData, prepared cells) for embed / impute / grn; refuses to overwrite the input."""
+    from pathlib import Path
+
+    import anndata as ad
+
+    from bioformer.data.datasets import DATASETS, fetch
+    from bioformer.inference.run import Run
+
+    src = fetch(args.data) if args.data in DATASETS else Path(args.data).expanduser()
+    out = Path(args.out).expanduser()
+    if not src.is_file():
+        raise BioformerError(f"file not found: {src}; pass an .h5ad path or a built-in name ({', '.join(DATASETS)})")
+    if out.exists() and out.resolve() == src.resolve():
+        raise BioformerError(f"--out {out} is the input file; the input is never modified, pass another path")
+    if out.suffix != ".h5ad":
+        raise BioformerError(f"--out {out} must end in .h5ad")
+    run = Run.load(args.run_dir, device=args.device, quiet=args.quiet)
+    try:
+        adata = ad.read_h5ad(src)
+    except Exception as e:
+        raise BioformerError(f"{src} is not a readable .h5ad file ({type(e).__name__})") from None
+    cells = run.prepare(adata, layer=args.layer, gene_column=args.gene_column, quiet=args.quiet)
+    return run, adata, cells, out
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from bioformer.inference.outputs import EMBEDDING_KEY, add_embedding, write_h5ad_atomic
+
+    run, adata, cells, out = _inference_input(args)
+    add_embedding(run, adata, cells, pooling=args.pooling, batch_size=args.batch_size, progress=args.progress)
+    write_h5ad_atomic(adata, out)
+    print(f"obsm[{EMBEDDING_KEY!r}]: {adata.n_obs} cells x {adata.obsm[EMBEDDING_KEY].shape[1]} ({adata.uns['bioformer_embed']['pooling']}); wrote {out}")
+    return 0
+
+
+def cmd_impute(args: argparse.Namespace) -> int:
+    from bioformer.inference.outputs import IMPUTED_KEY, add_imputation, write_h5ad_atomic
+
+    run, adata, cells, out = _inference_input(args)
+    add_imputation(run, adata, cells, batch_size=args.batch_size, n_query=args.n_query, progress=args.progress)
+    write_h5ad_atomic(adata, out)
+    print(f"layers[{IMPUTED_KEY!r}] (log-normalised) and [{IMPUTED_KEY + '_bins'!r}]: {adata.n_obs} cells x "
+          f"{len(run.genes) - cells.n_missing} run genes ({cells.n_missing} run genes not in the input); wrote {out}")
+    return 0
+
+
+def cmd_grn(args: argparse.Namespace) -> int:
+    from bioformer.inference.outputs import PAIR_KEY, add_pair_scores, edge_table, write_h5ad_atomic
+    from bioformer.training.checkpoint import atomic_write_text
+
+    run, adata, cells, out = _inference_input(args)
+    result = add_pair_scores(run, adata, cells, groupby=args.groupby, batch_size=args.batch_size, progress=args.progress)
+    edges = edge_table(result, top_k=args.top_k, min_cells=args.min_cells, grouped=args.groupby is not None)
+    write_h5ad_atomic(adata, out)
+    keys = [k for k in adata.varp if k.startswith(PAIR_KEY)]
+    print(f"varp {keys}: {adata.n_vars} x {adata.n_vars} sparse ({next(iter(result.values())).readout} readout); wrote {out}")
+    if args.edges:
+        atomic_write_text(args.edges, edges.to_csv(index=False))
+        print(f"{len(edges)} ranked edges (source, target, score, n_cells) -> {args.edges}")
+    return 0
+
+
+def add_inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished run directory (bioformer train --out)")
+    p.add_argument("--data", required=True, help=".h5ad to read (never modified), or a built-in data set name")
+    p.add_argument("--out", required=True, help="the new .h5ad to write (atomically)")
+    p.add_argument("--layer", help="layer holding counts or log-normalised values (default X; 'raw' = adata.raw)")
+    p.add_argument("--gene-column", help="var column with gene symbols (default var_names)")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass (default 64; results do not depend on it)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's device setting)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bioformer", description="Masked single-cell expression transformers: BioFormer (gene-pair path + TF prior) vs scGPT.")
     p.add_argument("-q", "--quiet", action="store_true", help="less logging")
@@ -319,6 +393,24 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--n-genes", type=int, default=None, help="genes per cell r (default: bound from n_hvg/max_len; no data loaded)")
     es.add_argument("--budget", default="24GB", help="memory budget, e.g. 24GB, 80GiB (default: 24GB)")
     es.set_defaults(func=cmd_estimate)
+    em = sub.add_parser("embed", help="cell embeddings of a trained model -> obsm['X_bioformer'] of a new .h5ad")
+    add_inference_args(em)
+    em.add_argument("--pooling", choices=["cls", "mean"], help="<cls> hidden state or mean over gene tokens (default cls when the run has <cls>)")
+    em.set_defaults(func=cmd_embed)
+
+    im = sub.add_parser("impute", help="predict every run gene of every cell -> layers['bioformer_imputed'] of a new .h5ad")
+    add_inference_args(im)
+    im.add_argument("--n-query", type=int, help="masked positions per sequence (default: the training mask share of max_len)")
+    im.set_defaults(func=cmd_impute)
+
+    g = sub.add_parser("grn", help="gene x gene scores the model learned -> varp['bioformer_pair_scores'] and a ranked edge list")
+    add_inference_args(g)
+    g.add_argument("--groupby", help="obs column: one score matrix per group (e.g. condition)")
+    g.add_argument("--edges", help="also write a ranked edge list CSV (source, target, score, n_cells[, group])")
+    g.add_argument("--top-k", type=int, default=1000, help="edges kept in --edges per group (default 1000)")
+    g.add_argument("--min-cells", type=int, default=1, help="only pairs seen together in at least this many cells (default 1)")
+    g.set_defaults(func=cmd_grn)
+
 
     from bioformer.experiments.profiles import PROFILES
     from bioformer.experiments.studies import STUDIES

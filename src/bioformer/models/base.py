@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bioformer.config import ModelConfig
+from bioformer.errors import BioformerError
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,16 @@ class MaskedValueModel(nn.Module):
         if "transition" in parts or (len(parts) > 1 and parts[-2] in ("linear1", "linear2", "norm2")):
             return "transition"
         return "other"
+
+    def encode(self, gene_ids: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor,
+               prior: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states the decoder reads, [B, L, c] (forward = decoder(encode(...))): embeddings."""
+        raise BioformerError(f"model {self.name!r} does not expose its hidden states (no encode)")
+
+    def pair_scores(self, gene_ids: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor,
+                    prior: torch.Tensor | None = None) -> torch.Tensor:
+        """One scalar per ordered gene pair, [B, L, L] ([b, i, j]: query i, key j)."""
+        raise BioformerError(f"model {self.name!r} has no gene-pair readout")
 
     def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Masked MSE, plus the Bernoulli NLL of "value is zero" when the model has a zero head."""

@@ -187,11 +187,37 @@ class BioFormer(MaskedValueModel):
         padding_mask: torch.Tensor,  # [B, r] True = pad
         prior: torch.Tensor | None = None,  # [B, r, r] edge codes
     ) -> dict[str, torch.Tensor]:
+        return self.decoder(self.encode(gene_ids, values, padding_mask, prior))
+
+    def encode(
+        self,
+        gene_ids: torch.Tensor,  # [B, r]
+        values: torch.Tensor,  # [B, r]
+        padding_mask: torch.Tensor,  # [B, r] True = pad
+        prior: torch.Tensor | None = None,  # [B, r, r] edge codes
+    ) -> torch.Tensor:  # [B, r, c]
+        """Hidden states after the final LayerNorm, i.e. what the decoder reads (cell embeddings)."""
         if self.pair_mode == "linear":
             m, _, _ = self._trunk_linear(gene_ids, values, padding_mask, prior, len(self.blocks))
         else:
             m, _ = self._trunk(gene_ids, values, padding_mask, prior, len(self.blocks))
-        return self.decoder(self.norm(m))
+        return self.norm(m)
+
+    def pair_scores(
+        self,
+        gene_ids: torch.Tensor,  # [B, r]
+        values: torch.Tensor,  # [B, r]
+        padding_mask: torch.Tensor,  # [B, r] True = pad
+        prior: torch.Tensor | None = None,  # [B, r, r] edge codes
+    ) -> torch.Tensor:  # [B, r, r]
+        """One scalar per ordered pair from the final z: `pair_bias_logits` averaged over heads.
+        [b, i, j] is what query gene i adds to its logit for key gene j, and z[i, j] starts from the
+        prior's code for the pair (i, j), so the layout is the prior's (row = source). It is the part
+        of attention that comes from z alone (not from the token states), in logit units: what the
+        model uses z for. Works in both pair modes; pads are not masked here."""
+        if not self.uses_z:
+            raise BioformerError("this BioFormer has no pair representation z (trained with --no-pair-bias), so it has no z readout")
+        return self.pair_bias_logits(gene_ids, values, padding_mask, prior).float().mean(dim=1)  # [B, r, r]
 
     def forward_materialised(
         self, gene_ids: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor, prior: torch.Tensor | None = None,

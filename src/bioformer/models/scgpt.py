@@ -28,6 +28,36 @@ class ScGPT(MaskedValueModel):
         # enable_nested_tensor would drop padded positions on CPU eval and change numerics
         self.encoder = nn.TransformerEncoder(layer, cfg.nlayers, enable_nested_tensor=False)
 
+    def encode(
+        self,
+        gene_ids: torch.Tensor,  # [B, L]
+        values: torch.Tensor,  # [B, L]
+        padding_mask: torch.Tensor,  # [B, L] True = pad
+        prior: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # [B, L, c]
+        """Hidden states of the last encoder layer, i.e. what the decoder reads (cell embeddings)."""
+        m = self.gene_encoder(gene_ids) + self.value_encoder(values)  # [B, L, c]
+        return self.encoder(m, src_key_padding_mask=padding_mask)
+
+    def pair_scores(
+        self,
+        gene_ids: torch.Tensor,  # [B, L]
+        values: torch.Tensor,  # [B, L]
+        padding_mask: torch.Tensor,  # [B, L] True = pad
+        prior: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # [B, L, L]
+        """Attention probabilities averaged over heads and layers (the usual attention readout of
+        scGPT-style models); [b, i, j] is how much query gene i attends to key gene j."""
+        m = self.gene_encoder(gene_ids) + self.value_encoder(values)  # [B, L, c]
+        total = torch.zeros(m.shape[0], m.shape[1], m.shape[1], device=m.device)
+        layers = self.encoder.layers
+        for layer in layers:
+            x = layer.norm1(m) if layer.norm_first else m
+            _, w = layer.self_attn(x, x, x, key_padding_mask=padding_mask, need_weights=True, average_attn_weights=True)
+            total += w.float()  # [B, L, L], mean over heads
+            m = layer(m, src_key_padding_mask=padding_mask)
+        return total / len(layers)
+
     def forward(
         self,
         gene_ids: torch.Tensor,  # [B, L]
@@ -35,6 +65,4 @@ class ScGPT(MaskedValueModel):
         padding_mask: torch.Tensor,  # [B, L] True = pad
         prior: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        m = self.gene_encoder(gene_ids) + self.value_encoder(values)  # [B, L, c]
-        m = self.encoder(m, src_key_padding_mask=padding_mask)
-        return self.decoder(m)
+        return self.decoder(self.encode(gene_ids, values, padding_mask, prior))

@@ -1,0 +1,9 @@
+"""Using a trained model: `Run` (embed, impute, pair scores, evaluate) over any AnnData.
+
+Sits above `training` (it reloads what a run wrote) and below `cli`.
+"""
+
+from bioformer.inference.readouts import PairScores
+from bioformer.inference.run import Imputation, PreparedCells, Run
+
+__all__ = ["Imputation", "PairScores", "PreparedCells", "Run"]

@@ -1,0 +1,118 @@
+"""Results of a `Run` written back into AnnData (scverse conventions) and onto disk atomically.
+
+    obsm["X_bioformer"]                 cell embeddings          (`add_embedding`)
+    layers["bioformer_imputed"]         imputed log-expression   (`add_imputation`)
+    layers["bioformer_imputed_bins"]    the same in bins
+    varp["bioformer_pair_scores"]       source -> target scores  (`add_pair_scores`)
+
+Everything is over the *input's* genes: columns of genes the run does not know are zero (layers
+and varp are sparse, so that costs nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from bioformer.errors import BioformerError
+from bioformer.inference.readouts import PairScores
+from bioformer.inference.run import PreparedCells, Run
+
+EMBEDDING_KEY = "X_bioformer"
+IMPUTED_KEY = "bioformer_imputed"
+PAIR_KEY = "bioformer_pair_scores"
+
+
+def _present(cells: PreparedCells) -> tuple[np.ndarray, np.ndarray]:
+    """(input gene positions that are run genes, their run columns), in input order."""
+    pos = np.flatnonzero(cells.input_to_run >= 0)
+    return pos, cells.input_to_run[pos]
+
+
+def _on_input_genes(values: np.ndarray, cells: PreparedCells) -> sp.csr_matrix:
+    """[n_cells, n_run_genes] dense -> [n_cells, n_input_genes] CSR, zero outside the run's genes."""
+    pos, cols = _present(cells)
+    sub = sp.csr_matrix(values[:, cols])  # columns 0..len(pos)-1, in input order
+    return sp.csr_matrix((sub.data, pos[sub.indices], sub.indptr), shape=(values.shape[0], len(cells.input_genes)))
+
+
+def add_embedding(run: Run, adata: ad.AnnData, cells: PreparedCells, pooling: str | None = None,
+                  batch_size: int = 64, progress: bool = False) -> None:
+    """obsm["X_bioformer"] = run.embed(cells); how it was made in uns["bioformer_embed"]."""
+    pooling = pooling or ("cls" if run.config.data.append_cls else "mean")
+    adata.obsm[EMBEDDING_KEY] = run.embed(cells, pooling=pooling, batch_size=batch_size, progress=progress)
+    adata.uns["bioformer_embed"] = {"run_dir": str(run.run_dir), "model": run.config.model.model, "pooling": pooling, "n_missing_genes": cells.n_missing}
+
+
+def add_imputation(run: Run, adata: ad.AnnData, cells: PreparedCells, batch_size: int = 64,
+                   n_query: int | None = None, progress: bool = False) -> None:
+    """layers["bioformer_imputed"] (log-normalised) and layers["bioformer_imputed_bins"], over the
+    input's genes (run genes only; others zero); the zero head's P(zero) when there is one."""
+    imp = run.imputation(cells, batch_size=batch_size, n_query=n_query, progress=progress)
+    adata.layers[IMPUTED_KEY] = _on_input_genes(imp.expression, cells)
+    adata.layers[IMPUTED_KEY + "_bins"] = _on_input_genes(imp.bins, cells)
+    if imp.zero_prob is not None:
+        adata.layers[IMPUTED_KEY + "_zero_prob"] = _on_input_genes(imp.zero_prob, cells)
+    adata.uns["bioformer_impute"] = {"run_dir": str(run.run_dir), "model": run.config.model.model, "n_missing_genes": cells.n_missing, "n_bins": run.config.data.n_bins}
+
+
+def pair_matrix_on_input(pairs: PairScores, cells: PreparedCells) -> sp.csr_matrix:
+    """[n_input_genes, n_input_genes] CSR of pair scores (source row, target column); zero where a
+    gene is not a run gene or the pair was never in a cell together, and on the diagonal."""
+    pos, cols = _present(cells)
+    n = len(cells.input_genes)
+    sub_n = pairs.n_cells[np.ix_(cols, cols)]
+    keep = (sub_n > 0) & ~np.eye(len(cols), dtype=bool)
+    r, c = np.nonzero(keep)
+    vals = pairs.scores[np.ix_(cols, cols)][r, c]
+    return sp.csr_matrix((vals.astype(np.float32), (pos[r], pos[c])), shape=(n, n))
+
+
+def add_pair_scores(run: Run, adata: ad.AnnData, cells: PreparedCells, groupby: str | None = None,
+                    batch_size: int = 64, progress: bool = False) -> dict[str, PairScores]:
+    """varp["bioformer_pair_scores"] (or one varp["bioformer_pair_scores_<group>"] per group of
+    obs[`groupby`]); returns the PairScores by group name ("all" without groupby)."""
+    if groupby is not None:
+        if groupby not in adata.obs:
+            raise BioformerError(f"groupby {groupby!r} is not an obs column; available: {list(adata.obs.columns)}")
+        result = run.pair_scores(cells, batch_size=batch_size, progress=progress, groups=np.asarray(adata.obs[groupby].astype(str)))
+    else:
+        result = {"all": run.pair_scores(cells, batch_size=batch_size, progress=progress)}
+    for name, pairs in result.items():
+        key = PAIR_KEY if groupby is None else f"{PAIR_KEY}_{name}"
+        adata.varp[key] = pair_matrix_on_input(pairs, cells)
+    readout = next(iter(result.values())).readout if result else ""
+    adata.uns["bioformer_grn"] = {"run_dir": str(run.run_dir), "model": run.config.model.model, "readout": readout,
+                                  "groupby": groupby or "", "n_missing_genes": cells.n_missing}
+    return result
+
+
+def edge_table(result: dict[str, PairScores], top_k: int | None = None, min_cells: int = 1, grouped: bool = False) -> pd.DataFrame:
+    """Ranked edges (source, target, score, n_cells[, group]), the top `top_k` per group."""
+    frames = []
+    for name, pairs in result.items():
+        df = pairs.to_edges(top_k=top_k, min_cells=min_cells)
+        if grouped:
+            df.insert(0, "group", name)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["source", "target", "score", "n_cells"])
+
+
+def write_h5ad_atomic(adata: ad.AnnData, path: str | Path) -> None:
+    """Write to a temp file next to `path`, then rename: a crash never leaves a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.h5ad")
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
