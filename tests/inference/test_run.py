@@ -20,17 +20,6 @@ from tests.conftest import H5AD, tiny_config
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A tiny BioFormer (with prior) and scGPT run on the fixture, 1 epoch each."""
-    out = {}
-    for name, over in {"bioformer": {}, "scgpt": {"model": {"model": "scgpt"}}}.items():
-        cfg = tiny_config(tmp_path_factory.mktemp(name), **over)
-        cfg.train.epochs = 1
-        out[name] = run_training(cfg, quiet=True)[0]
-    return out
-
-
-@pytest.fixture(scope="module")
 def cells():
     return ad.read_h5ad(H5AD)[:60].copy()
 

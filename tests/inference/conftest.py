@@ -1,0 +1,19 @@
+"""Tiny trained runs shared by the inference tests (trained once per session)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bioformer.training.run import run_training
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """A tiny BioFormer (with prior) and scGPT run on the fixture, 1 epoch each."""
+    out = {}
+    for name, over in {"bioformer": {}, "scgpt": {"model": {"model": "scgpt"}}}.items():
+        cfg = tiny_config(tmp_path_factory.mktemp(name), **over)
+        cfg.train.epochs = 1
+        out[name] = run_training(cfg, quiet=True)[0]
+    return out
