@@ -234,3 +234,16 @@ def test_missing_genes_are_counted_and_treated_as_unexpressed(runs, cells):
     prepared = run.prepare(fewer, quiet=True)
     assert prepared.n_missing == 4
     assert prepared.binned[:, :4].nnz == 0 and prepared.binned.shape == (cells.n_obs, len(run.genes))
+
+
+def test_embedding_does_not_depend_on_thread_count(runs, cells):
+    run = Run.load(runs["bioformer"], device="cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run.embed(cells, batch_size=16)
+        torch.set_num_threads(2)
+        two = run.embed(cells, batch_size=16)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(one, two, atol=1e-5)
