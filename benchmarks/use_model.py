@@ -5,7 +5,8 @@ on the run's own **test** cells (never seen in training or model selection):
 
 - embeddings: kNN (k = 15, fitted on the training cells) cell-type accuracy of `Run.embed`, next
   to 50 PCs of the log-normalised run genes (the HVGs + prior genes) of the same cells;
-- imputation: hide 10% of the observed non-zero counts of each test cell, `Run.impute`, and
+- imputation: hide 10% of the observed non-zero counts of each test cell (a seeded subsample of
+  `--impute-cells` test cells, 100 by default: imputation asks every run gene), `Run.impute`, and
   score the hidden entries (Pearson r, MSE on log-normalised values) against the per-gene mean
   (training cells where the gene is expressed) and a kNN-smoothing floor (the mean of the 15
   nearest training cells in PCA space; also its mean over the neighbours that express the gene);
@@ -97,7 +98,7 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"pearson": float(np.corrcoef(pred, truth)[0, 1]), "mse": float(np.mean((pred - truth) ** 2))}
 
 
-def benchmark_data(data: str, runs: Path, epochs: int, batch_size: int, out_png: Path) -> dict:
+def benchmark_data(data: str, runs: Path, epochs: int, batch_size: int, out_png: Path, impute_cells: int = 100) -> dict:
     import anndata as ad
     import scanpy as sc
     import torch
@@ -134,15 +135,17 @@ def benchmark_data(data: str, runs: Path, epochs: int, batch_size: int, out_png:
                     "n_run_genes": len(genes), "label": LABELS[data],
                     "knn_accuracy": {"pca50": knn_accuracy(pcs[train_idx], y_train, pcs[test_idx], y_test)}}
 
-    # imputation: hide 10% of each test cell's non-zero counts
-    test_counts = raw.X[test_idx]
+    print(f"{data}: PCA kNN accuracy {result['knn_accuracy']['pca50']:.3f}", flush=True)
+    # imputation: hide 10% of each test cell's non-zero counts (on a seeded subsample of test cells)
+    imp_idx = test_idx if impute_cells >= len(test_idx) else np.sort(np.random.default_rng(0).choice(test_idx, impute_cells, replace=False))
+    test_counts = raw.X[imp_idx]
     hidden_counts, hr, hc = hide_nonzeros(test_counts, 0.10, seed=0)
     run_col = {g: i for i, g in enumerate(genes)}
     col_name = np.asarray(raw.var_names)
     in_run = np.array([c in run_col for c in col_name[hc]])
     hr, hc = hr[in_run], hc[in_run]
-    truth = np.asarray(logn[test_idx][hr, hc]).ravel()
-    hidden = ad.AnnData(X=hidden_counts, obs=raw.obs.iloc[test_idx].copy())
+    truth = np.asarray(logn[imp_idx][hr, hc]).ravel()
+    hidden = ad.AnnData(X=hidden_counts, obs=raw.obs.iloc[imp_idx].copy())
     hidden.var_names = raw.var_names
     run_cols = np.array([run_col[g] for g in col_name[hc]])
     # floors: per-gene mean over training cells that express the gene; kNN smoothing in PCA space
@@ -158,6 +161,7 @@ def benchmark_data(data: str, runs: Path, epochs: int, batch_size: int, out_png:
     knn_mean = neigh.mean(axis=1)
     knn_expr = np.divide(neigh.sum(axis=1), (neigh > 0).sum(axis=1), out=np.zeros_like(knn_mean), where=(neigh > 0).sum(axis=1) > 0)
     imput = {
+        "n_cells": int(len(imp_idx)),
         "n_hidden": int(len(truth)),
         "per_gene_mean": scores(gene_mean[jj], truth),
         "knn15_mean": scores(knn_mean[hr, jj], truth),
@@ -165,16 +169,19 @@ def benchmark_data(data: str, runs: Path, epochs: int, batch_size: int, out_png:
     }
     speed: dict = {}
     emb_all = {}
+    print(f"{data}: floors {imput}", flush=True)
     for m, run in loaded.items():
         t0 = time.perf_counter()
         emb = run.embed(raw, batch_size=batch_size)
         speed[f"{m}_embed_cells_per_s"] = raw.n_obs / (time.perf_counter() - t0)
         emb_all[m] = emb
         result["knn_accuracy"][m] = knn_accuracy(emb[train_idx], y_train, emb[test_idx], y_test)
+        print(f"{data} {m}: embed {speed[f'{m}_embed_cells_per_s']:.1f} cells/s, kNN accuracy {result['knn_accuracy'][m]:.3f}", flush=True)
         t0 = time.perf_counter()
         pred = run.impute(hidden, batch_size=batch_size)
         speed[f"{m}_impute_cells_per_s"] = hidden.n_obs / (time.perf_counter() - t0)
         imput[m] = scores(pred[hr, run_cols], truth)
+        print(f"{data} {m}: impute {speed[f'{m}_impute_cells_per_s']:.2f} cells/s, {imput[m]}", flush=True)
         if m == "bioformer" and not run.model.uses_z:
             continue
         sub = raw[test_idx].copy()
@@ -236,26 +243,31 @@ def main() -> None:
     p.add_argument("--runs", default=str(ROOT / "runs" / "use_model"), help="where the trained runs are (or go)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--impute-cells", type=int, default=100, help="test cells (seeded subsample) for the imputation benchmark")
     p.add_argument("--no-memory", action="store_true", help="skip the Kang embed peak-memory process")
+    p.add_argument("--memory-only", action="store_true", help="only the Kang embed peak-memory process")
     args = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / "use_model.json"
-    results = json.loads(out_json.read_text()) if out_json.exists() else {}
-    results["note"] = "CPU, 1 thread, on a shared 2-core machine: timings are contended; compare them within one run only"
-    runs = Path(args.runs)
-    for data in args.data:
-        r = benchmark_data(data, runs, args.epochs, args.batch_size, RESULTS / f"use_model_umap_{data}.png")
-        results[data] = r
-        print(json.dumps(r, indent=2), flush=True)
+
+    def save(key: str, value) -> None:  # re-read first: a parallel --memory-only run writes its own key
+        results = json.loads(out_json.read_text()) if out_json.exists() else {}
+        results["note"] = "CPU, 1 thread, on a shared 2-core machine: timings are contended; compare them within one run only"
+        results[key] = value
         out_json.write_text(json.dumps(results, indent=2) + "\n")
+
+    runs = Path(args.runs)
+    for data in [] if args.memory_only else args.data:
+        r = benchmark_data(data, runs, args.epochs, args.batch_size, RESULTS / f"use_model_umap_{data}.png", args.impute_cells)
+        r["max_rss_mib_so_far"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(r, indent=2), flush=True)
+        save(data, r)
     if not args.no_memory:
         kang_run = train_if_missing("kang2018", "bioformer", runs, args.epochs)
-        results["kang_embed_memory"] = {"run": "kang2018-bioformer", **embed_memory(kang_run, args.batch_size)}
-        print(json.dumps(results["kang_embed_memory"], indent=2))
-    results["max_rss_this_process_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out_json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out_json}")
-
+        mem = {"run": "kang2018-bioformer", "batch_size": args.batch_size, **embed_memory(kang_run, args.batch_size)}
+        print(json.dumps(mem, indent=2), flush=True)
+        save("kang_embed_memory", mem)
+    print(f"wrote {out_json}", flush=True)
 
 if __name__ == "__main__":
     main()
