@@ -211,6 +211,31 @@ def benchmark_data(data: str, runs: Path, epochs: int, batch_size: int, out_png:
     return result
 
 
+def knn_by_pooling(data: str, runs: Path, epochs: int, batch_size: int) -> dict:
+    """kNN (k = 15) test accuracy of both poolings (<cls>, mean over gene tokens) of both models."""
+    import torch
+
+    from bioformer import Run
+    from bioformer.data.load import load_anndata
+
+    torch.set_num_threads(1)
+    out = {}
+    for m in MODELS:
+        run_dir = train_if_missing(data, m, runs, epochs)
+        run = Run.load(run_dir, device="cpu")
+        raw = load_anndata(data, max_cells=MAX_CELLS[data], seed=run.config.train.seed, quiet=True)
+        labels = raw.obs[LABELS[data]].astype(str).to_numpy()
+        split = np.load(run_dir / "split.npz")
+        pos = {n: i for i, n in enumerate(raw.obs_names)}
+        tr = np.array([pos[n] for n in split["obs_names"][split["train"]]])
+        te = np.array([pos[n] for n in split["obs_names"][split["test"]]])
+        for pooling in ("cls", "mean"):
+            emb = run.embed(raw, pooling=pooling, batch_size=batch_size)
+            out[f"{m}_{pooling}"] = knn_accuracy(emb[tr], labels[tr], emb[te], labels[te])
+            print(f"{data} {m} {pooling}: kNN accuracy {out[f'{m}_{pooling}']:.3f}", flush=True)
+    return out
+
+
 def embed_memory(run_dir: Path, batch_size: int) -> dict:
     """Max RSS of a fresh process that reads all Kang cells (sparse) and embeds them."""
     sparse = Path("/tmp") / f"kang_sparse_{os.getpid()}.h5ad"
@@ -246,6 +271,7 @@ def main() -> None:
     p.add_argument("--impute-cells", type=int, default=100, help="test cells (seeded subsample) for the imputation benchmark")
     p.add_argument("--no-memory", action="store_true", help="skip the Kang embed peak-memory process")
     p.add_argument("--memory-only", action="store_true", help="only the Kang embed peak-memory process")
+    p.add_argument("--pooling-only", action="store_true", help="only kNN accuracy of <cls> vs mean pooling (key DATA_knn_by_pooling)")
     args = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / "use_model.json"
@@ -257,6 +283,10 @@ def main() -> None:
         out_json.write_text(json.dumps(results, indent=2) + "\n")
 
     runs = Path(args.runs)
+    if args.pooling_only:
+        for data in args.data:
+            save(f"{data}_knn_by_pooling", knn_by_pooling(data, runs, args.epochs, args.batch_size))
+        return
     for data in [] if args.memory_only else args.data:
         r = benchmark_data(data, runs, args.epochs, args.batch_size, RESULTS / f"use_model_umap_{data}.png", args.impute_cells)
         r["max_rss_mib_so_far"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
