@@ -383,7 +383,8 @@ class Run:
 
         BioFormer: the last block's pair-bias logits, averaged over heads (`BioFormer.pair_scores`);
         scGPT: attention probabilities averaged over heads and layers. With `groupby` (an obs
-        column of `adata`) one PairScores per group, e.g. per condition.
+        column of `adata`), or `groups` (one label per cell), one PairScores per group, e.g. per
+        condition.
         """
         if groupby is not None and groups is None:
             if isinstance(adata, PreparedCells) or groupby not in adata.obs:
