@@ -111,11 +111,11 @@ def test_imputation_predicts_every_gene_once_and_matches_direct_forwards(runs, c
 
 
 def _planted_data(tmp_path):
-    """40 cells x 30 genes of Poisson counts (genes G0.. G29), a prior with one edge G3 -> G7."""
+    """60 cells x 30 genes of Poisson counts (genes G0.. G29), a prior with one edge G3 -> G7."""
     rng = np.random.default_rng(0)
-    X = rng.poisson(3.0, size=(40, 30)).astype(np.float32)
+    X = rng.poisson(3.0, size=(60, 30)).astype(np.float32)
     X[:, [3, 7]] += 1  # both genes in every cell
-    a = ad.AnnData(X=sp.csr_matrix(X), obs=pd.DataFrame({"condition": np.repeat(["ctrl", "stim"], 20)}, index=[f"c{i}" for i in range(40)]))
+    a = ad.AnnData(X=sp.csr_matrix(X), obs=pd.DataFrame({"condition": np.repeat(["ctrl", "stim"], 30)}, index=[f"c{i}" for i in range(60)]))
     a.var_names = [f"G{i}" for i in range(30)]
     path = tmp_path / "planted.h5ad"
     a.write_h5ad(path)
@@ -147,7 +147,7 @@ def test_planted_prior_pair_ranks_first_in_the_right_direction(tmp_path):
     s, t = run.genes.index("G3"), run.genes.index("G7")
     assert pairs.scores[s, t] == pytest.approx(np.sqrt(3), rel=1e-3)  # LN([3,0,0,0])[0] = sqrt(3)
     assert pairs.scores[t, s] == pytest.approx(0.0, abs=1e-6)
-    assert pairs.n_cells[s, t] == 40
+    assert pairs.n_cells[s, t] == 60
     # per condition: each group has its own counts, and the all-cell mean is their weighted mean
     by = run.pair_scores(a, groupby="condition")
     assert set(by) == {"ctrl", "stim"}
