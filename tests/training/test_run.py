@@ -12,9 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bioformer.inference.run import evaluate_run
 from bioformer.training.checkpoint import save_weights
-from bioformer.training.run import run_training
+from bioformer.training.run import evaluate_run, run_training
 from tests.conftest import H5AD, tiny_config
 
 TEST_KEYS = ("test_mse", "test_mre", "test_mae", "test_pearson")
