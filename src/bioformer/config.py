@@ -127,6 +127,7 @@ class DataConfig:
     gene_prior: str | None = None  # prior used by --genes hvg+prior; None = `prior`
     backed: bool | None = None  # read the .h5ad in backed mode; None: when it stores > 200M values
     backed_hvg_cells: int = 20000  # backed mode: gene selection on this many cells (seeded subsample)
+    heldout_edge_frac: float = 0.2  # share of the prior's edges among the genes withheld from z (GRN truth)
 
     def validate(self) -> None:
         """Raise BioformerError on a value that cannot work (types first, then ranges)."""

@@ -127,6 +127,13 @@ def test_coverage_matches_brute_force():
     edges = read_edge_file(PRIOR_CSV)
     genes = set(data.adata.var_names)
     inside = edges[edges.source.isin(genes) & edges.target.isin(genes)]
+    # 20% of the edges among the genes are held out of the prior (GRN truth), seeded and disjoint
+    held = data.heldout_edges
+    assert len(held) == round(0.2 * len(inside))
+    held_pairs = set(zip(held.source, held.target, strict=True))
+    assert held_pairs < set(zip(inside.source, inside.target, strict=True))
+    assert held.equals(prepare_data(cfg, seed=0, quiet=True).heldout_edges)
+    inside = inside[[(s, t) not in held_pairs for s, t in zip(inside.source, inside.target, strict=True)]]
     assert cov["edges"] == len(inside) and cov["tfs"] == inside.source.nunique()
     assert cov["edges_activating"] == (inside.sign > 0).sum()
     X = data.adata.X.tocsr()

@@ -40,6 +40,7 @@ class PreparedData:
     coverage: dict[str, float] = field(default_factory=dict)
     backed: BackedData | None = None  # set in backed mode: cells are read from the file on demand
     target_graph: sp.csr_matrix | None = None  # [genes, genes] real TF -> target edges (prior-targets masks)
+    heldout_edges: pd.DataFrame | None = None  # prior edges withheld from z, scored as GRN truth
 
     @property
     def gene_token_ids(self) -> np.ndarray:
@@ -126,20 +127,46 @@ def prior_coverage(
     }
 
 
-def edges_for_genes(prior: str, genes: set[str] | dict[str, int], seed: int, quiet: bool = True) -> pd.DataFrame | None:
-    """The edge table a model over `genes` gets for the option `prior`.
+def edges_for_genes(prior: str, genes: set[str] | dict[str, int], seed: int, quiet: bool = True, heldout: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """The edge table a model over `genes` gets for the option `prior`, without the `heldout`
+    pairs (GRN truth the model must not see).
 
     The controls `NAME-rewired` (degree-preserving, avoiding NAME's edges), `NAME-random`
     (Erdos-Renyi, same density and sign mix) and `NAME-shuffled` are built *inside the genes*
     from NAME's edges among them, so they keep the number of edges the model sees (a genome-wide
-    control would also thin the edges out, confounding knowledge with density).
+    control would also thin the edges out, confounding knowledge with density). Held-out edges
+    are removed from NAME's edges before a control is built from them.
     """
     base_name, suffix = split_control(prior)
     if suffix is not None:
         base = load_edges(base_name, seed=seed, quiet=quiet)
         gene_names = [g for g in genes if g not in SPECIAL_TOKENS]
-        return control_edges(base, gene_names, suffix, seed)
-    return load_edges(prior, seed=seed, quiet=quiet)
+        return control_edges(drop_edges(base, heldout), gene_names, suffix, seed)
+    edges = load_edges(prior, seed=seed, quiet=quiet)
+    return None if edges is None else drop_edges(edges, heldout)
+
+
+def hold_out_edges(edges: pd.DataFrame | None, genes, frac: float, seed: int) -> pd.DataFrame | None:
+    """A seeded `frac` of `edges` with both ends among `genes`: withheld from the model's prior
+    and used only to score the gene x gene structure it learnt (GRN truth)."""
+    if not 0 <= frac < 1:
+        raise BioformerError(f"heldout_edge_frac must be in [0, 1), got {frac}")
+    if edges is None or frac == 0:
+        return None
+    genes = set(genes)
+    inside = edges[edges["source"].isin(genes) & edges["target"].isin(genes)].reset_index(drop=True)
+    n = int(round(frac * len(inside)))
+    pick = np.sort(np.random.default_rng([seed, 13]).choice(len(inside), size=n, replace=False))
+    return inside.iloc[pick].reset_index(drop=True)
+
+
+def drop_edges(edges: pd.DataFrame, remove: pd.DataFrame | None) -> pd.DataFrame:
+    """`edges` without the (source, target) pairs of `remove` (e.g. held-out edges)."""
+    if remove is None or remove.empty:
+        return edges
+    drop = pd.MultiIndex.from_frame(remove[["source", "target"]])
+    keep = ~pd.MultiIndex.from_frame(edges[["source", "target"]]).isin(drop)
+    return edges[keep].reset_index(drop=True)
 
 
 def _unshuffled(prior: str | None) -> str | None:
@@ -176,12 +203,15 @@ def prepare_data(
     gene_list: list[str] | None = None,
     quiet: bool = False,
     require_prior_edges: bool = True,
+    heldout_edges: pd.DataFrame | None = None,
 ) -> PreparedData:
     """Load, preprocess, tokenize and split `cfg.data`; build the prior over the vocabulary.
 
     `need_prior=False` skips the prior (e.g. scGPT with --genes hvg). `gene_list` fixes the
     genes (evaluating a trained model on other data). With `require_prior_edges`, a prior with no
     edge among the selected genes is an error (training would silently get a zero prior).
+    A seeded `cfg.heldout_edge_frac` of the gene-selection prior's edges among the genes is
+    withheld from the model's prior (`heldout_edges`, GRN truth; pass a run's table to reuse it).
     """
     backed_path = _backed_path(cfg)
     if backed_path is None:
@@ -197,7 +227,7 @@ def prepare_data(
             raise BioformerError("--genes hvg+prior needs a prior (not --prior none); pass --gene-prior collectri or use --genes hvg")
         selection_edges = load_edges(selection_prior, seed=seed, quiet=quiet)
     if backed_path is not None:
-        return _prepare_backed(cfg, backed_path, seed, need_prior and use_prior, gene_list, selection_edges, quiet, require_prior_edges)
+        return _prepare_backed(cfg, backed_path, seed, need_prior and use_prior, gene_list, selection_edges, quiet, require_prior_edges, heldout_edges)
     binned = preprocess(
         adata, n_hvg=cfg.n_hvg, n_bins=cfg.n_bins, min_counts=cfg.min_counts,
         hvg_flavor=cfg.hvg_flavor, genes=cfg.genes, prior_edges=selection_edges,
@@ -211,8 +241,9 @@ def prepare_data(
         binned = binned[~empty].copy()
     vocab = GeneVocab.from_genes(list(binned.var_names))
     split = _split(binned, cfg, seed)
-    prior = _build_prior(cfg, vocab, binned.n_vars, seed, quiet, require_prior_edges) if (use_prior and need_prior) else None
-    data = PreparedData(binned, vocab, split, prior, cfg, seed)
+    heldout_edges = _heldout(cfg, binned.var_names, seed, quiet, heldout_edges)
+    prior = _build_prior(cfg, vocab, binned.n_vars, seed, quiet, require_prior_edges, heldout_edges) if (use_prior and need_prior) else None
+    data = PreparedData(binned, vocab, split, prior, cfg, seed, heldout_edges=heldout_edges)
     real_prior = _unshuffled(cfg.prior if use_prior else cfg.gene_prior)
     if prior_enabled(real_prior):
         data.target_graph = target_graph(load_edges(real_prior, seed=seed, quiet=quiet), list(binned.var_names))
@@ -233,8 +264,19 @@ def _backed_path(cfg: DataConfig) -> Path | None:
     return path if use_backed(cfg, path) else None
 
 
-def _build_prior(cfg: DataConfig, vocab: GeneVocab, n_genes: int, seed: int, quiet: bool, require_prior_edges: bool) -> PriorMatrix:
-    prior = PriorMatrix.from_edges(edges_for_genes(cfg.prior, vocab.token_to_id, seed, quiet), vocab.token_to_id)
+def _heldout(cfg: DataConfig, genes, seed: int, quiet: bool, given: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """`given` (a run's own table) or a seeded `cfg.heldout_edge_frac` of the gene-selection
+    prior's edges among `genes` (None without a prior)."""
+    if given is not None:
+        return given
+    truth_prior = _unshuffled(cfg.gene_prior or (cfg.prior if prior_enabled(cfg.prior) else None))
+    if not prior_enabled(truth_prior):
+        return None
+    return hold_out_edges(load_edges(truth_prior, seed=seed, quiet=quiet), genes, cfg.heldout_edge_frac, seed)
+
+
+def _build_prior(cfg: DataConfig, vocab: GeneVocab, n_genes: int, seed: int, quiet: bool, require_prior_edges: bool, heldout: pd.DataFrame | None = None) -> PriorMatrix:
+    prior = PriorMatrix.from_edges(edges_for_genes(cfg.prior, vocab.token_to_id, seed, quiet, heldout=heldout), vocab.token_to_id)
     if prior.n_edges == 0 and require_prior_edges:
         fix = "check that the prior and the data name genes alike (--gene-column with symbols)"
         if cfg.genes != "hvg+prior":  # never advise what is already in effect
@@ -243,12 +285,13 @@ def _build_prior(cfg: DataConfig, vocab: GeneVocab, n_genes: int, seed: int, qui
     return prior
 
 
-def _prepare_backed(cfg, path, seed, with_prior, gene_list, selection_edges, quiet, require_prior_edges) -> PreparedData:
+def _prepare_backed(cfg, path, seed, with_prior, gene_list, selection_edges, quiet, require_prior_edges, heldout_edges=None) -> PreparedData:
     if cfg.split_by is not None or cfg.test_groups is not None or cfg.mask_strategy != "random":
         raise BioformerError("--split-by / --test-groups and --mask-strategy prior-targets are not available in backed mode; use --no-backed")
     frame, vocab, split, backed = prepare_backed(cfg, path, seed, gene_list, selection_edges, quiet)
-    prior = _build_prior(cfg, vocab, frame.n_vars, seed, quiet, require_prior_edges) if with_prior else None
-    data = PreparedData(frame, vocab, split, prior, cfg, seed, backed=backed)
+    heldout = _heldout(cfg, vocab.genes, seed, quiet, heldout_edges)
+    prior = _build_prior(cfg, vocab, frame.n_vars, seed, quiet, require_prior_edges, heldout) if with_prior else None
+    data = PreparedData(frame, vocab, split, prior, cfg, seed, backed=backed, heldout_edges=heldout)
     if prior is not None:
         data.coverage = data.coverage_of(prior)
     return data

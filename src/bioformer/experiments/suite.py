@@ -57,7 +57,7 @@ class SeedData:
         if prior not in self._by_prior:
             p = self.prepared
             t2i = p.vocab.token_to_id
-            matrix = PriorMatrix.from_edges(edges_for_genes(prior, t2i, p.seed), t2i)
+            matrix = PriorMatrix.from_edges(edges_for_genes(prior, t2i, p.seed, heldout=p.heldout_edges), t2i)
             if matrix.n_edges == 0:
                 raise BioformerError(f"prior {prior} has no edges among the study's genes")
             cov = p.coverage_of(matrix)

