@@ -170,6 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
 
     from bioformer.training import distributed
+    from bioformer.training.metrics import EvalResult
     from bioformer.training.run import RESUMABLE_CHANGES, format_test_table, run_training
 
     if args.nproc is not None and args.nproc > 1 and distributed.env_world_size() == 1:
@@ -194,10 +195,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out, summary = run_training(cfg, resume=args.resume is not None, overwrite=args.overwrite)
     if not distributed.is_main():
         return 0
-    metrics = {k[len("test_"):]: v for k, v in summary.items() if k.startswith("test_")}
-    metrics.update({k: v for k, v in summary.items() if k.startswith("floor_")})
     print(f"\n{summary['name']}: {summary['n_params']:,} parameters, best epoch {summary['best_epoch']}/{summary['epochs']}, {summary['seconds_per_epoch']:.1f} s/epoch")
-    print(format_test_table(metrics))
+    print(format_test_table(EvalResult.from_dict(summary["test"])))
     print(f"run directory: {out}")
     return 0
 
@@ -205,16 +204,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bioformer.training.run import evaluate_run, format_test_table
 
-    res = evaluate_run(args.run_dir, args.data, args.layer, args.gene_column)
-    metrics = {k[len("test_"):]: v for k, v in res.items() if k.startswith("test_")}
-    metrics.update({k: v for k, v in res.items() if k.startswith("floor_")})
-    where = f"its test split ({res['n_cells']} cells)" if res["scored"] == "test split" else f"all {res['n_cells']} cells of {res['data']}"
-    print(f"{args.run_dir} on {where}")
-    if res["scored"] != "test split":
-        print(f"unknown genes: {res['unknown_genes']} of {res['n_model_genes']} (floors fitted on this data set)")
-    print(format_test_table(metrics))
+    result, info = evaluate_run(args.run_dir, args.data, args.layer, args.gene_column, eval_cells=args.eval_cells, folds=args.folds)
+    print(f"{args.run_dir} on {info['cells']} of {info['data']}")
+    if info["scored"] == "all cells":
+        print(f"unknown genes: {info['unknown_genes']} of {info['n_model_genes']}")
+    print(f"floors fitted on {info['floors_from']}")
+    print(format_test_table(result))
     if args.json:
-        print(json.dumps(res, default=float))
+        print(json.dumps({**info, **result.to_dict()}, default=float))
     return 0
 
 
@@ -385,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="another data set (built-in name or .h5ad); default: the run's own test split")
     e.add_argument("--layer", help="layer of the --data file holding the counts (default X)")
     e.add_argument("--gene-column", help="var column of the --data file with gene symbols (default var_names)")
+    e.add_argument("--eval-cells", type=int, metavar="N", help="score N cells of the run's data set that were never in its --max-cells subsample")
+    e.add_argument("--folds", type=int, metavar="K", help="complementary mask folds (default: every position once, round(1 / mask_ratio))")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 

@@ -119,6 +119,7 @@ class DataConfig:
     append_cls: bool = True
     mask_ratio: float = 0.15
     mask_strategy: str = "random"  # random | prior-targets (mask one TF's targets per cell, TF visible)
+    test_folds: int | None = None  # test mask folds; None = round(1 / mask_ratio): every position scored once
     valid_frac: float = 0.1
     test_frac: float = 0.1
     split_by: str | None = None  # obs column for a transfer split: cells in test_groups are the test set

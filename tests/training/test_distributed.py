@@ -19,7 +19,6 @@ from bioformer.data.prior import N_PRIOR_CODES
 from bioformer.models import build_model
 from bioformer.training.checkpoint import TRAINING_STATE, load_training_state
 from bioformer.training.distributed import shard
-from bioformer.training.metrics import SplitMetrics
 from bioformer.training.run import evaluate_run, run_training
 from tests.conftest import tiny_config
 
@@ -88,27 +87,6 @@ def test_shard_cuts_global_batches_into_contiguous_parts():
     # fewer cells than ranks: the idle rank runs a cell with weight 0
     assert shard([5], 0, 2) == ([5], 0.0)
     assert shard([5], 1, 2) == ([5], 1.0)
-
-
-def test_split_metrics_reduce_to_the_single_process_sums():
-    g = torch.Generator().manual_seed(0)
-    pred, target = torch.rand(6, 10, generator=g) * 50, torch.randint(0, 51, (6, 10), generator=g).float()
-    mask = torch.rand(6, 10, generator=g) < 0.4
-    whole = SplitMetrics(by_zero=True)
-    whole.update(pred, target, mask)
-    parts = [SplitMetrics(by_zero=True) for _ in range(2)]
-    parts[0].update(pred[:3], target[:3], mask[:3])
-    parts[1].update(pred[3:], target[3:], mask[3:])
-    # what all_reduce does with two ranks: add the packed sums of both
-    packed = []
-    for p in parts:
-        p.all_reduce(lambda t: packed.append(t) or t)
-    total = [packed[i] + packed[i + 3] for i in range(3)]
-    it = iter(total)
-    parts[0].all_reduce(lambda t: next(it))
-    got, want = parts[0].compute(), whole.compute()
-    for k, v in want.items():
-        assert got[k] == pytest.approx(v, rel=1e-12), k
 
 
 SWITCHES = [

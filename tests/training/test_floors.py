@@ -49,9 +49,74 @@ def test_floors_are_scored_on_the_models_masks():
     # Same predictions on the same positions -> identical numbers. Floors that drew their own
     # masks would differ here.
     for k in ("mse", "mae", "mre", "pearson"):
-        assert r[k] == pytest.approx(r[f"floor_gene_mean_{k}"], rel=1e-12)
+        assert r[k] == pytest.approx(r.floors["gene_mean"][k], rel=1e-12)
     # and the positions are exactly the dataset's masked ones
     n_masked = sum(int(ds[i]["mask"].sum()) for i in range(len(ds)))
     manual = np.concatenate([(floors.predict(torch.tensor(ds[i]["gene_ids"]))["gene_mean"].numpy() - ds[i]["target_values"])[ds[i]["mask"]] for i in range(len(ds))])
     assert manual.size == n_masked
-    assert r["floor_gene_mean_mse"] == pytest.approx(float(np.mean(manual.astype(np.float64) ** 2)))
+    assert r.floors["gene_mean"]["mse"] == pytest.approx(float(np.mean(manual.astype(np.float64) ** 2)))
+
+
+def test_cell_features_on_a_hand_made_batch():
+    from bioformer.training.floors import cell_features
+
+    gene_ids = torch.tensor([[1, 5, 6, 7, 8, 9, 0], [1, 5, 6, 0, 0, 0, 0]])
+    values = torch.tensor([[0.0, 3.0, 3.0, -1.0, 7.0, 4.0, -2.0], [0.0, 2.0, -1.0, -2.0, -2.0, -2.0, -2.0]])
+    pad = gene_ids == 0
+    mask = values == -1.0
+    f = cell_features(gene_ids, values, pad, mask, n_bins=11)
+    # cell 0 sees bins 3, 3, 7, 4 (<cls>, the masked gene and the pad excluded); 5 gene positions
+    assert f[0].tolist() == pytest.approx([3.0, 0.5, 5.0, 17 / 4])
+    assert f[1].tolist() == pytest.approx([2.0, 1.0, 2.0, 2.0])
+
+
+def test_cell_floor_ridge_recovers_an_exact_linear_rule():
+    from bioformer.training.floors import CellFloor
+
+    rng = np.random.default_rng(0)
+    genes = rng.integers(3, 6, 300)
+    feats = rng.normal(size=(300, 4)) * [5, 0.2, 20, 3] + [10, 0.5, 60, 12]
+    slope = {3: 1.0, 4: -2.0, 5: 0.5}
+    targets = np.array([2.0 + slope[g] * f[3] for g, f in zip(genes, feats, strict=True)])
+    fallback = np.full(8, 7.0)
+    floor = CellFloor.fit(genes, feats, targets, fallback, n_bins=51, cls_id=1, ridge=0.0)
+    x = (torch.tensor(feats, dtype=torch.float32) - floor.mu) / floor.sd
+    w = floor.weights[torch.tensor(genes)]
+    pred = (w[:, 0] + (w[:, 1:] * x).sum(-1)).numpy()
+    assert np.allclose(pred, targets, atol=1e-3)
+    assert floor.weights[7].tolist() == pytest.approx([7.0, 0, 0, 0, 0])  # unseen gene: fallback
+
+
+def _cell_driven_matrix(n_cells=120, n_genes=20, seed=0):
+    """Each cell's bins are its own level plus noise: cell statistics predict a masked bin."""
+    rng = np.random.default_rng(seed)
+    level = rng.integers(5, 45, size=(n_cells, 1))
+    dense = np.clip(level + rng.integers(-3, 4, size=(n_cells, n_genes)), 1, 50).astype(np.float32)
+    return sp.csr_matrix(dense), np.arange(3, 3 + n_genes)
+
+
+def test_cell_floor_beats_the_per_gene_floor_when_cells_drive_the_bins():
+    X, ids = _cell_driven_matrix()
+    train = CellDataset(X, ids, np.arange(80), seed=0)
+    floors = Floors.fit(X, ids, np.arange(80), vocab_size=30, train_set=train)
+    test = CellDataset(X, ids, np.arange(80, 120), seed=0, fixed_masks=True)
+    r = evaluate(_EchoModel(floors), test, None, batch_size=16, floors=floors, folds=5)
+    assert r.floors["cell"]["mse"] < 0.2 * r.floors["gene_mean"]["mse"]
+    assert r.floors["cell"]["pearson_gene"] > 0.8
+
+
+def test_mask_folds_partition_every_cell_and_full_cell_scoring_counts_every_position():
+    X, ids = _cell_driven_matrix(n_cells=30)
+    ds = CellDataset(X, ids, np.arange(30), seed=3, max_len=16, fixed_masks=True)
+    k = 4
+    masks = []
+    for f in range(k):
+        ds.set_fold(f, k)
+        masks.append(np.stack([ds[i]["mask"] for i in range(len(ds))]))
+    total = np.sum(masks, axis=0)
+    assert (total[:, 1:] == 1).all() and (total[:, 0] == 0).all()  # each gene once, never <cls>
+    ds.set_fold(0, 1)
+    floors = Floors.fit(X, ids, np.arange(30), vocab_size=30)
+    r = evaluate(_EchoModel(floors), ds, None, batch_size=8, floors=floors, folds=k)
+    assert r.counts["positions"] == 30 * 15 and r.counts["folds"] == k
+    assert ds.n_folds == 1  # evaluate restores the dataset's masking

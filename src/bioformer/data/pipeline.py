@@ -174,6 +174,16 @@ def _unshuffled(prior: str | None) -> str | None:
     return split_control(prior)[0] if prior else prior
 
 
+def role_prior(cfg: DataConfig, token_to_id: dict[str, int], seed: int = 0) -> PriorMatrix | None:
+    """The whole gene-selection prior (held-out edges included, never shuffled) over a
+    vocabulary: it names each masked gene's role (TF / target / neither) in its cell, the same
+    for every arm of a study."""
+    name = _unshuffled(cfg.gene_prior or cfg.prior)
+    if name in (None, "", "none"):
+        return None
+    return PriorMatrix.from_edges(load_edges(name, seed=seed), token_to_id)
+
+
 def coverage_warning(cov: dict[str, float]) -> str | None:
     if cov.get("edges_per_cell_median", 0) > 0:
         return None

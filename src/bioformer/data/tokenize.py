@@ -146,6 +146,15 @@ class CellDataset(Dataset):
         self.mask_strategy = mask_strategy
         self.target_graph = target_graph.tocsr() if target_graph is not None else None
         self.epoch = 0
+        self.fold, self.n_folds = 0, 1
+
+    def set_fold(self, fold: int, n_folds: int) -> None:
+        """Full-cell scoring: mask fold `fold` of `n_folds` complementary folds (a seeded
+        partition of each cell's positions), so over all folds every position is masked once.
+        n_folds = 1 restores the usual `mask_ratio` draw."""
+        if not 0 <= fold < n_folds:
+            raise BioformerError(f"mask fold {fold} is not in 0..{n_folds - 1}")
+        self.fold, self.n_folds = fold, n_folds
 
     def set_epoch(self, epoch: int) -> None:
         """Re-draw masks (and subsampling) for a new training epoch."""
@@ -201,12 +210,15 @@ class CellDataset(Dataset):
                 cols, vals = cols[pick], vals[pick]
         gene_ids = self.gene_token_ids[cols]
         n = gene_ids.size
-        n_mask = min(n, max(1, int(round(self.mask_ratio * n)))) if n else 0
         mask = np.zeros(n, dtype=bool)
-        mask[rng.choice(n, size=n_mask, replace=False)] = True
         prior_masked = False
-        if self.mask_strategy == "prior-targets":
-            mask, prior_masked = self._prior_target_mask(cols, vals, rng, mask)
+        if self.n_folds > 1:  # full-cell scoring: every position once over the folds
+            mask[rng.permutation(n)[self.fold::self.n_folds]] = True
+        else:
+            n_mask = min(n, max(1, int(round(self.mask_ratio * n)))) if n else 0
+            mask[rng.choice(n, size=n_mask, replace=False)] = True
+            if self.mask_strategy == "prior-targets":
+                mask, prior_masked = self._prior_target_mask(cols, vals, rng, mask)
         inputs = np.where(mask, MASK_VALUE, vals).astype(np.float32)
         if self.append_cls:
             gene_ids = np.concatenate([[self.cls_id], gene_ids])

@@ -127,7 +127,8 @@ def _cost(arm: Arm) -> float:
 
 
 def _done_line(name: str, seed: int, s: dict[str, Any]) -> str:
-    return (f"{name} seed {seed}: test MSE {s['test_mse']:.2f} (per-gene floor {s['floor_gene_mean_mse']:.2f}), "
+    cell = f", cell-aware {s['floor_cell_mse']:.2f}" if "floor_cell_mse" in s else ""
+    return (f"{name} seed {seed}: test MSE {s['test_mse']:.2f} (per-gene floor {s['floor_gene_mean_mse']:.2f}{cell}), "
             f"Pearson {s['test_pearson']:.3f}, {s['n_params']:,} params, {s['wall_seconds']:.0f}s")
 
 

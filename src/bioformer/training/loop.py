@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -21,7 +22,7 @@ from bioformer.models import unwrap
 from bioformer.training import distributed
 from bioformer.training.checkpoint import rng_state, save_training_state, set_rng_state
 from bioformer.training.floors import Floors
-from bioformer.training.metrics import SplitMetrics
+from bioformer.training.metrics import EvalResult, score_positions
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], prior:
     return model(gene_ids, batch["values"].to(device), batch["padding_mask"].to(device), prior=prior_codes)
 
 
+def auto_folds(mask_ratio: float) -> int:
+    """Complementary mask folds that score every position once: round(1 / mask_ratio)."""
+    return max(1, round(1 / mask_ratio)) if mask_ratio > 0 else 1
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -75,38 +81,66 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
     desc: str = "eval",
-) -> dict[str, float]:
-    """Metrics of `model` on the dataset's (fixed) masks; with `floors`, the floors' metrics on
-    the very same masked positions, as floor_const_* and floor_gene_mean_*.
+    folds: int = 1,
+    bin_edges: np.ndarray | None = None,
+    roles: PriorMatrix | None = None,
+    n_boot: int = 0,
+    seed: int = 0,
+) -> EvalResult:
+    """Score `model` and the floors on exactly the same masked positions of `dataset`.
 
-    In a process group each rank scores every world_size-th batch and the metric sums are added
-    over ranks, so the result equals a single-process evaluation of the same weights.
+    folds = 1: the dataset's own (fixed) masks. folds = k > 1: k complementary mask folds, so
+    every position of every cell is masked, predicted and scored once (full-cell scoring).
+    `bin_edges` [n_cells, n_bins] adds metrics on log-normalised values; `roles` (the prior over
+    the vocabulary) splits MSE by the masked gene's role in its cell; `n_boot` adds bootstrap
+    95% intervals over cells. See `bioformer.training.metrics`.
+
+    In a process group each rank scores every world_size-th batch and the scored positions are
+    gathered, so every rank gets the result of a single-process evaluation of the same weights.
     """
     device = torch.device(device)
     model = unwrap(model)
     model.eval()
-    by_zero = dataset.include_zero_genes
-    acc = SplitMetrics(by_zero)
-    facc = {"const": SplitMetrics(by_zero), "gene_mean": SplitMetrics(by_zero)} if floors is not None else {}
     ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    batches = length_grouped_batches(dataset.lengths(), batch_size, 0, shuffle=False)
-    batches = batches[distributed.rank()::distributed.world_size()]
-    batch_iter = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0)
-    for batch in tqdm(batch_iter, desc=desc, leave=False, disable=not progress):
-        with ctx:
-            out = forward_batch(model, batch, prior, device)
-        mask = batch["mask"]
-        target = batch["target_values"]
-        acc.update(out["pred"].float().cpu(), target, mask)
-        if floors is not None:
-            for name, pred in floors.predict(batch["gene_ids"]).items():
-                facc[name].update(pred, target, mask)
-    for a in (acc, *facc.values()):
-        a.all_reduce(distributed.all_reduce_sum)
-    result = acc.compute()
-    for name, a in facc.items():
-        result.update({f"floor_{name}_{k}": v for k, v in a.compute().items()})
-    return result
+    cells, genes, targets, is_tf, is_target = [], [], [], [], []
+    preds: dict[str, list[np.ndarray]] = {"model": []}
+    old = (dataset.fold, dataset.n_folds)
+    try:
+        for fold in range(folds):
+            dataset.set_fold(fold, folds)
+            batches = length_grouped_batches(dataset.lengths(), batch_size, 0, shuffle=False)
+            batches = batches[distributed.rank()::distributed.world_size()]
+            batch_iter = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0)
+            for batch in tqdm(batch_iter, desc=desc, leave=False, disable=not progress):
+                with ctx:
+                    out = forward_batch(model, batch, prior, device)
+                mask = batch["mask"]  # [B, L]
+                cells.append(batch["cell"][:, None].expand_as(mask)[mask].numpy())
+                genes.append(batch["gene_ids"][mask].numpy())
+                targets.append(batch["target_values"][mask].numpy())
+                preds["model"].append(out["pred"].float().cpu()[mask].numpy())
+                if floors is not None:
+                    for name, pred in floors.predict(batch["gene_ids"], batch).items():
+                        preds.setdefault(name, []).append(pred[mask].numpy())
+                if roles is not None:
+                    edge = roles.prior_for(batch["gene_ids"]) != 0  # [B, L, L], i regulates j
+                    is_tf.append(edge.any(2)[mask].numpy())
+                    is_target.append(edge.any(1)[mask].numpy())
+    finally:
+        dataset.set_fold(*old)
+    if distributed.world_size() > 1:  # every rank gets every position (metrics are not sums)
+        parts = distributed.all_gather_object((cells, genes, targets, preds, is_tf, is_target))
+        cells, genes, targets, is_tf, is_target = ([x for p in parts for x in p[i]] for i in (0, 1, 2, 4, 5))
+        preds = {k: [x for p in parts for x in p[3][k]] for k in preds}
+
+    def cat(chunks: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(chunks) if chunks else np.zeros(0)
+
+    return score_positions(
+        cat(cells), cat(genes), cat(targets), {k: cat(v) for k, v in preds.items()},
+        bin_edges=bin_edges, roles={"tf": cat(is_tf), "target": cat(is_target)} if roles is not None else None,
+        by_zero=dataset.include_zero_genes, n_boot=n_boot, seed=seed, n_folds=folds,
+    )
 
 
 @dataclass
@@ -215,7 +249,7 @@ def train(
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
-            **{f"valid_{k}": v for k, v in valid.items()},
+            **valid.flat("valid_", "valid_"),
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.perf_counter() - t0,
             "train_seconds": train_seconds,
@@ -236,7 +270,8 @@ def train(
                 state = training_state(core, opt, plateau, scaler, epoch, step, result, rngs)
                 save_training_state(state_path, {**state, **(state_meta or {})})
         if cfg.progress and main:
-            floor = f" (per-gene floor {valid['floor_gene_mean_mse']:.2f})" if "floor_gene_mean_mse" in valid else ""
+            floor = "".join(f", {name} floor {m['mse']:.2f}" for name, m in valid.floors.items() if name != "const")
+            floor = f" ({floor[2:]})" if floor else ""
             tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.2f}  valid MSE {valid['mse']:.2f}{floor}  Pearson {valid['pearson']:.3f}  {row['seconds']:.1f}s")
     if result.best_state is not None:
         core.load_state_dict(result.best_state)

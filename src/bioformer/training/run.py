@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from bioformer.config import RunConfig, check_device
-from bioformer.data.pipeline import PreparedData, coverage_warning, prepare_data
+from bioformer.data.pipeline import PreparedData, coverage_warning, prepare_data, role_prior
 from bioformer.errors import BioformerError
 from bioformer.models import build_model, count_parameters, uses_prior
 from bioformer.training import distributed
@@ -40,7 +41,8 @@ from bioformer.training.checkpoint import (
     save_weights,
 )
 from bioformer.training.floors import Floors
-from bioformer.training.loop import Runtime, autocast_dtype, evaluate, train
+from bioformer.training.loop import Runtime, auto_folds, autocast_dtype, evaluate, train
+from bioformer.training.metrics import FLOOR_LABELS, EvalResult
 
 log = logging.getLogger("bioformer")
 METRICS = ("mse", "mre", "mae", "pearson")
@@ -88,12 +90,13 @@ def plot_curves(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(ep, [r["train_loss"] for r in rows], "o-", label="train loss (masked MSE)")
     ax1.plot(ep, [r["valid_mse"] for r in rows], "o-", label="valid MSE")
-    if "valid_floor_gene_mean_mse" in rows[0]:
-        ax1.axhline(rows[0]["valid_floor_gene_mean_mse"], color="k", ls="--", lw=1, label="per-gene-mean floor")
-        ax1.axhline(rows[0]["valid_floor_const_mse"], color="grey", ls=":", lw=1, label="constant floor")
+    styles = {"cell": ("C3", "-."), "gene_mean": ("k", "--"), "const": ("grey", ":")}
+    for name, (color, ls) in styles.items():
+        if f"valid_floor_{name}_mse" in rows[0]:
+            ax1.axhline(rows[0][f"valid_floor_{name}_mse"], color=color, ls=ls, lw=1, label=FLOOR_LABELS[name])
     if "valid_floor_const_mse" in rows[0]:  # keep the floors readable: early epochs may be far above
-        lo = min(min(r["valid_mse"] for r in rows), rows[0]["valid_floor_gene_mean_mse"])
-        ax1.set_ylim(0.9 * lo, 1.4 * rows[0]["valid_floor_const_mse"])
+        lows = [r["valid_mse"] for r in rows] + [rows[0].get(f"valid_floor_{n}_mse", math.inf) for n in ("gene_mean", "cell")]
+        ax1.set_ylim(0.9 * min(lows), 1.4 * rows[0]["valid_floor_const_mse"])
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("MSE (bins²)")
     from matplotlib.ticker import MaxNLocator
@@ -101,38 +104,59 @@ def plot_curves(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.legend(fontsize=8)
-    ax2.plot(ep, [r["valid_pearson"] for r in rows], "o-", color="C2")
-    if "valid_floor_gene_mean_pearson" in rows[0]:
-        ax2.axhline(rows[0]["valid_floor_gene_mean_pearson"], color="k", ls="--", lw=1, label="per-gene-mean floor")
-        ax2.legend(fontsize=8)
+    # per-gene Pearson across cells: gene identity removed (the per-gene floor has none)
+    key = "valid_pearson_gene" if "valid_pearson_gene" in rows[0] else "valid_pearson"
+    ax2.plot(ep, [r[key] for r in rows], "o-", color="C2", label="model")
+    if f"valid_floor_cell_{key[6:]}" in rows[0]:
+        ax2.axhline(rows[0][f"valid_floor_cell_{key[6:]}"], color="C3", ls="-.", lw=1, label="cell-aware floor")
+    ax2.legend(fontsize=8)
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("valid Pearson r")
+    ax2.set_ylabel("valid per-gene Pearson r (median)" if key == "valid_pearson_gene" else "valid Pearson r")
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def floor_summary(metrics: dict[str, float], prefix: str = "test_") -> dict[str, float]:
-    """Test metrics as test_*, floors as floor_*, and test_mse_vs_floor (< 1 beats the floor)."""
-    out = {}
-    for k, v in metrics.items():
-        out[k if k.startswith("floor_") else f"{prefix}{k}"] = v
-    if "floor_gene_mean_mse" in metrics:
-        out[f"{prefix}mse_vs_floor"] = metrics["mse"] / metrics["floor_gene_mean_mse"]
-    return out
+TABLE_COLUMNS = (("mse", "MSE"), ("mse_log", "MSE log"), ("pearson_gene", "r gene"), ("spearman_cell", "rho cell"), ("pearson", "r pooled"), ("mre", "MRE"))
 
 
-def format_test_table(metrics: dict[str, float]) -> str:
-    """Model vs floors, one row each, for the terminal."""
-    lines = [f"{'':<22}{'MSE':>9}{'MRE':>9}{'MAE':>9}{'Pearson':>9}"]
-    rows = [("model (test)", "")]
-    if "floor_const_mse" in metrics:
-        rows += [("per-gene-mean floor", "floor_gene_mean_"), ("constant floor", "floor_const_")]
-    for label, p in rows:
-        lines.append(f"{label:<22}" + "".join(f"{metrics.get(p + k, float('nan')):>9.3f}" for k in METRICS))
-    if "floor_gene_mean_mse" in metrics:
-        lines.append(f"MSE / per-gene floor: {metrics['mse'] / metrics['floor_gene_mean_mse']:.3f} (< 1 beats the floor)")
+def format_test_table(result: EvalResult) -> str:
+    """Model vs floors for the terminal: one row each, 95% intervals, and the verdict against
+    the cell-aware floor (a model that does not beat it shows no gene-gene skill)."""
+    cols = [(k, label) for k, label in TABLE_COLUMNS if k in result.model]
+    lines = [f"{'':<22}" + "".join(f"{label:>10}" for _, label in cols)]
+    rows = [("model (test)", result.model)] + [(FLOOR_LABELS[n], result.floors[n]) for n in ("cell", "gene_mean", "const") if n in result.floors]
+    for label, m in rows:
+        lines.append(f"{label:<22}" + "".join(f"{m.get(k, math.nan):>10.3f}" for k, _ in cols))
+    ci = [f"{k} [{result.ci[k][0]:.3f}, {result.ci[k][1]:.3f}]" for k in ("mse", "pearson_gene", "spearman_cell") if k in result.ci]
+    if ci:
+        lines.append("model 95% CI over cells: " + ", ".join(ci))
+    c = result.counts
+    if c:
+        lines.append(f"scored: {c.get('positions', 0):,} masked positions in {c.get('cells', 0):,} cells ({c.get('folds', 1)} mask fold(s)); r gene = median per-gene Pearson across cells, rho cell = median per-cell Spearman")
+    if "gene_mean" in result.floors:
+        lines.append(f"MSE / per-gene floor: {result.ratio('gene_mean'):.3f} (< 1 beats the floor)")
+    if "cell" in result.floors:
+        verdict = {True: "beats it (95% CI of the difference below 0)",
+                   False: "does NOT beat it: no evidence of learnt gene-gene structure",
+                   None: "no interval"}[result.beats("cell")]
+        lo_hi = result.ci.get("mse_minus_floor_cell")
+        diff = f", model - floor {lo_hi[0]:+.2f} to {lo_hi[1]:+.2f}" if lo_hi else ""
+        lines.append(f"MSE / cell-aware floor: {result.ratio('cell'):.3f}{diff}; {verdict}")
+    if "mse_role_tf" in result.model:
+        parts = [f"{r} {result.model[f'mse_role_{r}']:.2f} (n={c.get(f'role_{r}', 0)}, cell floor {result.floors.get('cell', {}).get(f'mse_role_{r}', math.nan):.2f})" for r in ("tf", "target", "neither")]
+        lines.append("MSE by the masked gene's role in the prior: " + "; ".join(parts))
     return "\n".join(lines)
+
+
+N_BOOT = 200  # bootstrap resamples of the test cells
+
+
+def test_folds(cfg) -> int:
+    """The test split's mask folds: cfg.test_folds, or every position once (round(1 / mask_ratio))."""
+    if cfg.test_folds is not None and cfg.test_folds < 1:
+        raise BioformerError(f"test_folds must be >= 1 (1 = one mask_ratio mask), got {cfg.test_folds}")
+    return cfg.test_folds or auto_folds(cfg.mask_ratio)
 
 
 # options a resumed run may change: they do not change what the remaining epochs compute
@@ -207,10 +231,18 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
 
 
 def floor_warning(summary: dict[str, Any]) -> str | None:
-    """A warning when the test MSE does not beat the per-gene-mean floor (None when it does)."""
+    """A warning when the test MSE does not beat the per-gene-mean floor, or (with 95% confidence)
+    the cell-aware floor (None when it does)."""
     ratio = summary.get("test_mse_vs_floor")
     if ratio is None or ratio < 1.0:
-        return None
+        hi = summary.get("test_ci_mse_minus_floor_cell_high")
+        if hi is None or hi < 0:
+            return None
+        return (
+            f"the model did not beat the cell-aware floor on the test split (MSE {summary['test_mse']:.3f} vs "
+            f"{summary['floor_cell_mse']:.3f}; 95% CI of the difference reaches {hi:+.3f}): per-cell statistics of its "
+            "input explain as much, so it shows no gene-gene structure yet"
+        )
     return (
         f"the model did not beat the per-gene-mean floor on the test split (MSE {summary['test_mse']:.3f} vs "
         f"{summary['floor_gene_mean_mse']:.3f}, ratio {ratio:.3f}): it predicts no better than each gene's training "
@@ -228,9 +260,10 @@ def prior_targets_summary(
         return {}
     test_set = data.dataset("test", mask_strategy="prior-targets")
     m = evaluate(model, test_set, data.prior, cfg.train.batch_size * 2, device, floors=floors, amp_dtype=amp_dtype)
-    out = {f"test_prior_targets_{k}" if not k.startswith("floor_") else k.replace("floor_", "floor_prior_targets_", 1): v for k, v in m.items()}
-    if "floor_gene_mean_mse" in m:
-        out["test_prior_targets_mse_vs_floor"] = m["mse"] / m["floor_gene_mean_mse"]
+    out = {f"test_prior_targets_{k}": v for k, v in m.model.items()}
+    out.update({f"floor_prior_targets_{name}_{k}": v for name, metrics in m.floors.items() for k, v in metrics.items()})
+    if "gene_mean" in m.floors:
+        out["test_prior_targets_mse_vs_floor"] = m.ratio("gene_mean")
     out["test_prior_targets_cells_share"] = test_set.prior_target_share()
     return out
 
@@ -262,6 +295,7 @@ def run_training(
 
 def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume: bool, overwrite: bool, device: torch.device) -> tuple[Path, dict[str, Any]]:
     t_start = time.perf_counter()
+    test_folds(cfg.data)  # checked before anything is written
     main = distributed.is_main()
     out = Path(distributed.broadcast_object(str(Path(cfg.out) if cfg.out else default_out(cfg))))
     if resume and distributed.broadcast_object((out / "summary.json").exists()):
@@ -351,13 +385,17 @@ def _train_into(
         state_path=out / TRAINING_STATE, resume_state=resume_state, state_meta={"config": cfg.to_dict()},
     )
 
-    test = evaluate(model, test_set, data.prior, cfg.train.batch_size * 2, runtime.device, floors=floors, amp_dtype=runtime.amp_dtype)
+    test = evaluate(
+        model, test_set, data.prior, cfg.train.batch_size * 2, runtime.device, floors=floors, amp_dtype=runtime.amp_dtype,
+        folds=test_folds(cfg.data), bin_edges=data.adata.obsm.get("bin_edges"), roles=role_prior(cfg.data, data.vocab.token_to_id, seed), n_boot=N_BOOT, seed=seed,
+    )
     beside = prior_targets_summary(model, data, cfg, floors, runtime.device, runtime.amp_dtype)
     summary: dict[str, Any] = {
         "name": cfg.name or cfg.model.model,
         "model": cfg.model.model,
         "uses_prior": needs_prior,
-        **floor_summary(test),
+        "test": test.to_dict(),
+        **test.flat("test_"),  # flat copy of "test" for tables (report.py's results.csv)
         **beside,
         "n_params": n_params,
         "seed": seed,
@@ -417,10 +455,20 @@ def load_run_weights(model: torch.nn.Module, run_dir: Path) -> None:
         raise BioformerError(f"{path} is damaged and cannot be read ({type(e).__name__}); retrain the run") from None
 
 
-def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None = None, gene_column: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Reload a run's best checkpoint and score it on its test split (same data and seed, so the
-    numbers equal summary.json's), or on all cells of another data set with genes mapped by name."""
-    import dataclasses
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | None = None,
+    layer: str | None = None,
+    gene_column: str | None = None,
+    quiet: bool = False,
+    eval_cells: int | None = None,
+    folds: int | None = None,
+) -> tuple[EvalResult, dict[str, Any]]:
+    """Reload a run's best checkpoint and score it: on its test split (same data, seed and folds,
+    so the numbers equal summary.json's); with `eval_cells`, on that many cells of the run's data
+    set that were never in its (subsampled) cells; or on all cells of another data set `data`
+    with genes mapped by name. Returns (result, info: data, scored, cells, n_cells, unknown_genes, ...)."""
+    import pandas as pd
 
     from bioformer.data.tokenize import CellDataset, GeneVocab
 
@@ -431,36 +479,62 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
     seed = cfg.train.seed
     if data is None and (layer is not None or gene_column is not None):
         raise BioformerError("--layer and --gene-column describe the file given with --data; without --data the run's own test split is scored with the run's settings")
-    same = data is None or (
+    if eval_cells is not None and eval_cells < 1:
+        raise BioformerError(f"--eval-cells must be >= 1, got {eval_cells}")
+    if folds is not None and folds < 1:
+        raise BioformerError(f"--folds must be >= 1, got {folds}")
+    heldout = pd.read_csv(run_dir / "heldout_edges.csv") if (run_dir / "heldout_edges.csv").exists() else None
+    if heldout is None:  # trained with every prior edge (a run from before held-out edges, or frac 0)
+        cfg.data = dataclasses.replace(cfg.data, heldout_edge_frac=0.0)
+    own = data is None or (
         _same_source(data, cfg.data.data) and layer in (None, cfg.data.layer) and gene_column in (None, cfg.data.gene_column)
     )
+    same = own and not eval_cells
     model = build_model(cfg.model, len(vocab), vocab.pad_id, use_prior=needs_prior)
     load_run_weights(model, run_dir)  # before the data work: a damaged run fails fast
+    info: dict[str, Any] = {"data": cfg.data.data if own else data, "unknown_genes": 0, "n_model_genes": len(vocab.genes), "floors_from": "the run's training cells"}
     if same:
-        prepared = prepare_data(cfg.data, seed=seed, need_prior=needs_prior, gene_list=vocab.genes, quiet=quiet)
+        prepared = prepare_data(cfg.data, seed=seed, need_prior=needs_prior, gene_list=vocab.genes, quiet=quiet, heldout_edges=heldout)
         if list(prepared.adata.var_names) != vocab.genes:
             raise BioformerError("re-preprocessing the run's data gave different genes; was the data set changed?")
         dataset = prepared.dataset("test")
         train_cells = prepared.split["train"]
-        unknown = 0
+        info.update(scored="test split", cells="its test split")
     else:
-        # other data are read into memory (scoring all of their cells)
-        dcfg = dataclasses.replace(cfg.data, data=data, layer=layer, gene_column=gene_column, max_cells=None, backed=False)
-        prepared = prepare_data(dcfg, seed=seed, need_prior=needs_prior, gene_list=vocab.genes, quiet=quiet)
+        if eval_cells and not own:
+            raise BioformerError("--eval-cells scores unseen cells of the run's own data set; drop --data (or --data the run's own file)")
+        # other cells are read into memory (scoring all, or --eval-cells, of them)
+        src = dict(data=cfg.data.data, layer=cfg.data.layer, gene_column=cfg.data.gene_column) if own else dict(data=data, layer=layer, gene_column=gene_column)
+        dcfg = dataclasses.replace(cfg.data, **src, max_cells=None, backed=False)
+        prepared = prepare_data(dcfg, seed=seed, need_prior=needs_prior, gene_list=vocab.genes, quiet=quiet, heldout_edges=heldout)
         t2i = vocab.token_to_id
-        unknown = len(vocab.genes) - prepared.adata.n_vars
+        info["unknown_genes"] = len(vocab.genes) - prepared.adata.n_vars
         prepared.vocab = vocab
         if needs_prior:
             from bioformer.data.pipeline import edges_for_genes
             from bioformer.data.prior import PriorMatrix
 
-            prepared.prior = PriorMatrix.from_edges(edges_for_genes(cfg.data.prior, t2i, seed, quiet), t2i)
+            prepared.prior = PriorMatrix.from_edges(edges_for_genes(cfg.data.prior, t2i, seed, quiet, heldout=heldout), t2i)
         all_cells = np.arange(prepared.adata.n_obs)
+        cells, train_cells = all_cells, all_cells
+        if eval_cells:
+            split = np.load(run_dir / "split.npz", allow_pickle=False)
+            pos = pd.Index(prepared.adata.obs_names).get_indexer(split["obs_names"])
+            if (pos < 0).any():
+                raise BioformerError(f"{int((pos < 0).sum())} of the run's cells are not in {dcfg.data}; --eval-cells needs the run's own data set")
+            unseen = np.setdiff1d(all_cells, pos)
+            if unseen.size == 0:
+                raise BioformerError(f"every cell of {dcfg.data} was in the run's subsample; --eval-cells needs a run trained with --max-cells")
+            n = min(int(eval_cells), unseen.size)
+            cells = np.sort(np.random.default_rng([seed, 29]).choice(unseen, size=n, replace=False))
+            train_cells = pos[split["train"]]
+            info.update(scored="unseen cells", cells=f"{n} cells never in the run's subsample")
+        else:
+            info.update(scored="all cells", cells=f"all {len(cells)} cells", floors_from="this data set (in-sample reference)")
         c = dcfg
-        dataset = CellDataset(prepared.adata.X, prepared.gene_token_ids, all_cells, seed, c.max_len, c.include_zero_genes, c.append_cls, c.mask_ratio, vocab.cls_id, fixed_masks=True)
-        train_cells = all_cells
-        if not quiet:
-            log.info("%d of the model's %d genes are not in %s (treated as unexpressed)", unknown, len(vocab.genes), data)
+        dataset = CellDataset(prepared.adata.X, prepared.gene_token_ids, cells, seed, c.max_len, c.include_zero_genes, c.append_cls, c.mask_ratio, vocab.cls_id, fixed_masks=True)
+        if not quiet and info["unknown_genes"]:
+            log.info("%d of the model's %d genes are not in %s (treated as unexpressed)", info["unknown_genes"], len(vocab.genes), dcfg.data)
     try:
         check_device(cfg.train.device)
         runtime = Runtime.from_config(cfg.train)
@@ -469,16 +543,19 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, layer: str | None
             log.info("the run was trained on --device %s, which this machine lacks: evaluating on the default device", cfg.train.device)
         runtime = Runtime.from_config(dataclasses.replace(cfg.train, device="auto"))
     model.to(runtime.device)
-    # Floors from the run's own training cells when on its data; on other data from that data
-    # (then they are an in-sample reference, said so in the output).
-    floors = Floors.for_data(prepared) if same else Floors.fit(prepared.adata.X, prepared.gene_token_ids, train_cells, len(vocab), cfg.data.include_zero_genes)
-    metrics = evaluate(model, dataset, prepared.prior, cfg.train.batch_size * 2, runtime.device, floors=floors, amp_dtype=runtime.amp_dtype)
-    out = floor_summary(metrics)
-    out.update({
-        "data": cfg.data.data if same else data, "scored": "test split" if same else "all cells",
-        "n_cells": len(dataset), "unknown_genes": unknown, "n_model_genes": len(vocab.genes),
-    })
-    return out
+    c = cfg.data
+    if same:  # the run's own training cells (backed data too)
+        floors = Floors.for_data(prepared)
+    else:
+        train_set = CellDataset(prepared.adata.X, prepared.gene_token_ids, train_cells, seed, c.max_len, c.include_zero_genes, c.append_cls, c.mask_ratio, vocab.cls_id)
+        floors = Floors.fit(prepared.adata.X, prepared.gene_token_ids, train_cells, len(vocab), c.include_zero_genes, train_set, c.n_bins)
+    result = evaluate(
+        model, dataset, prepared.prior, cfg.train.batch_size * 2, runtime.device, floors=floors, amp_dtype=runtime.amp_dtype,
+        folds=folds or test_folds(cfg.data), bin_edges=prepared.adata.obsm.get("bin_edges"), roles=role_prior(cfg.data, vocab.token_to_id, seed),
+        n_boot=N_BOOT, seed=seed,
+    )
+    info["n_cells"] = len(dataset)
+    return result, info
 
 
 def _same_source(data: str, run_data: str) -> bool:
