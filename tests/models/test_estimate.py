@@ -63,3 +63,30 @@ def test_linear_pair_mode_memory_is_about_linear_in_r(capsys):
     assert main(["estimate", "--pair-mode", "linear", "--n-genes", "20000", "--batch-size", "1", "--device", "cuda", "--budget", "80GB"]) == 0
     out = capsys.readouterr().out
     assert "pair_mode linear" in out and "fits for training" in out
+
+
+def test_matches_a_hand_count_on_a_tiny_configuration():
+    """B=2, r=10 (T=20 tokens, 200 pairs), c=8, H=2, N=2, ff=32, c_z=4, c_opm=3, fp32, given P=1000.
+    Counted by hand from the rules in estimate.py's docstring comments: a dropped or doubled
+    term changes a part."""
+    cfg = ModelConfig(d_model=8, nhead=2, nlayers=2, ff_factor=4, d_z=4, d_opm=3, dropout=0.0)
+    infer = estimate_memory(cfg, 10, 2, training=False, n_params=1000).parts
+    assert infer == {
+        "parameters + optimizer state": 4 * 1000,  # fp32 weights
+        "m activations": (4 * 8 + 32) * 20 * 4,
+        "z activations": (1 + 16 + 3 * 4 * 4) * 200,  # int8 codes, one-hot [.., 4] fp32, z / LN(z) / next z
+        "attention": 2 * (2 + 2) * 4 * 200,  # mask, bias, scores, probabilities per head
+        "OPM intermediates": (20 * 4 * 4 + 20 * 3 * 3) * 4,  # one OPM (the last block skips it)
+    }
+    train = estimate_memory(cfg, 10, 2, training=True, n_params=1000).parts
+    assert train == {
+        "parameters + optimizer state": 16 * 1000,  # weights, grads, two AdamW states
+        "m activations": (2 * (12 * 8 + 3 * 8 + 2.5 * 32) + 12 * 8) * 20 * 4,
+        # codes 1 + one-hot 16 + the OPM's new z 16 + LN(z) and its stats 16 + 8, plus the
+        # backward transient grad z / grad LN(z) 2*16 minus the block's kept bias 8
+        "z activations": (1 + 16 + 16 + 24 + 24) * 200,
+        "attention": 2 * (2 * 4) * 200,  # each block keeps its float bias [B, H, r, r]
+        "OPM intermediates": (20 * 4 * 4 * 2 + 20 * 3 * 6) * 4,
+    }
+    scgpt = estimate_memory(ModelConfig(model="scgpt", d_model=8, nhead=2, nlayers=1, dropout=0.0), 10, 2, n_params=1000).parts
+    assert scgpt["m activations"] == (12 * 8 + 2.5 * 32 + 12 * 8) * 20 * 4 and scgpt["attention"] == 0

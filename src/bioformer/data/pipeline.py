@@ -179,7 +179,7 @@ def role_prior(cfg: DataConfig, token_to_id: dict[str, int], seed: int = 0) -> P
     vocabulary: it names each masked gene's role (TF / target / neither) in its cell, the same
     for every arm of a study."""
     name = _unshuffled(cfg.gene_prior or cfg.prior)
-    if name in (None, "", "none"):
+    if not prior_enabled(name):
         return None
     return PriorMatrix.from_edges(load_edges(name, seed=seed), token_to_id)
 

@@ -258,6 +258,7 @@ def score_run(run_dir: str | Path, scores: np.ndarray | dict[str, np.ndarray], g
     """The GRN table of a run: `scores` ([G, G] over `genes`, default the run's genes; or a dict
     of named matrices) against the run's held-out prior edges and ENCODE ChIP targets, beside
     random, co-expression on the run's training cells, the prior and degree-shuffle baselines."""
+    from bioformer.config import prior_enabled
     from bioformer.data.pipeline import _unshuffled, prepare_data
     from bioformer.data.prior import load_edges
     from bioformer.training.run import load_run
@@ -278,7 +279,7 @@ def score_run(run_dir: str | Path, scores: np.ndarray | dict[str, np.ndarray], g
     X_train = data.adata.X[split["train"]][:, cols].toarray()  # [cells, G] bins
     truths = []
     prior_name = _unshuffled(cfg.data.gene_prior or cfg.data.prior)
-    prior = load_edges(prior_name, seed=cfg.train.seed) if prior_name not in (None, "", "none") else None
+    prior = load_edges(prior_name, seed=cfg.train.seed) if prior_enabled(prior_name) else None
     if heldout is not None and prior is not None:
         from bioformer.data.pipeline import drop_edges
 

@@ -19,16 +19,21 @@ from scipy import stats
 
 from bioformer.config import ModelConfig
 from bioformer.training.checkpoint import atomic_write_text, save_figure
+from bioformer.training.metrics import EvalResult
 
-METRICS = ("mse", "mre", "mae", "pearson")
+# per-gene Pearson (across cells) and per-cell Spearman separate gene-gene skill from gene
+# identity; pooled Pearson and MRE are kept for continuity (see bioformer.training.metrics)
+METRICS = ("mse", "pearson_gene", "spearman_cell", "mre", "mae", "pearson")
 # scored beside the run's own masks when a prior graph exists (see training.run.prior_targets_summary)
 EXTRA_METRICS = ("prior_targets_mse",)
-LOWER_IS_BETTER = {"mse": True, "mre": True, "mae": True, "pearson": False, "prior_targets_mse": True}
-METRIC_LABELS = {"pearson": "Pearson", "prior_targets_mse": "MSE, prior-targets masks"}
-FLOOR_COLUMNS = tuple(f"floor_{kind}_{m}" for kind in ("const", "gene_mean") for m in METRICS)
+LOWER_IS_BETTER = {"mse": True, "mre": True, "mae": True, "pearson": False, "pearson_gene": False, "spearman_cell": False, "prior_targets_mse": True}
+LABELS = {"mse": "MSE", "mre": "MRE", "mae": "MAE", "pearson": "pooled Pearson", "pearson_gene": "per-gene Pearson", "spearman_cell": "per-cell Spearman", "prior_targets_mse": "MSE, prior-targets masks"}
+FLOORS = ("const", "gene_mean", "cell")
+FLOOR_COLUMNS = tuple(f"floor_{kind}_{m}" for kind in FLOORS for m in (*METRICS, "mse_log"))
 RESULT_COLUMNS = (
     "study", "arm", "model", "seed",
-    *(f"test_{m}" for m in METRICS), "test_mse_vs_floor", *FLOOR_COLUMNS,
+    *(f"test_{m}" for m in (*METRICS, "mse_log", "pearson_gene_log", "mse_role_tf", "mse_role_target", "mse_role_neither")),
+    "test_mse_vs_floor", "test_mse_vs_floor_cell", "test_ci_mse_minus_floor_cell_low", "test_ci_mse_minus_floor_cell_high", *FLOOR_COLUMNS,
     "test_prior_targets_mse", "test_prior_targets_mse_vs_floor", "floor_prior_targets_gene_mean_mse", "test_prior_targets_cells_share",
     "n_params", "d_model", "nlayers", "prior", "epochs", "best_epoch", "best_valid_mse",
     "seconds_per_epoch", "wall_seconds", "run_dir",
@@ -92,9 +97,8 @@ def collect_results(study_dir: Path, study: str, arms: list[str]) -> pd.DataFram
             s = json.loads(run.read_text())
             cfg = _read_config(run.parent)
             row = {"study": study, "arm": arm, "model": s.get("model"), "seed": s.get("seed")}
-            for k in RESULT_COLUMNS:
-                if k in s:
-                    row[k] = s[k]
+            metrics = EvalResult.from_dict(s["test"]).flat("test_") if "test" in s else s  # older runs: flat keys only
+            row.update({k: v for k, v in {**s, **metrics}.items() if k in RESULT_COLUMNS})
             row["d_model"] = cfg.get("model", {}).get("d_model")
             row["nlayers"] = cfg.get("model", {}).get("nlayers")
             row["prior"] = cfg.get("data", {}).get("prior") if _reads_prior(cfg) else "-"
@@ -157,7 +161,7 @@ def _ci(values) -> str:
 
 
 def model_table(df: pd.DataFrame, arms: list[str]) -> str:
-    head = ["model", "n", "params", *(f"test {m.upper() if m != 'pearson' else 'Pearson'}" for m in METRICS), "MSE / per-gene floor", "per-gene floor MSE", "constant floor MSE", "best epoch", "s / run"]
+    head = ["model", "n", "params", *(f"test {LABELS[m]}" for m in METRICS), "MSE / cell-aware floor", "MSE / per-gene floor", "cell-aware floor MSE", "per-gene floor MSE", "constant floor MSE", "best epoch", "s / run"]
     prior_targets = "test_prior_targets_mse_vs_floor" in df and df["test_prior_targets_mse_vs_floor"].notna().any()
     if prior_targets:
         head.insert(-2, "prior-targets MSE / floor")
@@ -168,7 +172,7 @@ def model_table(df: pd.DataFrame, arms: list[str]) -> str:
             continue
         cells = [arm, str(len(g)), f"{int(g['n_params'].median()):,}"]
         cells += [_ci(g[f"test_{m}"]) for m in METRICS]
-        cells += [_ci(g["test_mse_vs_floor"]), _ci(g["floor_gene_mean_mse"]), _ci(g["floor_const_mse"])]
+        cells += [_ci(g["test_mse_vs_floor_cell"]), _ci(g["test_mse_vs_floor"]), _ci(g["floor_cell_mse"]), _ci(g["floor_gene_mean_mse"]), _ci(g["floor_const_mse"])]
         if prior_targets:
             cells.append(_ci(g["test_prior_targets_mse_vs_floor"]))
         cells += [f"{g['best_epoch'].mean():.1f} / {int(g['epochs'].max())}", f"{g['wall_seconds'].mean():.0f}"]
@@ -214,13 +218,15 @@ def pair_table(rows: list[dict[str, Any]]) -> str:
             verdict = f"**{r['a'] if a_wins else r['b']} better**"
         else:
             verdict = "no significant difference"
-        label = METRIC_LABELS.get(m, m.upper())
+        label = LABELS.get(m, m.upper())
         lines.append("| " + " | ".join([f"{r['a']} vs {r['b']}", label, str(n), ci, f"{r['a_better']}/{n}", _fmt_p(r["t_p"]), _fmt_p(p), _fmt_p(r["wilcoxon_p"]), verdict]) + " |")
     return "\n".join(lines)
 
 
 def floor_flags(df: pd.DataFrame, arms: list[str]) -> list[str]:
-    """Models whose mean test MSE is not below the mean per-gene floor on the same masks."""
+    """Models that do not beat a floor on the same masks: mean test MSE not below the per-gene
+    floor; or not below the cell-aware floor, judged by the paired t interval over seeds (>= 2
+    seeds) or the bootstrap interval over cells (one seed)."""
     out = []
     for arm in arms:
         g = df[df["arm"] == arm]
@@ -229,6 +235,19 @@ def floor_flags(df: pd.DataFrame, arms: list[str]) -> list[str]:
         model, floor = g["test_mse"].mean(), g["floor_gene_mean_mse"].mean()
         if not model < floor:
             out.append(f"- **{arm}**: mean test MSE {model:.2f} is NOT below the per-gene-mean floor {floor:.2f}; its results say little about the architecture.")
+        cell = g["floor_cell_mse"].to_numpy(dtype=float)
+        if np.isnan(cell).all():
+            continue
+        diff = g["test_mse"].to_numpy(dtype=float) - cell
+        if len(g) >= 2:
+            _, lo, hi = t_interval(diff)
+            how = "paired t interval over seeds"
+        else:
+            lo, hi = g["test_ci_mse_minus_floor_cell_low"].iloc[0], g["test_ci_mse_minus_floor_cell_high"].iloc[0]
+            how = "bootstrap interval over test cells"
+        if not hi < 0:
+            out.append(f"- **{arm}**: test MSE {model:.2f} does NOT beat the cell-aware floor {np.nanmean(cell):.2f} "
+                       f"(model − floor 95% CI [{_fmt(lo, 2)}, {_fmt(hi, 2)}], {how}): no evidence it learnt gene–gene structure.")
     return out
 
 
@@ -274,11 +293,12 @@ def plot_comparison(path: Path, df: pd.DataFrame, arms: list[str], title: str) -
             err = [[mean - lo], [hi - mean]] if not math.isnan(lo) else None
             ax.errorbar(i, mean, yerr=err, fmt="o", color=f"C{i % 10}", capsize=4, ms=7)
             ax.scatter(np.full(v.size, i) + 0.15, v, s=10, color=f"C{i % 10}", alpha=0.5)
-        floor = df[f"floor_gene_mean_{m}"].mean()
-        if not math.isnan(floor):
-            ax.axhline(floor, color="k", ls="--", lw=1, label="per-gene-mean floor")
+        for kind, color, ls in (("gene_mean", "k", "--"), ("cell", "C3", "-.")):
+            floor = df[f"floor_{kind}_{m}"].mean()
+            if not math.isnan(floor):
+                ax.axhline(floor, color=color, ls=ls, lw=1, label="per-gene-mean floor" if kind == "gene_mean" else "cell-aware floor")
         ax.set_xticks(x, arms, rotation=40, ha="right", fontsize=8)
-        ax.set_title(f"test {'Pearson r' if m == 'pearson' else m.upper()}")
+        ax.set_title(f"test {LABELS[m]}")
         ax.set_xlim(-0.6, len(arms) - 0.4)
     axes[0].legend(fontsize=7)
     fig.suptitle(title + " — mean ± 95% CI over seeds")
@@ -290,7 +310,7 @@ def plot_curves(path: Path, curves: dict[str, list[pd.DataFrame]], arms: list[st
     """Validation MSE (and Pearson) per epoch: mean over seeds with a 95% CI band."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    floors, last = [], []
+    floors, cell_floors, last = [], [], []
     for i, arm in enumerate(a for a in arms if a in curves):
         runs = curves[arm]
         n_ep = min(len(r) for r in runs)
@@ -307,9 +327,13 @@ def plot_curves(path: Path, curves: dict[str, list[pd.DataFrame]], arms: list[st
                 ax.fill_between(ep, band[:, 1], band[:, 2], color=f"C{i % 10}", alpha=0.2)
         if "valid_floor_gene_mean_mse" in runs[0]:
             floors.append(np.mean([r["valid_floor_gene_mean_mse"].iloc[0] for r in runs]))
+        if "valid_floor_cell_mse" in runs[0]:
+            cell_floors.append(np.mean([r["valid_floor_cell_mse"].iloc[0] for r in runs]))
+    if cell_floors:
+        ax1.axhline(float(np.mean(cell_floors)), color="C3", ls="-.", lw=1, label="cell-aware floor")
     if floors:
         ax1.axhline(float(np.mean(floors)), color="k", ls="--", lw=1, label="per-gene-mean floor")
-        lo = min(floors)
+        lo = min(floors + cell_floors)
         # the first epochs are far above; keep the floor and the final values readable
         ax1.set_ylim(min(lo * 0.8, min(last) * 0.95), max(lo * 1.6, max(last) * 1.1))
     from matplotlib.ticker import MaxNLocator
@@ -350,7 +374,9 @@ def write_report(
         md += ["## Per model (mean ± 95% CI half-width, t-based, over seeds)", "", model_table(df, arms), ""]
         flags = floor_flags(df, arms)
         md += ["## Floor check", ""]
-        md += flags if flags else ["Every model's mean test MSE is below the per-gene-mean floor."]
+        md += ["The cell-aware floor is a per-gene ridge on statistics of the cell's unmasked input bins (no gene–gene information); "
+               "a model that does not beat it has shown no gene–gene skill.", ""]
+        md += flags if flags else ["Every model's test MSE is below the per-gene-mean floor and, with 95% confidence, below the cell-aware floor."]
         md += [""]
         md += ["## Paired comparisons (same seed = same split and masks)", "",
                "mean(A − B) < 0 means A has the lower value (better for MSE/MRE/MAE; worse for Pearson). "
