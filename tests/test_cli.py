@@ -18,6 +18,8 @@ from tests.conftest import H5AD, PRIOR_CSV
         (["datasets", "fetch", "nope"], "error: unknown dataset 'nope'"),
         (["evaluate", "/tmp"], "is not a finished run directory"),
         (["prior", "--data", str(H5AD), "--prior", "none"], "needs a prior"),
+        (["train", "--data", str(H5AD), "--test-folds", "0"], "error: test_folds must be >= 1"),
+        (["train", "--data", str(H5AD), "--heldout-edge-frac", "1.5", "--prior", str(PRIOR_CSV)], "error: heldout_edge_frac must be in [0, 1)"),
     ],
 )
 def test_errors_are_one_line_with_nonzero_exit(argv, message, capsys):
@@ -49,6 +51,7 @@ def test_train_prints_model_and_floors(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "model (test)" in out and "per-gene-mean floor" in out and "constant floor" in out
+    assert "cell-aware floor" in out and "MSE / cell-aware floor" in out and "r gene" in out
     assert (tmp_path / "run" / "summary.json").exists()
     assert main(["-q", "evaluate", str(tmp_path / "run")]) == 0
     assert "model (test)" in capsys.readouterr().out

@@ -185,3 +185,17 @@ def test_zero_z_with_prior_selected_genes():
     assert data.prior is None and (data.adata.var["source"] == "prior").any()
     with pytest.raises(BioformerError, match="needs a prior"):
         prepare_data(DataConfig(data=str(H5AD), genes="hvg+prior", prior="none"), seed=0, quiet=True)
+
+
+def test_hold_out_edges_is_seeded_inside_the_genes_and_checks_its_fraction():
+    from bioformer.data.pipeline import drop_edges, hold_out_edges
+
+    edges = pd.DataFrame({"source": ["A", "A", "B", "B", "C", "X"], "target": ["B", "C", "C", "D", "D", "A"], "sign": [1, 1, -1, 0, 1, 1]})
+    held = hold_out_edges(edges, ["A", "B", "C", "D"], 0.4, seed=3)
+    assert len(held) == 2 and "X" not in set(held["source"])  # 40% of the 5 edges inside the genes
+    assert held.equals(hold_out_edges(edges, ["A", "B", "C", "D"], 0.4, seed=3))
+    kept = drop_edges(edges, held)
+    assert len(kept) == 4 and not set(zip(kept.source, kept.target, strict=True)) & set(zip(held.source, held.target, strict=True))
+    assert hold_out_edges(edges, ["A", "B"], 0.0, seed=0) is None
+    with pytest.raises(BioformerError, match="heldout_edge_frac"):
+        hold_out_edges(edges, ["A", "B"], 1.0, seed=0)
