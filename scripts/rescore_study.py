@@ -7,7 +7,7 @@ Each run's summary.json gets the new `test` block (and its flat copy), so
 `bioformer experiment STUDY --report-only --out STUDY_DIR ...` then rewrites summary.md with the
 cell-aware floor.
 
-    python scripts/rescore_study.py STUDY_DIR [--grn]
+    python scripts/rescore_study.py STUDY_DIR [--arms A,B] [--grn]
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("study_dir")
-    ap.add_argument("--grn", action="store_true", help="also print the GRN table of each run")
+    ap.add_argument("--grn", action="store_true", help="also print the GRN table (baselines) of the first run")
+    ap.add_argument("--arms", help="comma-separated arms to re-score (default: all)")
     args = ap.parse_args()
     runs = sorted(Path(args.study_dir).glob("runs/*/seed*/summary.json"))
+    if args.arms:
+        runs = [r for r in runs if r.parent.parent.name in args.arms.split(",")]
     print("| arm | seed | test MSE [95% CI] | cell-aware floor | per-gene floor | constant floor | model − cell floor [95% CI] | per-gene Pearson [95% CI] (cell floor) | per-cell Spearman [95% CI] (cell floor) | MSE log | positions / cells |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for path in runs:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import yaml
 
 from bioformer.experiments.report import write_report
@@ -26,6 +27,13 @@ def _write_run(study_dir, arm, seed, mse, cell_floor, pearson_gene):
                "n_params": 1000, "epochs": 2, "best_epoch": 2, "best_valid_mse": mse, "wall_seconds": 1.0}
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "config.yaml").write_text(yaml.safe_dump({"model": {"model": "scgpt", "d_model": 8, "nlayers": 1}, "data": {"prior": "none"}}))
+
+
+@pytest.fixture(autouse=True)
+def _no_plots(monkeypatch):
+    """The tables are under test here, not the figures (plotting dominates the time)."""
+    monkeypatch.setattr("bioformer.experiments.report.plot_comparison", lambda *a, **k: None)
+    monkeypatch.setattr("bioformer.experiments.report.plot_curves", lambda *a, **k: None)
 
 
 def _study(tmp_path, effect):

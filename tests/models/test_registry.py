@@ -73,7 +73,7 @@ def test_a_registered_toy_model_trains_evaluates_estimates_and_runs_a_study(toy_
     capsys.readouterr()
     assert main(["-q", "evaluate", str(run), "--json"]) == 0
     out = capsys.readouterr().out
-    assert json.loads(out.strip().splitlines()[-1])["test_mse"] == pytest.approx(summary["test_mse"], rel=1e-6)
+    assert json.loads(out.strip().splitlines()[-1])["model"]["mse"] == pytest.approx(summary["test"]["model"]["mse"], rel=1e-6)
     assert main(["-q", "estimate", "--model", toy_model, "--d-model", "16", "--nhead", "2", "--n-genes", "64"]) == 0
     assert "token-mlp: " in capsys.readouterr().out
 
