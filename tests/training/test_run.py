@@ -314,3 +314,25 @@ def test_bad_choice_is_refused_before_anything_is_written(tmp_path, section, fie
     with pytest.raises(BioformerError, match=f"--{field.replace('_', '-')} must be .* got '{value}'"):
         run_training(cfg, quiet=True)
     assert not (tmp_path / "run").exists()
+def test_grn_table_of_a_run_uses_its_heldout_edges(bioformer_run, tmp_path):
+    """score_run: the held-out edges as a score matrix are a perfect predictor of the held-out
+    truth; the edges z was built from are not candidates; ChIP truth comes from the given file."""
+    import numpy as np
+
+    from bioformer.evaluation.grn import edges_matrix, score_run
+
+    _, out, _ = bioformer_run
+    genes = json.loads((out / "vocab.json").read_text())["genes"]
+    held = pd.read_csv(out / "heldout_edges.csv")
+    chip = tmp_path / "chip.json"
+    tf = held["source"].iloc[0]
+    chip.write_text(json.dumps({f"{tf} K562": list(held.loc[held["source"] == tf, "target"])}))
+    perfect = edges_matrix(held, genes)
+    df = score_run(out, {"held-out itself": perfect, "noise": np.random.default_rng(0).random(perfect.shape)}, chip_path=chip)
+    h = df[df["truth"] == "heldout prior edges"].set_index("predictor")
+    assert h.loc["held-out itself", "average_precision"] == pytest.approx(1.0)
+    assert h.loc["held-out itself", "n_true"] == len(held)
+    assert h.loc["noise", "average_precision"] < 0.5
+    c = df[df["truth"] == "chip"].set_index("predictor")
+    assert c.loc["held-out itself", "average_precision"] == pytest.approx(1.0)  # the TF row ranks its ChIP targets first
+    assert {"random", "pearson co-expression", "spearman co-expression", "prior", "degree-preserving shuffle"} <= set(c.index)
