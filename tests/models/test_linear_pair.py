@@ -227,7 +227,7 @@ def test_train_and_evaluate_in_linear_mode_from_the_cli(tmp_path, capsys):
     assert main(["-q", "evaluate", str(out)]) == 0 and "model (test)" in capsys.readouterr().out
     from bioformer.training.run import evaluate_run
 
-    assert evaluate_run(out, quiet=True)["test_mse"] == summary["test_mse"]  # the reloaded model is the trained one
+    assert evaluate_run(out, quiet=True)[0]["mse"] == summary["test"]["model"]["mse"]  # the reloaded model is the trained one
 
 
 @pytest.mark.parametrize("use_prior", [True, False])
