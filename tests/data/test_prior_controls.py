@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bioformer.config import DataConfig
-from bioformer.data.pipeline import edges_for_genes, prepare_data
+from bioformer.data.pipeline import drop_edges, edges_for_genes, prepare_data
 from bioformer.data.prior import (
     ACTIVATES,
     N_PRIOR_CODES,
@@ -77,10 +77,12 @@ def test_controls_inside_the_selected_genes():
     genes = set(real.adata.var_names)
     inside = read_edge_file(PRIOR_CSV)
     inside = inside[inside.source.isin(genes) & inside.target.isin(genes)]
+    given = drop_edges(inside, real.heldout_edges)  # the held-out 20% are GRN truth, never in z
+    assert len(given) == len(inside) - len(real.heldout_edges) > 0
     for suffix in ("-rewired", "-random"):
         ctrl = prepare_data(DataConfig(**{**base.__dict__, "prior": str(PRIOR_CSV) + suffix}), seed=0, quiet=True)
         assert list(ctrl.adata.var_names) == list(real.adata.var_names)  # genes chosen with the real prior
-        assert ctrl.prior.n_edges == real.prior.n_edges == len(inside)
+        assert ctrl.prior.n_edges == real.prior.n_edges == len(given)
         e = edges_for_genes(str(PRIOR_CSV) + suffix, real.vocab.token_to_id, seed=0)
         assert set(e.source) | set(e.target) <= genes  # special tokens never become genes
         assert edge_overlap(e, inside) < 0.2
