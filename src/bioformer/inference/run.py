@@ -45,6 +45,7 @@ from bioformer.errors import BioformerError
 from bioformer.inference.readouts import POOLINGS, PairAccumulator, PairScores, pool
 from bioformer.models import build_model, uses_prior
 from bioformer.training.loop import resolve_device
+from bioformer.training.metrics import EvalResult
 from bioformer.training.run import evaluate_run, load_run, load_run_weights
 
 log = logging.getLogger("bioformer")
@@ -407,7 +408,8 @@ class Run:
         return {str(g): a.result(self.genes, readout) for g, a in accs.items()}
 
     # ------------------------------------------------------------------ scoring
-    def evaluate(self, data: str | None = None, layer: str | None = None, gene_column: str | None = None, quiet: bool = False) -> dict[str, Any]:
-        """Masked-prediction metrics with floors (`bioformer evaluate`): on the run's own test split
-        (equal to summary.json's), or on all cells of another data set with genes mapped by name."""
+    def evaluate(self, data: str | None = None, layer: str | None = None, gene_column: str | None = None, quiet: bool = False) -> tuple[EvalResult, dict[str, Any]]:
+        """Masked-prediction metrics with the three floors (`bioformer evaluate`): on the run's own
+        test split (equal to summary.json's `test`), or on all cells of another data set with genes
+        mapped by name. Returns (EvalResult, info)."""
         return evaluate_run(self.run_dir, data, layer, gene_column, quiet=quiet)
