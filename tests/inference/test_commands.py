@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 import anndata as ad
@@ -80,6 +81,30 @@ def test_grn_writes_varp_and_a_ranked_edge_list(runs, small_input, tmp_path):
     out2 = tmp_path / "grn2.h5ad"
     assert main(["-q", "grn", str(runs["bioformer"]), "--data", str(small_input), "--out", str(out2), "--groupby", "condition", "--no-progress"]) == 0
     assert {"bioformer_pair_scores_ctrl", "bioformer_pair_scores_stim"} <= set(ad.read_h5ad(out2).varp)
+
+
+def test_grn_score_prints_the_table_of_the_written_scores(runs, small_input, tmp_path, capsys):
+    """`grn --score` scores exactly the matrix it writes, against the run's held-out edges and ChIP."""
+    from bioformer.evaluation.grn import score_run
+
+    held = pd.read_csv(runs["bioformer"] / "heldout_edges.csv")
+    chip = tmp_path / "chip.json"
+    chip.write_text(json.dumps({f"{tf} K562": list(held.loc[held["source"] == tf, "target"]) for tf in held["source"].unique()}))
+    table_csv = tmp_path / "grn.csv"
+    args = ["-q", "grn", str(runs["bioformer"]), "--data", str(small_input), "--out", str(tmp_path / "g.h5ad"),
+            "--score", "--chip", str(chip), "--score-csv", str(table_csv), "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "heldout prior edges:" in printed and "pair scores (all)" in printed and "random level" in printed
+    table = pd.read_csv(table_csv)
+    pairs = Run.load(runs["bioformer"], device="cpu").pair_scores(ad.read_h5ad(small_input))
+    direct = score_run(runs["bioformer"], {"pair scores (all)": pairs.scores}, genes=pairs.genes, chip_path=chip)
+    got = table[table["predictor"] == "pair scores (all)"].set_index("truth")["average_precision"]
+    want = direct[direct["predictor"] == "pair scores (all)"].set_index("truth")["average_precision"]
+    assert set(got.index) == {"heldout prior edges", "chip"}
+    assert got.to_dict() == pytest.approx(want.to_dict(), abs=1e-9)
+    assert main(["-q", "grn", str(runs["bioformer"]), "--data", str(small_input), "--out", str(tmp_path / "h.h5ad"), "--score-csv", "x.csv"]) == 2
+    assert not (tmp_path / "h.h5ad").exists()
 
 
 def test_bad_inputs_exit_2_and_write_nothing(runs, small_input, tmp_path, capsys):

@@ -45,6 +45,20 @@ def test_load_restores_the_trained_model(runs, name):
     assert not run.model.training
 
 
+def test_loaded_prior_is_the_training_prior_without_heldout_edges(runs):
+    """z at inference starts as in training: the edges held out for GRN scoring stay out of it."""
+    from bioformer.data.pipeline import prepare_data
+
+    run = Run.load(runs["bioformer"], device="cpu")
+    held = pd.read_csv(runs["bioformer"] / "heldout_edges.csv")
+    t2i = run.vocab.token_to_id
+    keys = set(run.prior.keys.tolist())
+    held_keys = {t2i[s] * run.prior.vocab_size + t2i[t] for s, t in zip(held["source"], held["target"], strict=True)}
+    assert held_keys and not (held_keys & keys)
+    trained = prepare_data(run.config.data, seed=run.config.train.seed, gene_list=run.genes, heldout_edges=held, quiet=True).prior
+    assert torch.equal(trained.keys, run.prior.keys) and torch.equal(trained.codes, run.prior.codes)
+
+
 @pytest.mark.parametrize("name", ["bioformer", "scgpt"])
 def test_forward_is_decoder_of_encode(runs, cells, name):
     run = Run.load(runs[name], device="cpu")

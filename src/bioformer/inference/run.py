@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from bioformer.config import RunConfig
+from bioformer.config import RunConfig, check_device
 from bioformer.data.pipeline import edges_for_genes
 from bioformer.data.preprocess import bins_to_values, preprocess
 from bioformer.data.prior import PriorMatrix
@@ -153,10 +153,18 @@ class Run:
         model = build_model(config.model, len(vocab), vocab.pad_id, use_prior=uses_prior(config.model, config.data.prior))
         load_run_weights(model, run_dir)
         prior = None
-        if getattr(model, "needs_prior", False):
+        if model.needs_prior:  # z as in training: without the edges held out for scoring
             t2i = vocab.token_to_id
-            prior = PriorMatrix.from_edges(edges_for_genes(config.data.prior, t2i, config.train.seed, quiet), t2i)
-        dev = resolve_device(device or config.train.device)
+            held = run_dir / "heldout_edges.csv"
+            heldout = pd.read_csv(held) if held.exists() else None
+            prior = PriorMatrix.from_edges(edges_for_genes(config.data.prior, t2i, config.train.seed, quiet, heldout=heldout), t2i)
+        device = device or config.train.device
+        try:
+            check_device(device)
+        except BioformerError:  # trained on a device this machine lacks (a GPU run read on a laptop)
+            log.info("the run was trained on --device %s, which this machine lacks: using the default device", device)
+            device = "auto"
+        dev = resolve_device(device)
         model.to(dev).eval()
         return cls(run_dir, config, vocab, model, prior, dev, summary)
 
@@ -408,8 +416,10 @@ class Run:
         return {str(g): a.result(self.genes, readout) for g, a in accs.items()}
 
     # ------------------------------------------------------------------ scoring
-    def evaluate(self, data: str | None = None, layer: str | None = None, gene_column: str | None = None, quiet: bool = False) -> tuple[EvalResult, dict[str, Any]]:
+    def evaluate(self, data: str | None = None, layer: str | None = None, gene_column: str | None = None, quiet: bool = False,
+                 eval_cells: int | None = None, folds: int | None = None) -> tuple[EvalResult, dict[str, Any]]:
         """Masked-prediction metrics with the three floors (`bioformer evaluate`): on the run's own
-        test split (equal to summary.json's `test`), or on all cells of another data set with genes
-        mapped by name. Returns (EvalResult, info)."""
-        return evaluate_run(self.run_dir, data, layer, gene_column, quiet=quiet)
+        test split (equal to summary.json's `test`), on `eval_cells` cells never in the run's
+        subsample, or on all cells of another data set with genes mapped by name. Uses this
+        object's model. Returns (EvalResult, info)."""
+        return evaluate_run(self.run_dir, data, layer, gene_column, quiet=quiet, eval_cells=eval_cells, folds=folds, model=self.model)

@@ -463,11 +463,13 @@ def evaluate_run(
     quiet: bool = False,
     eval_cells: int | None = None,
     folds: int | None = None,
+    model: torch.nn.Module | None = None,
 ) -> tuple[EvalResult, dict[str, Any]]:
     """Reload a run's best checkpoint and score it: on its test split (same data, seed and folds,
     so the numbers equal summary.json's); with `eval_cells`, on that many cells of the run's data
     set that were never in its (subsampled) cells; or on all cells of another data set `data`
-    with genes mapped by name. Returns (result, info: data, scored, cells, n_cells, unknown_genes, ...)."""
+    with genes mapped by name. `model`: the run's model already loaded (`Run.evaluate`), else it is
+    built and loaded here. Returns (result, info: data, scored, cells, n_cells, unknown_genes, ...)."""
     import pandas as pd
 
     from bioformer.data.tokenize import CellDataset, GeneVocab
@@ -490,8 +492,9 @@ def evaluate_run(
         _same_source(data, cfg.data.data) and layer in (None, cfg.data.layer) and gene_column in (None, cfg.data.gene_column)
     )
     same = own and not eval_cells
-    model = build_model(cfg.model, len(vocab), vocab.pad_id, use_prior=needs_prior)
-    load_run_weights(model, run_dir)  # before the data work: a damaged run fails fast
+    if model is None:
+        model = build_model(cfg.model, len(vocab), vocab.pad_id, use_prior=needs_prior)
+        load_run_weights(model, run_dir)  # before the data work: a damaged run fails fast
     info: dict[str, Any] = {"data": cfg.data.data if own else data, "unknown_genes": 0, "n_model_genes": len(vocab.genes), "floors_from": "the run's training cells"}
     if same:
         prepared = prepare_data(cfg.data, seed=seed, need_prior=needs_prior, gene_list=vocab.genes, quiet=quiet, heldout_edges=heldout)
