@@ -1,7 +1,7 @@
 """Re-score a study's finished runs with the current evaluation and print the tables the README
 quotes: every arm's test MSE beside the three floors, per-gene Pearson and per-cell Spearman with
 bootstrap 95% intervals, and the GRN table (held-out prior edges and ENCODE ChIP targets) of the
-baselines (the z readout, `pair_scores`, comes with the Run API of issue #12).
+arms' pair-score readouts (`Run.pair_scores` over each run's training cells) beside the baselines.
 
 Each run's summary.json gets the new `test` block (and its flat copy), so
 `bioformer experiment STUDY --report-only --out STUDY_DIR ...` then rewrites summary.md with the
@@ -28,7 +28,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("study_dir")
-    ap.add_argument("--grn", action="store_true", help="also print the GRN table (baselines) of the first run")
+    ap.add_argument("--grn", action="store_true", help="also print the GRN table: each arm's pair-score readout beside the baselines")
     ap.add_argument("--arms", help="comma-separated arms to re-score (default: all)")
     args = ap.parse_args()
     runs = sorted(Path(args.study_dir).glob("runs/*/seed*/summary.json"))
@@ -50,8 +50,29 @@ def main() -> None:
         roles = ", ".join(f"{r} {result[f'mse_role_{r}']:.1f} vs {f['cell'][f'mse_role_{r}']:.1f} (n={result.counts[f'role_{r}']})" for r in ("tf", "target", "neither"))
         print(f"|  |  | MSE by role, model vs cell floor: {roles} |||||||||")
     if args.grn and runs:
-        # baselines only: the models' z readout (model.pair_scores) comes with issue #12
-        print(format_grn_table(score_run(runs[0].parent, {})))
+        # each arm's first run: its pair-score readout (Run.pair_scores: z for BioFormer, attention
+        # for scGPT) over the run's training cells, beside the baselines, on the first run's truth
+        scores, first = {}, {}
+        for path in runs:
+            first.setdefault(path.parent.parent.name, path.parent)
+        for arm, run_dir in first.items():
+            scores[f"{arm} readout"] = _readout(run_dir)
+        print(format_grn_table(score_run(runs[0].parent, scores)))
+
+
+def _readout(run_dir: Path):
+    """The run's pair scores [genes, genes] averaged over its training cells."""
+    import numpy as np
+
+    from bioformer.data.load import load_anndata
+    from bioformer.inference import Run
+
+    run = Run.load(run_dir, device="cpu")
+    d = run.config.data
+    adata = load_anndata(d.data, d.layer, d.gene_column, d.max_cells, run.config.train.seed, quiet=True)
+    split = np.load(run_dir / "split.npz", allow_pickle=False)
+    adata = adata[list(split["obs_names"][split["train"]])]
+    return run.pair_scores(adata).scores
 
 
 if __name__ == "__main__":

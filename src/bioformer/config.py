@@ -184,10 +184,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise BioformerError on an architecture that cannot be built."""
-        _check_types("model", self)
-        from bioformer.models.registry import MODELS  # here: the registry imports this module
-
-        _need(self.model in MODELS, "model", " or ".join(MODELS), self.model)
+        _check_types("model", self)  # the family name is checked by the registry (models.model_class)
         for name in ("d_model", "nhead", "nlayers", "ff_factor", "d_z", "d_opm"):
             _need(getattr(self, name) >= 1, name, ">= 1", getattr(self, name))
         if self.d_model % self.nhead:

@@ -57,7 +57,7 @@ def test_the_registry_answers_what_models_need():
     assert not uses_prior(dataclasses.replace(bio, pair_bias=False), "collectri")  # nothing reads z
     assert build_model(bio, 30, use_prior=True).needs_prior and not build_model(bio, 30, use_prior=False).needs_prior
     assert [prior_enabled(p) for p in (None, "", "none", "None", "collectri", "x.csv")] == [False, False, False, False, True, True]
-    with pytest.raises(BioformerError, match="unknown model 'gpt5'; use one of bioformer, scgpt"):
+    with pytest.raises(BioformerError, match="--model must be bioformer or scgpt, got 'gpt5'"):
         model_class("gpt5")
 
 

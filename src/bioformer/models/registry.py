@@ -34,7 +34,7 @@ def register_model(name: str) -> Callable[[type], type]:
 def model_class(name: str) -> type:
     """The class registered as `name` (one clear error for an unknown name)."""
     if name not in MODELS:
-        raise BioformerError(f"unknown model {name!r}; use one of {', '.join(MODELS)}")
+        raise BioformerError(f"--model must be {' or '.join(MODELS)}, got {name!r} (unknown model)")
     return MODELS[name]
 
 

@@ -29,7 +29,7 @@ import torch
 from bioformer.config import RunConfig, check_device
 from bioformer.data.pipeline import PreparedData, coverage_warning, prepare_data, role_prior
 from bioformer.errors import BioformerError
-from bioformer.models import build_model, count_parameters, uses_prior
+from bioformer.models import build_model, count_parameters, model_class, uses_prior
 from bioformer.training import distributed
 from bioformer.training.checkpoint import (
     TRAINING_STATE,
@@ -282,6 +282,7 @@ def run_training(
     alone writes files and logs.
     """
     cfg.validate()
+    model_class(cfg.model.model)  # a registered family (the registry, not the config, knows them)
     if resume and overwrite:
         raise BioformerError("--overwrite and --resume exclude each other: --resume continues the run, --overwrite starts it over")
     cfg = absolute_paths(cfg)
