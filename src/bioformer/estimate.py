@@ -77,6 +77,8 @@ def estimate_memory(
     math_path = _attention_is_math_path(device, cfg.dropout, training)
     parts = dict.fromkeys(CATEGORIES, 0.0)
     if path.linear:
+        # the prior's mask has a gradient: CPU has no fused kernel for that
+        math_path = math_path or (training and use_prior and device == "cpu")
         parts.update(_linear_pair_parts(cfg, B, r, training, math_path, act, use_prior, n_opm))
         parts["parameters + optimizer state"] = (4.0 if training else 1.0) * P * 4
         return MemoryEstimate(n_genes=r, batch_size=B, n_params=P, parts=parts)
@@ -135,39 +137,41 @@ def estimate_memory(
 
 def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_path: bool, act: int, use_prior: bool, n_opm: int) -> dict[str, float]:
     """Linear pair mode (models/linear_pair.py): no z; per block the attention's queries, keys
-    and values widen to d' = d_head + (earlier OPMs) * c_opm + prior slots (at most
-    MAX_PRIOR_SLOTS; more go in as a chunked float bias), padded to a multiple of 8. The only
-    [B, r, r] tensors are the int8 prior codes (and a bool "has edge" scan), and, on the math path
-    (CPU training with dropout), the attention scores of one chunk of query rows (all r rows
-    unless attention_chunk_size is set, and then kept for backward per block)."""
-    from bioformer.models.linear_pair import MAX_PRIOR_SLOTS
+    and values widen to d' = d_head + (earlier OPMs) * c_opm, padded to a multiple of 8. The
+    prior is a float mask built per chunk of query rows (all r rows while B * H * r * r is at
+    most BIAS_CHUNK_ELEMENTS, unless attention_chunk_size is set), from its regulators' codes
+    (int8, O(B S r): small). The only [B, r, r] tensors are the int8 codes (the batch's and
+    the pair codes), and, on the math path (CPU training with dropout or a prior), the scores
+    of one chunk of query rows (kept for backward per block when the attention is not chunked)."""
+    from bioformer.models.linear_pair import BIAS_CHUNK_ELEMENTS
 
     c, H, N = cfg.d_model, cfg.nhead, cfg.nlayers
     ff, co, dh = cfg.ff_factor * c, cfg.d_opm, c // cfg.nhead
     T, pairs = B * r, B * r * r
-    slots = MAX_PRIOR_SLOTS if use_prior else 0
-    widths = [-(-(dh + min(block, n_opm) * co + slots) // 8) * 8 for block in range(N)]  # d' per block
+    widths = [-(-(dh + min(block, n_opm) * co) // 8) * 8 for block in range(N)]  # d' per block
     ckpt = cfg.checkpoint_blocks and training
-    chunk = min(cfg.attention_chunk_size or r, r)
+    chunk = cfg.attention_chunk_size or (max(1, BIAS_CHUNK_ELEMENTS // (B * H * r)) if use_prior else r)
+    chunk = min(chunk, r)
+    mask = H * act * B * chunk * r if use_prior else 0.0  # one chunk's float mask
     parts = dict.fromkeys(CATEGORIES, 0.0)
-    z_pairs = 2.0 if use_prior else 0.0  # int8 codes + the bool scan for rows with edges
+    z_pairs = 2.0 if use_prior else 0.0  # int8 codes of the batch + the pair codes
     if not training:
         parts["m activations"] = (4 * c + ff) * T * act
-        parts["attention"] = 4 * H * max(widths) * T * act  # one block's q', k', v', output (fused kernels)
+        parts["attention"] = 4 * H * max(widths) * T * act + mask  # one block's q', k', v', output (fused kernels)
         parts["OPM intermediates"] = n_opm * 2 * co * T * act
         parts["z activations"] = z_pairs * pairs
         return parts
     n_kept = 1 if ckpt else N
     per_token = n_kept * (12 * c + (3 * c if cfg.gating else 0) + 2.5 * ff) + 12 * c + (N * c if ckpt else 0)
     parts["m activations"] = per_token * T * act
-    # q', k', v' and the output at width d' (kept for backward), the slot one-hots (q side, per-code on the k side)
-    kept_widths = widths[-1:] if ckpt else widths
-    parts["attention"] = sum(4 * H * w + (H + 5) * slots for w in kept_widths) * T * act
+    kept_widths = widths[-1:] if ckpt else widths  # q', k', v' and the output at width d' (kept for backward)
+    parts["attention"] = sum(4 * H * w for w in kept_widths) * T * act
     parts["OPM intermediates"] = n_opm * (c + 4 * co) * T * act  # LN(m), a and b (before and after the pad mask)
     if math_path:  # probabilities and dropout mask kept per block (measured ~2.75 H floats per pair),
-        # plus the scores/gradients of the block in backward; chunked: one chunk recomputed at a time
+        # plus the scores/gradients (and the mask) of the block in backward; chunked: one chunk at a time
         scores = H * act * B * chunk * r
         parts["attention"] += 6 * scores if chunk < r else (2.75 * n_kept + 3) * scores
+    parts["attention"] += mask
     parts["z activations"] = z_pairs * pairs
     return parts
 

@@ -57,9 +57,12 @@ def test_linear_pair_mode_memory_is_about_linear_in_r(capsys):
     t1, t2 = (estimate_memory(lin, r, 1).total for r in (1024, 16384))
     assert 1.0 <= math.log(t2 / t1) / math.log(16) < 1.2
     assert estimate_memory(lin, 4096, 1).total < estimate_memory(full, 4096, 1).total / 10
-    # unchunked on CPU with dropout, the math path keeps the attention probabilities per block
+    # unchunked on CPU with dropout (and no prior), the math path keeps the attention
+    # probabilities per block; a prior's mask is always built in chunks of rows
     unchunked = ModelConfig(nlayers=4, d_z=32, d_opm=32, pair_mode="linear")
-    assert estimate_memory(unchunked, 4096, 1).parts["attention"] > 4 * estimate_memory(lin, 4096, 1).parts["attention"]
+    lin_attention = estimate_memory(lin, 4096, 1).parts["attention"]
+    assert estimate_memory(unchunked, 4096, 1, use_prior=False).parts["attention"] > 4 * lin_attention
+    assert estimate_memory(unchunked, 4096, 1).parts["attention"] < 2 * lin_attention
     assert main(["estimate", "--pair-mode", "linear", "--n-genes", "20000", "--batch-size", "1", "--device", "cuda", "--budget", "80GB"]) == 0
     out = capsys.readouterr().out
     assert "pair_mode linear" in out and "fits for training" in out

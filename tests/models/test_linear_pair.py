@@ -9,6 +9,7 @@ import torch
 
 import bioformer.models.linear_pair as linear_pair
 from bioformer.config import ModelConfig
+from bioformer.data.prior import pair_codes
 from bioformer.errors import BioformerError
 from bioformer.models import BioFormer, build_model
 from tests.models.test_models import V, batch, tiny_bioformer
@@ -48,29 +49,30 @@ def assert_same_forward_and_backward(model: BioFormer, gene_ids, values, pm, pri
 
 
 @pytest.mark.parametrize(
-    "use_prior,opm,gating,prior_path,chunk",
+    "use_prior,opm,gating,prior_path,chunk,direction",
     [
-        (True, True, True, "slots", None),
-        (True, True, True, "bias", None),
-        (True, True, False, "slots", 4),
-        (True, True, True, "bias", 4),
-        (True, False, True, "slots", None),
-        (False, True, True, None, None),
-        (False, True, False, None, 5),
+        (True, True, True, "dense", None, "both"),
+        (True, True, True, "chunked", None, "both"),
+        (True, True, False, "dense", 4, "both"),
+        (True, True, True, "chunked", 4, "outgoing"),
+        (True, False, True, "dense", None, "outgoing"),
+        (False, True, True, None, None, "both"),
+        (False, True, False, None, 5, "both"),
     ],
 )
-def test_linear_mode_equals_materialised_reference(monkeypatch, use_prior, opm, gating, prior_path, chunk):
-    if prior_path == "bias":  # every cell has more edge rows than slots: the chunked float bias
-        monkeypatch.setattr(linear_pair, "MAX_PRIOR_SLOTS", 0)
-        monkeypatch.setattr(linear_pair, "BIAS_CHUNK_ELEMENTS", 3 * 4 * 11 * 3)  # chunk_size None: 3 rows a chunk
-    model = linear_model(use_prior=use_prior, opm=opm, gating=gating, attention_chunk_size=chunk).eval()
+def test_linear_mode_equals_materialised_reference(monkeypatch, use_prior, opm, gating, prior_path, chunk, direction):
+    if prior_path == "chunked":  # the prior bias built per chunk of 3 query rows (chunk_size None)
+        monkeypatch.setattr(linear_pair, "BIAS_CHUNK_ELEMENTS", 3 * 4 * 11 * 3)
+    model = linear_model(use_prior=use_prior, opm=opm, gating=gating, attention_chunk_size=chunk,
+                         prior_direction=direction).eval()
     if use_prior:  # a prior that visibly moves the prediction (checked at the end)
         model.prior_encoder.weight.data.mul_(10)
     gene_ids, values, pm, prior = batch()
-    prior = sparse_prior(prior) if use_prior else None
-    if use_prior:
-        codes = linear_pair.PriorCodes.of(prior, model.prior_encoder.weight)
-        assert (codes.slot_rows is None) == (prior_path == "bias")
+    prior = sparse_prior(prior, frac=0.3) if use_prior else None
+    if use_prior:  # regulators' rows and (both directions) their columns carry the codes
+        codes = linear_pair.PriorCodes.of(pair_codes(prior, direction), model.prior_encoder.weight)
+        assert (codes.col_codes is None) == (direction == "outgoing")
+        assert 1 < codes.sources.shape[1] < prior.shape[1]
     assert_same_forward_and_backward(model, gene_ids, values, pm, prior)
     # the prior really enters: another prior changes the prediction
     if use_prior:
@@ -78,13 +80,38 @@ def test_linear_mode_equals_materialised_reference(monkeypatch, use_prior, opm, 
         assert (other - model(gene_ids, values, pm, prior=prior)["pred"]).abs().max() > 1e-4  # >> the tolerance
 
 
-@pytest.mark.parametrize("prior_path", ["slots", "bias"])
-def test_training_with_dropout_equals_reference_under_the_same_rng(monkeypatch, prior_path):
+def test_prior_bias_is_the_code_lookup_for_every_pair_and_chunk():
+    """The gathered rows and columns scattered back give exactly delta[code(i, j)] for all pairs,
+    whole or in chunks, with cells of different regulator counts (padding slots)."""
+    g = torch.Generator().manual_seed(0)
+    B, r, H = 3, 13, 2
+    raw = torch.randint(0, 4, (B, r, r), generator=g, dtype=torch.int8)
+    raw *= (torch.rand(B, r, 1, generator=g) < torch.tensor([0.1, 0.3, 0.0]).view(B, 1, 1)).to(torch.int8)
+    raw[2] = 0
+    raw[2, 4, 7] = 2  # one edge in the last cell
+    for direction in ("both", "outgoing"):
+        pair = pair_codes(raw, direction)
+        prior = linear_pair.PriorCodes.of(pair, torch.randn(16, 4))
+        delta = torch.randn(16, H)
+        delta[0] = 0
+        want = delta[pair.long()].permute(0, 3, 1, 2)  # [B, H, r, r]
+        no_pads = torch.zeros(B, r, dtype=torch.bool)
+        torch.testing.assert_close(prior.mask(delta, 0, r, no_pads), want, rtol=0, atol=0)
+        for chunk in (1, 4, 5):
+            got = torch.cat([prior.mask(delta, s, min(s + chunk, r), no_pads) for s in range(0, r, chunk)], dim=2)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        pads = no_pads.clone()
+        pads[1, -2:] = True
+        masked = prior.mask(delta, 0, r, pads)
+        assert (masked[1, :, :, -2:] == torch.finfo(masked.dtype).min).all()
+        torch.testing.assert_close(masked[:, :, :, :-2], want[:, :, :, :-2], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("direction", ["both", "outgoing"])
+def test_training_with_dropout_equals_reference_under_the_same_rng(direction):
     """Training mode, attention dropout on (CPU's math path, v not widened): the same random
     stream gives the same dropout masks in both paths, so outputs and gradients still agree."""
-    if prior_path == "bias":
-        monkeypatch.setattr(linear_pair, "MAX_PRIOR_SLOTS", 0)
-    model = linear_model(dropout=0.2).train()
+    model = linear_model(dropout=0.2, prior_direction=direction).train()
     gene_ids, values, pm, prior = batch()
     prior = sparse_prior(prior)
     keep = ~pm

@@ -283,6 +283,14 @@ def pair_codes(codes: torch.Tensor, direction: str = "both") -> torch.Tensor:
     return codes + N_PRIOR_CODES * codes.transpose(-1, -2)
 
 
+def regulator_rows(pair: torch.Tensor) -> torch.Tensor:
+    """[B, r] bool: the genes with an outgoing edge in the cell, from pair codes [B, r, r] of either
+    direction setting (the i -> j code is `pair % N_PRIOR_CODES` in both). A pair's code is not
+    "no edge" only where its row or its column is such a gene, which is what lets linear pair mode
+    treat the prior as a sparse bias (`bioformer.models.linear_pair.PriorCodes`)."""
+    return (pair % N_PRIOR_CODES != 0).any(dim=-1)
+
+
 def load_edges(prior: str, seed: int = 0, quiet: bool = True) -> pd.DataFrame | None:
     """Resolve a `prior` option to an edge table (None for "none"). The controls (`NAME-rewired`,
     `NAME-random`, `NAME-shuffled`) depend on the model's genes: see

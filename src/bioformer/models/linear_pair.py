@@ -10,11 +10,12 @@ Terms constant over the key j cancel in the softmax (beta_k, the "no edge" code'
 
 * each earlier block's OPM becomes c_opm more query/key channels per head: q' = [q, s a_k M],
   k' = [k, b_k], with s = sqrt(d_head) so that SDPA's 1/sqrt(d_head) leaves the term exact;
-* the prior is non-zero only on rows i that have an edge code in the cell ("slots"): with
-  S such rows, bias[h, i, j] = sum_t 1[i = slot_t] D_h(slot_t, j), i.e. S more channels (a
-  one-hot of the slot on the query side, the per-head code values on the key side). Where S is
-  large, the prior is a float bias built per chunk of query rows instead (one dense bias while
-  B * H * r * r is small, else chunks of BIAS_CHUNK_ELEMENTS / (B H r) rows unless given).
+* the prior's code is "no edge" except on the rows and columns of the cell's regulators (genes
+  with an outgoing edge, S of them): their codes are gathered once (int8, O(B S r)), and each
+  chunk of query rows looks up and scatters only those into its float mask (one dense mask
+  while B * H * r * r is small, else chunks of BIAS_CHUNK_ELEMENTS / (B H r) rows unless
+  given). Its backward is a gather and a lookup backward over O(B S r) pairs, never over all
+  r * r (which, as an embedding of every pair's code, took 40% of a training step).
 
 Values are zero-padded to the query/key width where CPU's fused kernel runs (it wants equal head dims). With
 `chunk_size`, attention runs over chunks of query rows, each recomputed in backward, so even the
@@ -30,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from bioformer.models.pair import OuterProductMean, PairBiasAttention, attention_mask
+from bioformer.data.prior import regulator_rows
+from bioformer.models.pair import OuterProductMean, PairBiasAttention
 
-MAX_PRIOR_SLOTS = 64  # above this many prior rows in a cell, the prior goes in as a float bias
-BIAS_CHUNK_ELEMENTS = 2**24  # float-bias path without chunk_size: query rows per chunk so that a chunk's bias has at most this many elements
+BIAS_CHUNK_ELEMENTS = 2**24  # without chunk_size: query rows per chunk so that a chunk's prior bias has at most this many elements
 
 
 @dataclass
@@ -53,25 +54,64 @@ class OPMTerm:
 
 @dataclass
 class PriorCodes:
-    """The initial z as edge codes and their embedding table, with the rows that carry edges."""
+    """The initial z's pair codes as linear mode reads them: a code other than "no edge" sits only
+    on the rows and columns of the cell's regulators (genes with an outgoing edge, S of them), so
+    the prior's pair bias is S full rows plus S columns of the other rows. Their codes are
+    gathered once (int8, O(B S r), shared by every block).
 
-    codes: torch.Tensor  # [B, r, r] edge codes (0 = no edge)
+    Padding slots (cells with fewer than S regulators) point at position 0 with code 0, whose
+    relative bias is exactly 0, so they add nothing.
+    """
+
+    codes: torch.Tensor  # [B, r, r] pair codes (0 = no edge)
     table: torch.Tensor  # [K, c_z] the prior embedding E
-    slot_rows: torch.Tensor | None  # [B, S] rows with any edge (padded with row 0), or None: use a float bias
-    slot_valid: torch.Tensor | None  # [B, S] bool, False for the padding slots
+    sources: torch.Tensor  # [B, S] the regulators' positions, ascending (0 for padding slots)
+    row_codes: torch.Tensor  # [B, S, r] code(source_s, j)
+    col_codes: torch.Tensor | None  # [B, r, S] code(i, source_s) for i not a regulator; None when all 0 ("outgoing")
 
     @classmethod
-    def of(cls, codes: torch.Tensor, table: torch.Tensor, max_slots: int | None = None) -> PriorCodes:
-        """Slots when at most `max_slots` (default MAX_PRIOR_SLOTS) rows of a cell carry edges."""
-        max_slots = MAX_PRIOR_SLOTS if max_slots is None else max_slots
-        has_edge = (codes != 0).any(dim=-1)  # [B, r]
+    def of(cls, codes: torch.Tensor, table: torch.Tensor) -> PriorCodes:
+        B, r = codes.shape[:2]
+        is_source = regulator_rows(codes)  # [B, r]
         # at least one slot (an empty one where no cell has an edge): the prior embedding and the
         # bias weights then stay in the graph with an exactly zero gradient, as DDP needs
-        n_slots = max(int(has_edge.sum(dim=-1).max()) if codes.numel() else 0, 1)
-        if n_slots > max_slots:
-            return cls(codes, table, None, None)
-        order = torch.argsort(has_edge.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_slots]  # [B, S]
-        return cls(codes, table, order, torch.gather(has_edge, 1, order))
+        S = max(int(is_source.sum(dim=-1).max()) if codes.numel() else 0, 1)
+        order = torch.argsort(is_source.to(torch.int8), dim=1, descending=True, stable=True)[:, :S]  # [B, S]
+        valid = torch.gather(is_source, 1, order)  # [B, S]
+        sources = order * valid
+        row_codes = torch.gather(codes, 1, sources[:, :, None].expand(B, S, r)) * valid[:, :, None]  # [B, S, r]
+        col_codes = torch.gather(codes, 2, sources[:, None, :].expand(B, r, S))  # [B, r, S]
+        col_codes = col_codes * (valid[:, None, :] & ~is_source[:, :, None])  # regulator rows are whole in row_codes
+        return cls(codes, table, sources, row_codes, col_codes if col_codes.any() else None)
+
+    def mask(self, delta: torch.Tensor, start: int, stop: int, padding_mask: torch.Tensor) -> torch.Tensor:
+        """[B, H, rq, r]: the attention mask of query rows [start, stop), i.e. the prior's bias
+        `delta[code(i, j)]` (`delta` [K, H], code 0 -> 0) plus the dtype's min on padded keys.
+
+        Only the chunk's regulator columns and the regulator rows inside the chunk are looked up
+        and added in place into one fresh tensor (the padded keys' min absorbs any bias): a chunk
+        costs one pass to fill, and its backward is gathers and a lookup backward over O(B S r)
+        pairs per block, never over all r * r."""
+        B, S, r = self.row_codes.shape
+        H, rq = delta.shape[1], stop - start
+        neg = torch.finfo(delta.dtype).min
+        pads = padding_mask[:, None, None, :].to(delta.dtype) * neg  # [B, 1, 1, r]
+        mask = pads.expand(B, H, rq, r).contiguous()
+        if self.col_codes is not None:
+            cols = F.embedding(self.col_codes[:, start:stop].long(), delta).permute(0, 3, 1, 2)  # [B, H, rq, S]
+            mask.scatter_add_(3, self.sources[:, None, None, :].expand(B, H, rq, S), cols)
+        local = self.sources - start  # [B, S]
+        if start == 0 and rq == r:
+            codes, idx = self.row_codes, self.sources
+        else:  # only the slots that fall in this chunk (in any cell; the others' codes are zeroed)
+            inside = (local >= 0) & (local < rq)
+            keep = inside.any(dim=0).nonzero().squeeze(1)  # [S']
+            if not keep.numel():
+                return mask
+            codes = self.row_codes[:, keep] * inside[:, keep, None]
+            idx = local[:, keep].clamp(0, rq - 1)
+        rows = F.embedding(codes.long(), delta).permute(0, 3, 1, 2)  # [B, H, S', r]
+        return mask.scatter_add_(2, idx[:, None, :, None].expand(-1, H, -1, r), rows)
 
 
 def code_bias(prior: PriorCodes, w: torch.Tensor, relative: bool = True) -> torch.Tensor:
@@ -80,35 +120,21 @@ def code_bias(prior: PriorCodes, w: torch.Tensor, relative: bool = True) -> torc
     return per_code - per_code[:1] if relative else per_code
 
 
-def _prior_slot_channels(prior: PriorCodes, delta: torch.Tensor, r: int, H: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query [B, 1, r, S] (one-hot of each row's slot) and key [B, H, r, S] channels of the prior."""
-    rows, valid = prior.slot_rows, prior.slot_valid  # [B, S]
-    B, S = rows.shape
-    positions = torch.arange(r, device=rows.device)
-    q_side = ((positions[None, :, None] == rows[:, None, :]) & valid[:, None, :]).to(delta.dtype)  # [B, r, S]
-    codes = torch.gather(prior.codes, 1, rows[:, :, None].expand(B, S, r)).long()  # [B, S, r]: code(slot -> j)
-    onehot = F.one_hot(codes, delta.shape[0]).to(delta.dtype)  # [B, S, r, K]
-    k_side = (onehot @ delta).permute(0, 3, 2, 1)  # [B, H, r_j, S]
-    return q_side.unsqueeze(1), k_side
-
-
 def _attend_rows(
     q: torch.Tensor,  # [B, H, rq, d'] a chunk of query rows
     k: torch.Tensor,  # [B, H, r, d']
     v: torch.Tensor,  # [B, H, r, d' or d_h]
+    delta: torch.Tensor | None,  # [K, H] relative per-code bias, or None (no prior)
     padding_mask: torch.Tensor,  # [B, r] True = pad
-    codes: torch.Tensor | None,  # [B, r, r] or None (prior already folded or absent)
-    delta: torch.Tensor | None,  # [K, H]
+    prior: PriorCodes | None,
     start: int,
     scale: float,
     dropout_p: float,
 ) -> torch.Tensor:  # [B, H, rq, width of v]
-    if codes is None:
+    if prior is None:
         mask = ~padding_mask[:, None, None, :]  # [B, 1, 1, r] True = attend
     else:
-        rows = codes[:, start:start + q.shape[2]].long()  # [B, rq, r]
-        bias = F.embedding(rows, delta).permute(0, 3, 1, 2)  # [B, H, rq, r]
-        mask = attention_mask(bias, padding_mask, q.dtype)
+        mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
@@ -130,15 +156,7 @@ def linear_pair_attention(
         M = torch.einsum("hz,zde->hde", w, t.weight.to(q.dtype))  # [H, c_opm, c_opm]
         q_parts.append(torch.einsum("bid,hde->bhie", t.a.to(q.dtype), M) * s)  # [B, H, r, c_opm]
         k_parts.append(t.b.to(q.dtype).unsqueeze(1).expand(B, H, r, -1))  # [B, H, r, c_opm]
-    codes = delta = None
-    if prior is not None:
-        delta = code_bias(prior, w.to(prior.table.dtype)).to(q.dtype)  # [K, H]
-        if prior.slot_rows is None:
-            codes = prior.codes
-        elif prior.slot_rows.shape[1]:
-            q_side, k_side = _prior_slot_channels(prior, delta, r, H)
-            q_parts.append((q_side * s).expand(B, H, r, -1))
-            k_parts.append(k_side)
+    delta = code_bias(prior, w.to(prior.table.dtype)).to(q.dtype) if prior is not None else None  # [K, H]
     d = sum(p.shape[-1] for p in q_parts)
     d_pad = (d + 7) // 8 * 8  # equal, aligned head dims for q, k and v: fused kernels apply
     if d_pad > d:
@@ -147,24 +165,24 @@ def linear_pair_attention(
     q2 = torch.cat(q_parts, dim=-1) if len(q_parts) > 1 else q  # [B, H, r, d']
     k2 = torch.cat(k_parts, dim=-1) if len(k_parts) > 1 else k  # [B, H, r, d']
     dropout_p = attn.attention_dropout()
-    # CPU's fused kernel (bool mask, no dropout) wants v as wide as q and k; the math path (CPU
-    # training with dropout, a float bias) and CUDA's memory-efficient kernel do not, and there
-    # zero channels of v would only cost time
-    fused_cpu = q.device.type == "cpu" and dropout_p == 0 and codes is None
+    # CPU's fused kernel (no dropout, no mask gradient) wants v as wide as q and k; the math path
+    # (CPU training with dropout or a prior bias) and CUDA's kernels do not, and there zero
+    # channels of v would only cost time
+    fused_cpu = q.device.type == "cpu" and dropout_p == 0 and (prior is None or not torch.is_grad_enabled())
     v2 = F.pad(v, (0, d_pad - dh)) if fused_cpu else v  # [B, H, r, d' or d_h]
-    attend = partial(_attend_rows, padding_mask=padding_mask, codes=codes, delta=delta, scale=1 / s, dropout_p=dropout_p)
-    if chunk_size is None and codes is not None:  # a dense bias while it is small, else chunks of rows
+    attend = partial(_attend_rows, padding_mask=padding_mask, prior=prior, scale=1 / s, dropout_p=dropout_p)
+    if chunk_size is None and prior is not None:  # a dense bias while it is small, else chunks of rows
         chunk_size = max(1, BIAS_CHUNK_ELEMENTS // (B * H * r))
     chunk = min(chunk_size or r, r)
     if chunk >= r:
-        o = attend(q2, k2, v2, start=0)
+        o = attend(q2, k2, v2, delta, start=0)
     else:  # each chunk is recomputed in backward: O(B H chunk r) alive at a time
         recompute = torch.is_grad_enabled()
         outs = []
         for start in range(0, r, chunk):
             fn = partial(attend, start=start)
-            q_c = q2[:, :, start:start + chunk]
-            outs.append(checkpoint(fn, q_c, k2, v2, use_reentrant=False) if recompute else fn(q_c, k2, v2))
+            args = (q2[:, :, start:start + chunk], k2, v2, delta)
+            outs.append(checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args))
         o = torch.cat(outs, dim=2)
     return attn.output(x, o[..., :dh])
 
