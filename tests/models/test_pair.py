@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bioformer.models.pair import CodedPair, OuterProductMean, PairBiasAttention, attention_mask  # noqa: E402
+from bioformer.data.prior import pair_codes  # noqa: E402
+from bioformer.models.pair import (  # noqa: E402
+    CodedPair,
+    OuterProductMean,
+    PairBiasAttention,
+    PriorCodes,
+    attention_mask,
+)
 from tests.reference_impl import (  # noqa: E402
     naive_attention,
     naive_outer_product_mean,
@@ -20,6 +27,14 @@ from tests.reference_impl import (  # noqa: E402
 
 B, R, C, H, CZ, COPM = 2, 13, 16, 4, 6, 5  # r = 13: not a multiple of 8
 
+
+
+def regulator_codes(seed: int = 0) -> torch.Tensor:
+    """[B, R, R] pair codes (both directions) of a few regulators per cell, with different counts."""
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 4, (B, R, R), generator=g, dtype=torch.int8)
+    raw *= (torch.rand(B, R, 1, generator=g) < 0.3).to(torch.int8)
+    return pair_codes(raw, "both")
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -70,11 +85,11 @@ def test_opm_adds_into_z_and_coded_z():
     m, pm = torch.randn(B, R, C), padding()
     z = torch.randn(B, R, R, CZ)
     torch.testing.assert_close(opm(m, pm, z), z + naive_outer_product_mean(opm, m, pm), rtol=1e-5, atol=1e-6)
-    codes = torch.randint(0, 4, (B, R, R))
-    table = torch.randn(4, CZ, requires_grad=True)
-    coded = CodedPair(F.one_hot(codes, 4).float(), table)
+    codes = regulator_codes()
+    table = torch.randn(16, CZ, requires_grad=True)
+    coded = CodedPair(PriorCodes.of(codes, table), table)
     out = opm(m, pm, coded)
-    ref = table[codes] + naive_outer_product_mean(opm, m, pm)
+    ref = table[codes.long()] + naive_outer_product_mean(opm, m, pm)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     w = torch.randn_like(out)
     (out * w).sum().backward()
@@ -169,10 +184,12 @@ def test_pair_bias_attention_matches_reference_forward_and_backward(gating):
 def test_coded_pair_bias_equals_materialised_z():
     torch.manual_seed(6)
     attn = PairBiasAttention(C, H, CZ, dropout=0.0).eval()
-    codes = torch.randint(0, 4, (B, R, R))
-    table = torch.randn(4, CZ)
+    codes = regulator_codes()
+    table = torch.randn(16, CZ)
     m, pm = torch.randn(B, R, C), padding()
-    coded = CodedPair(F.one_hot(codes, 4).float(), table)
-    torch.testing.assert_close(attn(m, coded, pm), attn(m, table[codes], pm), rtol=1e-5, atol=1e-6)
+    coded = CodedPair(PriorCodes.of(codes, table), table)
+    torch.testing.assert_close(attn(m, coded, pm), attn(m, table[codes.long()], pm), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(attn.pair_bias(coded), attn.pair_bias(table[codes.long()]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(coded.materialise(B, R), table[codes.long()])
     zero = CodedPair(None, torch.zeros(1, CZ))
     torch.testing.assert_close(attn(m, zero, pm), attn(m, torch.zeros(B, R, R, CZ), pm), rtol=1e-5, atol=1e-6)

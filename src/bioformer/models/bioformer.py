@@ -11,13 +11,8 @@ from bioformer.data.prior import N_PAIR_CODES, PRIOR_DIRECTIONS, pair_codes
 from bioformer.errors import BioformerError
 from bioformer.models.base import MaskedValueModel, PairPath
 from bioformer.models.layers import ExprDecoder, GeneEncoder, Transition, ValueEncoder
-from bioformer.models.linear_pair import (
-    OPMTerm,
-    PriorCodes,
-    linear_pair_attention,
-    linear_pair_bias,
-)
-from bioformer.models.pair import CodedPair, OuterProductMean, PairBiasAttention
+from bioformer.models.linear_pair import OPMTerm, linear_pair_attention, linear_pair_bias
+from bioformer.models.pair import CodedPair, OuterProductMean, PairBiasAttention, PriorCodes
 from bioformer.models.registry import register_model
 
 PAIR_MODES = ("full", "linear")
@@ -175,10 +170,11 @@ class BioFormer(MaskedValueModel):
             return CodedPair(None, self.zero_z)
         if prior is None:
             raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
-        pair = pair_codes(prior, self.prior_direction)  # [B, r, r]
-        codes = torch.arange(N_PAIR_CODES, device=prior.device, dtype=pair.dtype)
-        onehot = (pair.unsqueeze(-1) == codes).to(self.zero_z.dtype)  # [B, r, r, 16] (no int64 detour)
-        return CodedPair(onehot, self.prior_encoder.weight)
+        return CodedPair(self.prior_codes(prior), self.prior_encoder.weight)
+
+    def prior_codes(self, prior: torch.Tensor) -> PriorCodes:
+        """The batch's edge codes [B, r, r] as the pair codes z embeds, by regulator rows/columns."""
+        return PriorCodes.of(pair_codes(prior, self.prior_direction), self.prior_encoder.weight)
 
     def forward(
         self,
@@ -273,7 +269,7 @@ class BioFormer(MaskedValueModel):
         if self.uses_z and self.needs_prior:
             if prior is None:
                 raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
-            codes = PriorCodes.of(pair_codes(prior, self.prior_direction), self.prior_encoder.weight)
+            codes = self.prior_codes(prior)
         terms: list[OPMTerm] = []
         for block in self.blocks[:n_blocks]:
             m, term = self._run_block(block.forward_linear, m, terms, codes, padding_mask)

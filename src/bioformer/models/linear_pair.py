@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from bioformer.data.prior import regulator_rows
-from bioformer.models.pair import OuterProductMean, PairBiasAttention
+from bioformer.models.pair import OuterProductMean, PairBiasAttention, PriorCodes
 
 BIAS_CHUNK_ELEMENTS = 2**24  # without chunk_size: query rows per chunk so that a chunk's prior bias has at most this many elements
 
@@ -50,68 +49,6 @@ class OPMTerm:
     def of(cls, opm: OuterProductMean, m: torch.Tensor, padding_mask: torch.Tensor) -> OPMTerm:
         a, b = opm.factors(m, padding_mask)
         return cls(a, b, opm.weight(), opm.linear_out.bias)
-
-
-@dataclass
-class PriorCodes:
-    """The initial z's pair codes as linear mode reads them: a code other than "no edge" sits only
-    on the rows and columns of the cell's regulators (genes with an outgoing edge, S of them), so
-    the prior's pair bias is S full rows plus S columns of the other rows. Their codes are
-    gathered once (int8, O(B S r), shared by every block).
-
-    Padding slots (cells with fewer than S regulators) point at position 0 with code 0, whose
-    relative bias is exactly 0, so they add nothing.
-    """
-
-    codes: torch.Tensor  # [B, r, r] pair codes (0 = no edge)
-    table: torch.Tensor  # [K, c_z] the prior embedding E
-    sources: torch.Tensor  # [B, S] the regulators' positions, ascending (0 for padding slots)
-    row_codes: torch.Tensor  # [B, S, r] code(source_s, j)
-    col_codes: torch.Tensor | None  # [B, r, S] code(i, source_s) for i not a regulator; None when all 0 ("outgoing")
-
-    @classmethod
-    def of(cls, codes: torch.Tensor, table: torch.Tensor) -> PriorCodes:
-        B, r = codes.shape[:2]
-        is_source = regulator_rows(codes)  # [B, r]
-        # at least one slot (an empty one where no cell has an edge): the prior embedding and the
-        # bias weights then stay in the graph with an exactly zero gradient, as DDP needs
-        S = max(int(is_source.sum(dim=-1).max()) if codes.numel() else 0, 1)
-        order = torch.argsort(is_source.to(torch.int8), dim=1, descending=True, stable=True)[:, :S]  # [B, S]
-        valid = torch.gather(is_source, 1, order)  # [B, S]
-        sources = order * valid
-        row_codes = torch.gather(codes, 1, sources[:, :, None].expand(B, S, r)) * valid[:, :, None]  # [B, S, r]
-        col_codes = torch.gather(codes, 2, sources[:, None, :].expand(B, r, S))  # [B, r, S]
-        col_codes = col_codes * (valid[:, None, :] & ~is_source[:, :, None])  # regulator rows are whole in row_codes
-        return cls(codes, table, sources, row_codes, col_codes if col_codes.any() else None)
-
-    def mask(self, delta: torch.Tensor, start: int, stop: int, padding_mask: torch.Tensor) -> torch.Tensor:
-        """[B, H, rq, r]: the attention mask of query rows [start, stop), i.e. the prior's bias
-        `delta[code(i, j)]` (`delta` [K, H], code 0 -> 0) plus the dtype's min on padded keys.
-
-        Only the chunk's regulator columns and the regulator rows inside the chunk are looked up
-        and added in place into one fresh tensor (the padded keys' min absorbs any bias): a chunk
-        costs one pass to fill, and its backward is gathers and a lookup backward over O(B S r)
-        pairs per block, never over all r * r."""
-        B, S, r = self.row_codes.shape
-        H, rq = delta.shape[1], stop - start
-        neg = torch.finfo(delta.dtype).min
-        pads = padding_mask[:, None, None, :].to(delta.dtype) * neg  # [B, 1, 1, r]
-        mask = pads.expand(B, H, rq, r).contiguous()
-        if self.col_codes is not None:
-            cols = F.embedding(self.col_codes[:, start:stop].long(), delta).permute(0, 3, 1, 2)  # [B, H, rq, S]
-            mask.scatter_add_(3, self.sources[:, None, None, :].expand(B, H, rq, S), cols)
-        local = self.sources - start  # [B, S]
-        if start == 0 and rq == r:
-            codes, idx = self.row_codes, self.sources
-        else:  # only the slots that fall in this chunk (in any cell; the others' codes are zeroed)
-            inside = (local >= 0) & (local < rq)
-            keep = inside.any(dim=0).nonzero().squeeze(1)  # [S']
-            if not keep.numel():
-                return mask
-            codes = self.row_codes[:, keep] * inside[:, keep, None]
-            idx = local[:, keep].clamp(0, rq - 1)
-        rows = F.embedding(codes.long(), delta).permute(0, 3, 1, 2)  # [B, H, S', r]
-        return mask.scatter_add_(2, idx[:, None, :, None].expand(-1, H, -1, r), rows)
 
 
 def code_bias(prior: PriorCodes, w: torch.Tensor, relative: bool = True) -> torch.Tensor:

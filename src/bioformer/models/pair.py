@@ -18,22 +18,93 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bioformer.data.prior import regulator_rows
+
+
+@dataclass
+class PriorCodes:
+    """Pair codes [B, r, r] in the form both pair modes read them: a code other than "no edge"
+    sits only on the rows and columns of the cell's regulators (genes with an outgoing edge, S
+    of them; see `bioformer.data.prior.regulator_rows`), so any per-code quantity over all pairs
+    is S full rows plus S columns of the other rows. Their codes are gathered once (O(B S r),
+    shared by every block), and `add_` looks up and scatters only those: never an [B, r, r, K]
+    one-hot or a lookup backward over all r * r pairs.
+
+    Padding slots (cells with fewer than S regulators) point at position 0 with code 0, and the
+    tables given to `add_` are relative (row 0 is zero), so they add nothing.
+    """
+
+    codes: torch.Tensor  # [B, r, r] pair codes (0 = no edge)
+    table: torch.Tensor  # [K, c_z] the prior embedding E
+    sources: torch.Tensor  # [B, S] the regulators' positions, ascending (0 for padding slots)
+    row_codes: torch.Tensor  # [B, S, r] code(source_s, j)
+    col_codes: torch.Tensor | None  # [B, r, S] code(i, source_s) for i not a regulator; None when all 0 ("outgoing")
+
+    @classmethod
+    def of(cls, codes: torch.Tensor, table: torch.Tensor) -> PriorCodes:
+        B, r = codes.shape[:2]
+        is_source = regulator_rows(codes)  # [B, r]
+        # at least one slot (an empty one where no cell has an edge): the prior embedding and the
+        # bias weights then stay in the graph with an exactly zero gradient, as DDP needs
+        S = max(int(is_source.sum(dim=-1).max()) if codes.numel() else 0, 1)
+        order = torch.argsort(is_source.to(torch.int8), dim=1, descending=True, stable=True)[:, :S]  # [B, S]
+        valid = torch.gather(is_source, 1, order)  # [B, S]
+        sources = order * valid
+        row_codes = torch.gather(codes, 1, sources[:, :, None].expand(B, S, r)) * valid[:, :, None]  # [B, S, r]
+        col_codes = torch.gather(codes, 2, sources[:, None, :].expand(B, r, S))  # [B, r, S]
+        col_codes = col_codes * (valid[:, None, :] & ~is_source[:, :, None])  # regulator rows are whole in row_codes
+        return cls(codes, table, sources, row_codes, col_codes if col_codes.any() else None)
+
+    def add_(self, out: torch.Tensor, table: torch.Tensor, start: int = 0, heads_first: bool = True) -> torch.Tensor:
+        """out += table[code(i, j)] in place, for the query rows [start, start + rq) that `out`
+        holds: out [B, C, rq, r] (`heads_first`) or [B, rq, r, C]; table [K, C] with table[0] = 0.
+        Returns out."""
+        B, S, r = self.row_codes.shape
+        C = table.shape[1]
+        rq = out.shape[2] if heads_first else out.shape[1]
+        if self.col_codes is not None:
+            cols = F.embedding(self.col_codes[:, start:start + rq].long(), table)  # [B, rq, S, C]
+            if heads_first:
+                out.scatter_add_(3, self.sources[:, None, None, :].expand(B, C, rq, S), cols.permute(0, 3, 1, 2))
+            else:
+                out.scatter_add_(2, self.sources[:, None, :, None].expand(B, rq, S, C), cols)
+        if start == 0 and rq == r:
+            codes, idx = self.row_codes, self.sources
+        else:  # only the slots that fall in these rows (in any cell; the others' codes are zeroed)
+            local = self.sources - start  # [B, S]
+            inside = (local >= 0) & (local < rq)
+            keep = inside.any(dim=0).nonzero().squeeze(1)  # [S']
+            if not keep.numel():
+                return out
+            codes = self.row_codes[:, keep] * inside[:, keep, None]
+            idx = local[:, keep].clamp(0, rq - 1)
+        rows = F.embedding(codes.long(), table)  # [B, S', r, C]
+        if heads_first:
+            return out.scatter_add_(2, idx[:, None, :, None].expand(-1, C, -1, r), rows.permute(0, 3, 1, 2))
+        return out.scatter_add_(1, idx[:, :, None, None].expand(-1, -1, r, C), rows)
+
+    def mask(self, delta: torch.Tensor, start: int, stop: int, padding_mask: torch.Tensor) -> torch.Tensor:
+        """[B, H, rq, r]: the attention mask of query rows [start, stop), i.e. the bias
+        `delta[code(i, j)]` (`delta` [K, H], code 0 -> 0) plus the dtype's min on padded keys,
+        written in place into one fresh tensor (the padded keys' min absorbs any bias)."""
+        B, r = padding_mask.shape
+        neg = torch.finfo(delta.dtype).min
+        pads = padding_mask[:, None, None, :].to(delta.dtype) * neg  # [B, 1, 1, r]
+        mask = pads.expand(B, delta.shape[1], stop - start, r).contiguous()
+        return self.add_(mask, delta, start, heads_first=True)
+
 
 @dataclass
 class CodedPair:
-    """z given as a lookup: z[b, i, j] = table[code[b, i, j]].
+    """z given by edge codes: z[b, i, j] = table[code[b, i, j]], the codes held as `PriorCodes`
+    (their regulators' rows and columns), or None when every pair has code 0 (e.g. zero z)."""
 
-    `onehot` is [B, r, r, K] (float, the codes one-hot encoded; gathers written as matmuls have a
-    dense, fast backward into `table`), or None when every pair has code 0 (e.g. zero z).
-    """
-
-    onehot: torch.Tensor | None  # [B, r, r, K] or None
+    prior: PriorCodes | None
     table: torch.Tensor  # [K, c_z]
 
     def materialise(self, B: int, r: int) -> torch.Tensor:  # [B, r, r, c_z]
-        if self.onehot is None:
-            return self.table[0].expand(B, r, r, -1).contiguous()
-        return self.onehot @ self.table
+        z = self.table[0].expand(B, r, r, -1).contiguous()
+        return z if self.prior is None else self.prior.add_(z, self.table - self.table[:1], heads_first=False)
 
 
 def attention_mask(
@@ -107,11 +178,11 @@ class PairBiasAttention(nn.Module):
         """Linear(LN(z)) in head-major layout: [B, H, r, r] (or [1, H, 1, 1] for a constant z)."""
         if isinstance(z, CodedPair):
             per_code = self.bias_proj(self.normalise_z(z.table))  # [K, H]
-            if z.onehot is None:
-                return per_code[0].view(1, -1, 1, 1)
-            B, r = z.onehot.shape[:2]
-            # [H, K] @ [B, K, r*r] -> [B, H, r*r]: the lookup as a matmul, already head-major
-            return torch.matmul(per_code.t(), z.onehot.reshape(B, r * r, -1).transpose(1, 2)).view(B, -1, r, r)
+            const = per_code[0].view(1, -1, 1, 1)
+            if z.prior is None:
+                return const
+            B, r = z.prior.codes.shape[:2]
+            return z.prior.add_(const.expand(B, -1, r, r).contiguous(), per_code - per_code[:1])
         return self.bias_proj(self.normalise_z(z)).permute(0, 3, 1, 2)  # [B, H, r, r] (a view)
 
     def forward(
@@ -121,8 +192,14 @@ class PairBiasAttention(nn.Module):
         padding_mask: torch.Tensor,  # [B, r] True = pad
     ) -> torch.Tensor:  # [B, r, c]
         x, q, k, v = self.qkv(m)
-        bias = self.pair_bias(z) if (self.bias_proj is not None and z is not None) else None
-        mask = attention_mask(bias, padding_mask, q.dtype)  # [B, H, r, r]
+        if self.bias_proj is not None and isinstance(z, CodedPair) and z.prior is not None:
+            # the per-code bias relative to "no edge" (that constant cancels in the softmax),
+            # scattered from the regulators' rows and columns straight into the mask
+            per_code = self.bias_proj(self.normalise_z(z.table)).to(q.dtype)  # [K, H]
+            mask = z.prior.mask(per_code - per_code[:1], 0, m.shape[1], padding_mask)  # [B, H, r, r]
+        else:
+            bias = self.pair_bias(z) if (self.bias_proj is not None and z is not None) else None
+            mask = attention_mask(bias, padding_mask, q.dtype)  # [B, H, r, r]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attention_dropout())
         return self.output(x, o)
 
@@ -188,7 +265,7 @@ class OuterProductMean(nn.Module):
         t = torch.einsum("bjd,zcd->bcjz", b, W).reshape(B, self.d_opm, r * self.d_z)  # [B, c_opm(a), r_j*c_z]
         # the bias as one more input channel: a_ext = [a, 1], t_ext = [t; bias tiled over j]
         out_bias = self.linear_out.bias if self.linear_out.bias is not None else b.new_zeros(self.d_z)
-        if isinstance(z, CodedPair) and z.onehot is None:  # constant z: fold it into the bias
+        if isinstance(z, CodedPair):  # the "no edge" row of z is a constant: fold it into the bias
             out_bias = out_bias + z.table[0]
         bias_row = out_bias.to(t.dtype).repeat(r).expand(B, 1, r * self.d_z)  # [B, 1, r_j*c_z]
         a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)  # [B, r, c_opm + 1]
@@ -205,10 +282,10 @@ class OuterProductMean(nn.Module):
                 u = torch.bmm(a_c, t)  # [B, ri, r_j*c_z]
                 if isinstance(z, torch.Tensor):  # autocast: keep z in its own (fp32) precision
                     u = z[:, start:start + chunk] + u.view(B, ri, r, self.d_z)
-                elif isinstance(z, CodedPair) and z.onehot is not None:
-                    # + onehot @ table in one fused op (not in place: that would make autograd
-                    # copy the whole gradient of u); fp32 like the table
-                    onehot = z.onehot[:, start:start + chunk].reshape(-1, z.table.shape[0]).to(z.table.dtype)
-                    u = torch.addmm(u.view(-1, self.d_z).to(z.table.dtype), onehot, z.table)
+                elif isinstance(z, CodedPair) and z.prior is not None:
+                    # + the codes' rows relative to "no edge", scattered in place (bmm does not
+                    # need its output for backward); fp32 like the table
+                    u = u.view(B, ri, r, self.d_z).to(z.table.dtype)
+                    u = z.prior.add_(u, z.table - z.table[:1], start, heads_first=False)
             outs.append(u.view(B, ri, r, self.d_z))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [B, r, r, c_z]
