@@ -143,8 +143,10 @@ def linear_pair_bias(
     for start in range(0, r, chunk):
         stop = min(start + chunk, r)
         part = const.view(1, -1, 1, 1)
-        if per_code is not None:
-            part = part + F.embedding(prior.codes[:, start:stop].long(), per_code).permute(0, 3, 1, 2)  # [B, H, rq, r]
+        if per_code is not None:  # "no edge" everywhere, then the regulators' rows and columns
+            B = prior.codes.shape[0]
+            part = (part + per_code[0].view(1, -1, 1, 1)).expand(B, -1, stop - start, r).contiguous()
+            part = prior.add_(part, per_code - per_code[:1], start)  # [B, H, rq, r]
         for t, M in zip(terms, Ms, strict=True):
             part = part + torch.einsum("bid,hde,bje->bhij", t.a[:, start:stop], M, t.b)  # [B, H, rq, r]
         outs.append(part.expand(-1, -1, stop - start, r))

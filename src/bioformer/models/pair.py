@@ -21,6 +21,28 @@ from torch import nn
 from bioformer.data.prior import regulator_rows
 
 
+class _CodeLookup(torch.autograd.Function):
+    """table[codes] whose backward is one `index_add_` into the small table (4x faster on CPU
+    than the embedding backward for a 16-row table, where many indices hit each row)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(codes)
+        ctx.n_codes = table.shape[0]
+        return F.embedding(codes, table)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (codes,) = ctx.saved_tensors
+        C = grad.shape[-1]
+        return grad.new_zeros(ctx.n_codes, C).index_add_(0, codes.reshape(-1), grad.reshape(-1, C)), None
+
+
+def code_lookup(table: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """[..., C]: table [K, C] at integer `codes` [...]."""
+    return _CodeLookup.apply(table, codes.long())
+
+
 @dataclass
 class PriorCodes:
     """Pair codes [B, r, r] in the form both pair modes read them: a code other than "no edge"
@@ -63,7 +85,7 @@ class PriorCodes:
         C = table.shape[1]
         rq = out.shape[2] if heads_first else out.shape[1]
         if self.col_codes is not None:
-            cols = F.embedding(self.col_codes[:, start:start + rq].long(), table)  # [B, rq, S, C]
+            cols = code_lookup(table, self.col_codes[:, start:start + rq])  # [B, rq, S, C]
             if heads_first:
                 out.scatter_add_(3, self.sources[:, None, None, :].expand(B, C, rq, S), cols.permute(0, 3, 1, 2))
             else:
@@ -78,7 +100,7 @@ class PriorCodes:
                 return out
             codes = self.row_codes[:, keep] * inside[:, keep, None]
             idx = local[:, keep].clamp(0, rq - 1)
-        rows = F.embedding(codes.long(), table)  # [B, S', r, C]
+        rows = code_lookup(table, codes)  # [B, S', r, C]
         if heads_first:
             return out.scatter_add_(2, idx[:, None, :, None].expand(-1, C, -1, r), rows.permute(0, 3, 1, 2))
         return out.scatter_add_(1, idx[:, :, None, None].expand(-1, -1, r, C), rows)
