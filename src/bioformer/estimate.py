@@ -99,7 +99,7 @@ def estimate_memory(
         if pair_bias:
             z_pairs = 1.0  # int8 prior codes
             if use_prior:
-                z_pairs += 16 * 4  # one-hot pair codes [B, r, r, 16] fp32, shared by block 0's bias and OPM
+                z_pairs += 1  # the pair codes (int8; block 0 reads them by regulator rows/columns)
             # each OPM writes a new z (fp32, kept also under checkpointing: it is a block input);
             # a block that reads it keeps LN(z) and its mean/rstd
             z_pairs += n_opm * cz * 4 + n_kept_opm * (cz * act + 2 * 4)
@@ -125,7 +125,7 @@ def estimate_memory(
         parts["parameters + optimizer state"] = 4.0 * P
         parts["m activations"] = (4 * c + ff) * T * act
         if pair_bias:
-            z_pairs = 1.0 + (16 * 4 if use_prior else 0)
+            z_pairs = 1.0 + (1 if use_prior else 0)  # int8 prior codes and pair codes
             # live at once: z, LN(z) (transient), and the next z written by the OPM
             z_pairs += (3 * cz * 4) if n_opm else 0
             parts["z activations"] = z_pairs * pairs

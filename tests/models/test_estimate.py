@@ -77,7 +77,7 @@ def test_matches_a_hand_count_on_a_tiny_configuration():
     assert infer == {
         "parameters + optimizer state": 4 * 1000,  # fp32 weights
         "m activations": (4 * 8 + 32) * 20 * 4,
-        "z activations": (1 + 16 * 4 + 3 * 4 * 4) * 200,  # int8 codes, one-hot pair codes [.., 16] fp32, z / LN(z) / next z
+        "z activations": (1 + 1 + 3 * 4 * 4) * 200,  # int8 codes, int8 pair codes, z / LN(z) / next z
         "attention": 2 * (2 + 2) * 4 * 200,  # mask, bias, scores, probabilities per head
         "OPM intermediates": (20 * 4 * 4 + 20 * 3 * 3) * 4,  # one OPM (the last block skips it)
     }
@@ -85,9 +85,9 @@ def test_matches_a_hand_count_on_a_tiny_configuration():
     assert train == {
         "parameters + optimizer state": 16 * 1000,  # weights, grads, two AdamW states
         "m activations": (2 * (12 * 8 + 3 * 8 + 2.5 * 32) + 12 * 8) * 20 * 4,
-        # codes 1 + one-hot pair codes 16 * 4 + the OPM's new z 16 + LN(z) and its stats 16 + 8,
+        # codes 1 + pair codes 1 + the OPM's new z 16 + LN(z) and its stats 16 + 8,
         # plus the backward transient grad z / grad LN(z) 2*16 minus the block's kept bias 8
-        "z activations": (1 + 16 * 4 + 16 + 24 + 24) * 200,
+        "z activations": (1 + 1 + 16 + 24 + 24) * 200,
         "attention": 2 * (2 * 4) * 200,  # each block keeps its float bias [B, H, r, r]
         "OPM intermediates": (20 * 4 * 4 * 2 + 20 * 3 * 6) * 4,
     }
