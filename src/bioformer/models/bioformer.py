@@ -76,8 +76,10 @@ class BioFormer(MaskedValueModel):
     with `prior_direction="both"` the code of i -> j and of j -> i, each none / activates /
     represses / unsigned) or from zeros. z is only built when something reads it (pair bias on),
     and the last block skips its OPM because no later block would read that update. The initial
-    z is never materialised: it holds at most 16 distinct rows, so the first block reads it as a
-    `CodedPair` (its pair bias is a 16-entry lookup; the first OPM adds it while writing z).
+    z is never materialised: it holds at most 16 distinct rows, and differs from "no edge" only
+    on the rows and columns of the cell's regulators, so the first block reads it as a
+    `CodedPair` (its pair bias is a 16-entry table scattered over those rows and columns; the
+    first OPM adds it the same way while writing z).
 
     Init pairing: the prior embedding is built whenever z is (also for zero z, where it is frozen
     and unread) and drawn from its own generator (seeded by `torch.initial_seed()`), after the

@@ -5,9 +5,11 @@ product, and the attention goes through `scaled_dot_product_attention` with the 
 float mask, so fused kernels run where PyTorch has them.
 
 z can also be given implicitly as a `CodedPair` (z[b, i, j] = table[codes[b, i, j]]): the initial
-z is an embedding of only a handful of edge codes, so its pair bias is a K-entry lookup and the
-first OPM adds the table in the same pass that writes z, instead of materialising and
-normalising a [B, r, r, c_z] tensor that holds K distinct rows.
+z is an embedding of only a handful of edge codes, "no edge" everywhere except on the rows and
+columns of a cell's regulators (`PriorCodes`). Its pair bias is then a K-entry table scattered
+over those rows and columns into the attention mask, and the first OPM adds the table the same
+way in the pass that writes z, instead of materialising and normalising a [B, r, r, c_z] tensor
+that holds K distinct rows.
 """
 
 from __future__ import annotations
