@@ -306,28 +306,33 @@ def _inference_input(args: argparse.Namespace):
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from bioformer.inference.outputs import EMBEDDING_KEY, add_embedding, write_h5ad_atomic
+    from bioformer.inference.outputs import add_embedding, write_h5ad_atomic
 
     run, adata, cells, out = _inference_input(args)
-    add_embedding(run, adata, cells, pooling=args.pooling, batch_size=args.batch_size, progress=args.progress)
+    key = add_embedding(run, adata, cells, pooling=args.pooling, batch_size=args.batch_size, progress=args.progress)
     write_h5ad_atomic(adata, out)
-    print(f"obsm[{EMBEDDING_KEY!r}]: {adata.n_obs} cells x {adata.obsm[EMBEDDING_KEY].shape[1]} ({adata.uns['bioformer_embed']['pooling']}); wrote {out}")
+    print(f"obsm[{key!r}]: {adata.n_obs} cells x {adata.obsm[key].shape[1]} ({adata.uns[key]['pooling']}); wrote {out}")
     return 0
 
 
 def cmd_impute(args: argparse.Namespace) -> int:
-    from bioformer.inference.outputs import IMPUTED_KEY, add_imputation, write_h5ad_atomic
+    from bioformer.inference.outputs import add_imputation, write_h5ad_atomic
 
     run, adata, cells, out = _inference_input(args)
-    add_imputation(run, adata, cells, batch_size=args.batch_size, n_query=args.n_query, progress=args.progress)
+    key = add_imputation(run, adata, cells, batch_size=args.batch_size, n_query=args.n_query, progress=args.progress)
     write_h5ad_atomic(adata, out)
-    print(f"layers[{IMPUTED_KEY!r}] (log-normalised) and [{IMPUTED_KEY + '_bins'!r}]: {adata.n_obs} cells x "
+    print(f"layers[{key!r}] (log-normalised) and [{key + '_bins'!r}]: {adata.n_obs} cells x "
           f"{len(run.genes) - cells.n_missing} run genes ({cells.n_missing} run genes not in the input); wrote {out}")
     return 0
 
 
 def cmd_grn(args: argparse.Namespace) -> int:
-    from bioformer.inference.outputs import PAIR_KEY, add_pair_scores, edge_table, write_h5ad_atomic
+    from bioformer.inference.outputs import (
+        add_pair_scores,
+        default_key,
+        edge_table,
+        write_h5ad_atomic,
+    )
     from bioformer.training.checkpoint import atomic_write_text
 
     if (args.score_csv or args.chip) and not args.score:
@@ -337,7 +342,7 @@ def cmd_grn(args: argparse.Namespace) -> int:
     result = add_pair_scores(run, adata, cells, groupby=args.groupby, batch_size=args.batch_size, progress=args.progress)
     edges = edge_table(result, top_k=args.top_k, min_cells=args.min_cells, grouped=args.groupby is not None)
     write_h5ad_atomic(adata, out)
-    keys = [k for k in adata.varp if k.startswith(PAIR_KEY)]
+    keys = [k for k in adata.varp if k.startswith(default_key(run, "grn"))]
     print(f"varp {keys}: {adata.n_vars} x {adata.n_vars} sparse ({next(iter(result.values())).readout} readout); wrote {out}")
     if args.edges:
         atomic_write_text(args.edges, edges.to_csv(index=False))
@@ -409,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--n-genes", type=int, default=None, help="genes per cell r (default: bound from n_hvg/max_len; no data loaded)")
     es.add_argument("--budget", default="24GB", help="memory budget, e.g. 24GB, 80GiB (default: 24GB)")
     es.set_defaults(func=cmd_estimate)
-    em = sub.add_parser("embed", help="cell embeddings of a trained model -> obsm['X_bioformer'] of a new .h5ad")
+    em = sub.add_parser("embed", help="cell embeddings of a trained model -> obsm['X_<model family>'] of a new .h5ad")
     add_inference_args(em)
     em.add_argument("--pooling", choices=["cls", "mean"], help="<cls> hidden state or mean over gene tokens (default cls when the run has <cls>)")
     em.set_defaults(func=cmd_embed)

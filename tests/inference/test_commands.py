@@ -38,8 +38,9 @@ def test_embed_writes_obsm_and_leaves_the_input_alone(runs, small_input, tmp_pat
     assert _digest(small_input) == before
     res = ad.read_h5ad(out)
     ref = Run.load(runs["scgpt"], device="cpu").embed(ad.read_h5ad(small_input))
-    np.testing.assert_allclose(res.obsm["X_bioformer"], ref, atol=1e-5)
-    assert res.uns["bioformer_embed"]["pooling"] == "cls"
+    np.testing.assert_allclose(res.obsm["X_scgpt"], ref, atol=1e-5)  # keys are named after the family
+    assert "X_bioformer" not in res.obsm
+    assert res.uns["X_scgpt"]["pooling"] == "cls"
     assert list(tmp_path.iterdir()) == [out]  # no temp file left behind
 
 

@@ -1,9 +1,13 @@
 """Results of a `Run` written back into AnnData (scverse conventions) and onto disk atomically.
 
-    obsm["X_bioformer"]                 cell embeddings          (`add_embedding`)
-    layers["bioformer_imputed"]         imputed log-expression   (`add_imputation`)
-    layers["bioformer_imputed_bins"]    the same in bins
-    varp["bioformer_pair_scores"]       source -> target scores  (`add_pair_scores`)
+Default keys are named after the run's model family (`bioformer`, `scgpt`, ...; `FAMILY` below),
+so two models' results sit side by side in one AnnData; every writer takes `key` to override:
+
+    obsm["X_FAMILY"]                    cell embeddings          (`add_embedding`)
+    layers["FAMILY_imputed"]            imputed log-expression   (`add_imputation`)
+    layers["FAMILY_imputed_bins"]       the same in bins
+    varp["FAMILY_pair_scores"]          source -> target scores  (`add_pair_scores`)
+    uns[<key>]                          how it was made: run (absolute path), model, version, options
 
 Everything is over the *input's* genes: columns of genes the run does not know are zero (layers
 and varp are sparse, so that costs nothing).
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -24,9 +29,20 @@ from bioformer.errors import BioformerError
 from bioformer.inference.readouts import PairScores
 from bioformer.inference.run import PreparedCells, Run
 
-EMBEDDING_KEY = "X_bioformer"
-IMPUTED_KEY = "bioformer_imputed"
-PAIR_KEY = "bioformer_pair_scores"
+KEY_PATTERNS = {"embed": "X_{family}", "impute": "{family}_imputed", "grn": "{family}_pair_scores"}
+
+
+def default_key(run: Run, readout: str) -> str:
+    """The AnnData key a readout ("embed" | "impute" | "grn") of `run` is written under by default."""
+    return KEY_PATTERNS[readout].format(family=run.config.model.model)
+
+
+def provenance(run: Run, **options: Any) -> dict[str, Any]:
+    """What `uns` records about a readout: the absolute run directory, model family, package version."""
+    from bioformer import __version__
+
+    return {"run_dir": str(Path(run.run_dir).resolve()), "model": run.config.model.model,
+            "bioformer_version": __version__, **options}
 
 
 def _present(cells: PreparedCells) -> tuple[np.ndarray, np.ndarray]:
@@ -43,23 +59,29 @@ def _on_input_genes(values: np.ndarray, cells: PreparedCells) -> sp.csr_matrix:
 
 
 def add_embedding(run: Run, adata: ad.AnnData, cells: PreparedCells, pooling: str | None = None,
-                  batch_size: int = 64, progress: bool = False) -> None:
-    """obsm["X_bioformer"] = run.embed(cells); how it was made in uns["bioformer_embed"]."""
+                  batch_size: int = 64, progress: bool = False, key: str | None = None) -> str:
+    """obsm[key] = run.embed(cells) (default key "X_<family>"); how it was made in uns[key].
+    Returns the key."""
+    key = key or default_key(run, "embed")
     pooling = pooling or ("cls" if run.config.data.append_cls else "mean")
-    adata.obsm[EMBEDDING_KEY] = run.embed(cells, pooling=pooling, batch_size=batch_size, progress=progress)
-    adata.uns["bioformer_embed"] = {"run_dir": str(run.run_dir), "model": run.config.model.model, "pooling": pooling, "n_missing_genes": cells.n_missing}
+    adata.obsm[key] = run.embed(cells, pooling=pooling, batch_size=batch_size, progress=progress)
+    adata.uns[key] = provenance(run, pooling=pooling, n_missing_genes=cells.n_missing)
+    return key
 
 
 def add_imputation(run: Run, adata: ad.AnnData, cells: PreparedCells, batch_size: int = 64,
-                   n_query: int | None = None, progress: bool = False) -> None:
-    """layers["bioformer_imputed"] (log-normalised) and layers["bioformer_imputed_bins"], over the
-    input's genes (run genes only; others zero); the zero head's P(zero) when there is one."""
+                   n_query: int | None = None, progress: bool = False, key: str | None = None) -> str:
+    """layers[key] (log-normalised; default "<family>_imputed") and layers[key + "_bins"], over the
+    input's genes (run genes only; others zero); the zero head's P(zero) in layers[key +
+    "_zero_prob"] when there is one. Returns the key."""
+    key = key or default_key(run, "impute")
     imp = run.imputation(cells, batch_size=batch_size, n_query=n_query, progress=progress)
-    adata.layers[IMPUTED_KEY] = _on_input_genes(imp.expression, cells)
-    adata.layers[IMPUTED_KEY + "_bins"] = _on_input_genes(imp.bins, cells)
+    adata.layers[key] = _on_input_genes(imp.expression, cells)
+    adata.layers[key + "_bins"] = _on_input_genes(imp.bins, cells)
     if imp.zero_prob is not None:
-        adata.layers[IMPUTED_KEY + "_zero_prob"] = _on_input_genes(imp.zero_prob, cells)
-    adata.uns["bioformer_impute"] = {"run_dir": str(run.run_dir), "model": run.config.model.model, "n_missing_genes": cells.n_missing, "n_bins": run.config.data.n_bins}
+        adata.layers[key + "_zero_prob"] = _on_input_genes(imp.zero_prob, cells)
+    adata.uns[key] = provenance(run, n_missing_genes=cells.n_missing, n_bins=run.config.data.n_bins)
+    return key
 
 
 def pair_matrix_on_input(pairs: PairScores, cells: PreparedCells) -> sp.csr_matrix:
@@ -75,9 +97,11 @@ def pair_matrix_on_input(pairs: PairScores, cells: PreparedCells) -> sp.csr_matr
 
 
 def add_pair_scores(run: Run, adata: ad.AnnData, cells: PreparedCells, groupby: str | None = None,
-                    batch_size: int = 64, progress: bool = False) -> dict[str, PairScores]:
-    """varp["bioformer_pair_scores"] (or one varp["bioformer_pair_scores_<group>"] per group of
-    obs[`groupby`]); returns the PairScores by group name ("all" without groupby)."""
+                    batch_size: int = 64, progress: bool = False, key: str | None = None) -> dict[str, PairScores]:
+    """varp[key] (default "<family>_pair_scores"; or one varp[key + "_<group>"] per group of
+    obs[`groupby`]), how it was made in uns[key]; returns the PairScores by group name ("all"
+    without groupby)."""
+    key = key or default_key(run, "grn")
     if groupby is not None:
         if groupby not in adata.obs:
             raise BioformerError(f"groupby {groupby!r} is not an obs column; available: {list(adata.obs.columns)}")
@@ -85,11 +109,9 @@ def add_pair_scores(run: Run, adata: ad.AnnData, cells: PreparedCells, groupby: 
     else:
         result = {"all": run.pair_scores(cells, batch_size=batch_size, progress=progress)}
     for name, pairs in result.items():
-        key = PAIR_KEY if groupby is None else f"{PAIR_KEY}_{name}"
-        adata.varp[key] = pair_matrix_on_input(pairs, cells)
+        adata.varp[key if groupby is None else f"{key}_{name}"] = pair_matrix_on_input(pairs, cells)
     readout = next(iter(result.values())).readout if result else ""
-    adata.uns["bioformer_grn"] = {"run_dir": str(run.run_dir), "model": run.config.model.model, "readout": readout,
-                                  "groupby": groupby or "", "n_missing_genes": cells.n_missing}
+    adata.uns[key] = provenance(run, readout=readout, groupby=groupby or "", n_missing_genes=cells.n_missing)
     return result
 
 
