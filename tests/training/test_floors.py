@@ -120,3 +120,61 @@ def test_mask_folds_partition_every_cell_and_full_cell_scoring_counts_every_posi
     r = evaluate(_EchoModel(floors), ds, None, batch_size=8, floors=floors, folds=k)
     assert r.counts["positions"] == 30 * 15 and r.counts["folds"] == k
     assert ds.n_folds == 1  # evaluate restores the dataset's masking
+
+
+def _nonlinear_cell_matrix(n_cells=160, n_genes=16, seed=0):
+    """A gene's bin depends on the cell's level, differently per gene: genes 0-5 (mod 8) track
+    it, genes 6 mirror it (50 - level), genes 7 are V-shaped (2 |level - 25|). A per-gene mean
+    sees none of it; a per-gene linear rule misses the V; trees on (gene statistics, cell
+    statistics) can fit all of it."""
+    rng = np.random.default_rng(seed)
+    level = rng.integers(5, 45, size=(n_cells, 1)).astype(np.float64)
+    kind = np.arange(n_genes) % 8
+    rule = np.where(kind < 6, level, np.where(kind == 6, 50 - level, 2 * np.abs(level - 25)))
+    dense = rule + np.arange(n_genes) % 3 + rng.integers(-1, 2, size=(n_cells, n_genes))
+    return sp.csr_matrix(np.clip(dense, 1, 50).astype(np.float32)), np.arange(3, 3 + n_genes)
+
+
+def test_tree_floor_beats_the_per_gene_floor_when_a_cell_statistic_matters():
+    X, ids = _nonlinear_cell_matrix()
+    train = CellDataset(X, ids, np.arange(120), seed=0)
+    floors = Floors.fit(X, ids, np.arange(120), vocab_size=20, train_set=train)
+    test = CellDataset(X, ids, np.arange(120, 160), seed=0, fixed_masks=True)
+    r = evaluate(_EchoModel(floors), test, None, batch_size=16, floors=floors, folds=5)
+    assert r.floors["tree"]["mse"] < 0.2 * r.floors["gene_mean"]["mse"]
+    assert r.floors["tree"]["mse"] < 0.3 * r.floors["cell"]["mse"]  # the V-shaped genes
+    assert r.floors["tree"]["pearson_gene"] > 0.8
+
+
+def _prepared(X, ids, split):
+    import anndata as ad
+
+    from bioformer.config import DataConfig
+    from bioformer.data.pipeline import PreparedData
+    from bioformer.data.tokenize import GeneVocab
+
+    genes = [f"G{i}" for i in range(X.shape[1])]
+    adata = ad.AnnData(X=X.copy())
+    adata.var_names = genes
+    vocab = GeneVocab.from_genes(genes)
+    assert list(vocab.token_to_id[g] for g in genes) == list(ids - ids[0] + vocab.token_to_id[genes[0]])
+    return PreparedData(adata, vocab, split, None, DataConfig(n_bins=51, max_len=64), seed=0)
+
+
+def test_floors_are_fitted_on_training_cells_only():
+    """Changing only the test cells must not change any floor: a floor fitted on (or with) test
+    cells would move here."""
+    X, ids = _nonlinear_cell_matrix()
+    split = {"train": np.arange(100), "valid": np.arange(100, 120), "test": np.arange(120, 160)}
+    other = X.toarray()
+    other[120:] = 51 - other[120:]  # test cells: the rule reversed
+    a = Floors.for_data(_prepared(X, ids, split))
+    b = Floors.for_data(_prepared(sp.csr_matrix(other), ids, split))
+    ds = _prepared(X, ids, split).dataset("test")
+    from bioformer.data.tokenize import collate
+
+    batch = collate([ds[i] for i in range(len(ds))])
+    pa, pb = a.predict(batch["gene_ids"], batch), b.predict(batch["gene_ids"], batch)
+    assert set(pa) == {"const", "gene_mean", "cell", "tree"}
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k

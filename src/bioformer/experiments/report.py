@@ -28,12 +28,13 @@ METRICS = ("mse", "pearson_gene", "spearman_cell", "mre", "mae", "pearson")
 EXTRA_METRICS = ("prior_targets_mse",)
 LOWER_IS_BETTER = {"mse": True, "mre": True, "mae": True, "pearson": False, "pearson_gene": False, "spearman_cell": False, "prior_targets_mse": True}
 LABELS = {"mse": "MSE", "mre": "MRE", "mae": "MAE", "pearson": "pooled Pearson", "pearson_gene": "per-gene Pearson", "spearman_cell": "per-cell Spearman", "prior_targets_mse": "MSE, prior-targets masks"}
-FLOORS = ("const", "gene_mean", "cell")
+FLOORS = ("const", "gene_mean", "cell", "tree")
 FLOOR_COLUMNS = tuple(f"floor_{kind}_{m}" for kind in FLOORS for m in (*METRICS, "mse_log"))
 RESULT_COLUMNS = (
     "study", "arm", "model", "seed",
     *(f"test_{m}" for m in (*METRICS, "mse_log", "pearson_gene_log", "mse_role_tf", "mse_role_target", "mse_role_neither")),
-    "test_mse_vs_floor", "test_mse_vs_floor_cell", "test_ci_mse_minus_floor_cell_low", "test_ci_mse_minus_floor_cell_high", *FLOOR_COLUMNS,
+    "test_mse_vs_floor", "test_mse_vs_floor_cell", "test_ci_mse_minus_floor_cell_low", "test_ci_mse_minus_floor_cell_high",
+    "test_mse_vs_floor_tree", "test_ci_mse_minus_floor_tree_low", "test_ci_mse_minus_floor_tree_high", *FLOOR_COLUMNS,
     "test_prior_targets_mse", "test_prior_targets_mse_vs_floor", "floor_prior_targets_gene_mean_mse", "test_prior_targets_cells_share",
     "n_params", "d_model", "nlayers", "prior", "epochs", "best_epoch", "best_valid_mse",
     "seconds_per_epoch", "wall_seconds", "run_dir",
@@ -161,7 +162,7 @@ def _ci(values) -> str:
 
 
 def model_table(df: pd.DataFrame, arms: list[str]) -> str:
-    head = ["model", "n", "params", *(f"test {LABELS[m]}" for m in METRICS), "MSE / cell-aware floor", "MSE / per-gene floor", "cell-aware floor MSE", "per-gene floor MSE", "constant floor MSE", "best epoch", "s / run"]
+    head = ["model", "n", "params", *(f"test {LABELS[m]}" for m in METRICS), "MSE / non-linear floor", "MSE / cell-aware floor", "MSE / per-gene floor", "non-linear floor MSE", "cell-aware floor MSE", "per-gene floor MSE", "constant floor MSE", "best epoch", "s / run"]
     prior_targets = "test_prior_targets_mse_vs_floor" in df and df["test_prior_targets_mse_vs_floor"].notna().any()
     if prior_targets:
         head.insert(-2, "prior-targets MSE / floor")
@@ -172,7 +173,7 @@ def model_table(df: pd.DataFrame, arms: list[str]) -> str:
             continue
         cells = [arm, str(len(g)), f"{int(g['n_params'].median()):,}"]
         cells += [_ci(g[f"test_{m}"]) for m in METRICS]
-        cells += [_ci(g["test_mse_vs_floor_cell"]), _ci(g["test_mse_vs_floor"]), _ci(g["floor_cell_mse"]), _ci(g["floor_gene_mean_mse"]), _ci(g["floor_const_mse"])]
+        cells += [_ci(g["test_mse_vs_floor_tree"]), _ci(g["test_mse_vs_floor_cell"]), _ci(g["test_mse_vs_floor"]), _ci(g["floor_tree_mse"]), _ci(g["floor_cell_mse"]), _ci(g["floor_gene_mean_mse"]), _ci(g["floor_const_mse"])]
         if prior_targets:
             cells.append(_ci(g["test_prior_targets_mse_vs_floor"]))
         cells += [f"{g['best_epoch'].mean():.1f} / {int(g['epochs'].max())}", f"{g['wall_seconds'].mean():.0f}"]
@@ -225,7 +226,7 @@ def pair_table(rows: list[dict[str, Any]]) -> str:
 
 def floor_flags(df: pd.DataFrame, arms: list[str]) -> list[str]:
     """Models that do not beat a floor on the same masks: mean test MSE not below the per-gene
-    floor; or not below the cell-aware floor, judged by the paired t interval over seeds (>= 2
+    floor; or not below the cell-aware or non-linear floor, judged by the paired t interval over seeds (>= 2
     seeds) or the bootstrap interval over cells (one seed)."""
     out = []
     for arm in arms:
@@ -235,20 +236,31 @@ def floor_flags(df: pd.DataFrame, arms: list[str]) -> list[str]:
         model, floor = g["test_mse"].mean(), g["floor_gene_mean_mse"].mean()
         if not model < floor:
             out.append(f"- **{arm}**: mean test MSE {model:.2f} is NOT below the per-gene-mean floor {floor:.2f}; its results say little about the architecture.")
-        cell = g["floor_cell_mse"].to_numpy(dtype=float)
-        if np.isnan(cell).all():
-            continue
-        diff = g["test_mse"].to_numpy(dtype=float) - cell
-        if len(g) >= 2:
-            _, lo, hi = t_interval(diff)
-            how = "paired t interval over seeds"
-        else:
-            lo, hi = g["test_ci_mse_minus_floor_cell_low"].iloc[0], g["test_ci_mse_minus_floor_cell_high"].iloc[0]
-            how = "bootstrap interval over test cells"
-        if not hi < 0:
-            out.append(f"- **{arm}**: test MSE {model:.2f} does NOT beat the cell-aware floor {np.nanmean(cell):.2f} "
-                       f"(model − floor 95% CI [{_fmt(lo, 2)}, {_fmt(hi, 2)}], {how}): no evidence it learnt gene–gene structure.")
+        for name in ("cell", "tree"):
+            flag = _floor_flag(g, arm, name)
+            if flag:
+                out.append(flag)
     return out
+
+
+def _floor_flag(g: pd.DataFrame, arm: str, name: str) -> str | None:
+    """The flag line when arm's runs `g` do not beat floor `name` with 95% confidence (paired t
+    interval over seeds, or the bootstrap interval over test cells for one seed); else None."""
+    floor = g[f"floor_{name}_mse"].to_numpy(dtype=float)
+    if np.isnan(floor).all():
+        return None
+    model = g["test_mse"].mean()
+    if len(g) >= 2:
+        _, lo, hi = t_interval(g["test_mse"].to_numpy(dtype=float) - floor)
+        how = "paired t interval over seeds"
+    else:
+        lo, hi = g[f"test_ci_mse_minus_floor_{name}_low"].iloc[0], g[f"test_ci_mse_minus_floor_{name}_high"].iloc[0]
+        how = "bootstrap interval over test cells"
+    if hi < 0:
+        return None
+    label = {"cell": "cell-aware", "tree": "non-linear"}[name]
+    return (f"- **{arm}**: test MSE {model:.2f} does NOT beat the {label} floor {np.nanmean(floor):.2f} "
+            f"(model − floor 95% CI [{_fmt(lo, 2)}, {_fmt(hi, 2)}], {how}): no evidence it learnt gene–gene structure.")
 
 
 def coverage_table(df: pd.DataFrame, arms: list[str]) -> str:
@@ -374,9 +386,10 @@ def write_report(
         md += ["## Per model (mean ± 95% CI half-width, t-based, over seeds)", "", model_table(df, arms), ""]
         flags = floor_flags(df, arms)
         md += ["## Floor check", ""]
-        md += ["The cell-aware floor is a per-gene ridge on statistics of the cell's unmasked input bins (no gene–gene information); "
-               "a model that does not beat it has shown no gene–gene skill.", ""]
-        md += flags if flags else ["Every model's test MSE is below the per-gene-mean floor and, with 95% confidence, below the cell-aware floor."]
+        md += ["The cell-aware floor is a per-gene ridge on statistics of the cell's unmasked input bins, the non-linear floor gradient-boosted trees "
+               "on the masked gene's training statistics and the same cell statistics (neither sees another gene's value; both fitted on training cells only); "
+               "a model that does not beat them has shown no gene–gene skill.", ""]
+        md += flags if flags else ["Every model's test MSE is below the per-gene-mean floor and, with 95% confidence, below the cell-aware and non-linear floors."]
         md += [""]
         md += ["## Paired comparisons (same seed = same split and masks)", "",
                "mean(A − B) < 0 means A has the lower value (better for MSE/MRE/MAE; worse for Pearson). "

@@ -8,7 +8,15 @@
   bins (the modal bin, its share, the sequence length, the mean bin), fitted on the training
   cells' masked positions. It knows the gene and the cell's overall binning, nothing about which
   other genes are there: with per-cell rank binning these statistics explain much of a masked
-  value, so a model that does not beat this floor has learnt nothing about gene-gene structure.
+  value, so a model that does not beat this floor has learnt nothing about gene-gene structure;
+- non-linear ("tree"): one gradient-boosted tree ensemble (sklearn HistGradientBoostingRegressor)
+  on the masked gene's training statistics (`GENE_FEATURES`) and the same four cell statistics,
+  fitted on a subsample of the training cells' masked positions. Like the cell-aware floor it
+  never sees another gene's value, but it can model any interaction of "which gene" and "how is
+  this cell binned" (e.g. a gene's bin tracking the cell's modal bin only when it is highly
+  expressed), which a per-gene linear rule cannot.
+
+Every floor is fitted on training cells only (`Floors.for_data` takes the training split).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import scipy.sparse as sp
 import torch
 
 CELL_FEATURES = ("modal_bin", "modal_share", "length", "mean_bin")
+GENE_FEATURES = ("gene_mean", "gene_sd", "gene_log_n")
 
 
 def cell_features(gene_ids: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor, mask: torch.Tensor, n_bins: int, cls_id: int = 1) -> torch.Tensor:
@@ -73,13 +82,70 @@ class CellFloor:
         return w[..., 0] + (w[..., 1:] * x[:, None, :]).sum(-1)
 
 
-class Floors:
-    """`predict(gene_ids, batch)` -> {"const", "gene_mean"[, "cell"]}: [B, L] floor predictions."""
+class TreeFloor:
+    """Gradient-boosted trees on (GENE_FEATURES of the masked gene, CELL_FEATURES of the cell's
+    visible input): a non-linear floor that still never sees another gene's value."""
 
-    def __init__(self, const: float, gene_mean: torch.Tensor, cell: CellFloor | None = None) -> None:
+    def __init__(self, model, gene_stats: np.ndarray, n_bins: int, cls_id: int) -> None:
+        self.model = model  # fitted HistGradientBoostingRegressor, or None: predict the constant
+        self.gene_stats = torch.from_numpy(np.asarray(gene_stats, dtype=np.float32))  # [V, 3] by vocab id
+        self.n_bins, self.cls_id = n_bins, cls_id
+
+    @staticmethod
+    def gene_table(gene_ids: np.ndarray, targets: np.ndarray, vocab: int) -> np.ndarray:
+        """[vocab, 3] GENE_FEATURES from training positions: mean and sd of the gene's target bins
+        and log(1 + its number of positions); genes never seen get the overall mean and sd, n 0."""
+        n = np.bincount(gene_ids, minlength=vocab).astype(np.float64)
+        s1 = np.bincount(gene_ids, weights=targets, minlength=vocab)
+        s2 = np.bincount(gene_ids, weights=targets**2, minlength=vocab)
+        mean = np.divide(s1, n, out=np.full(vocab, targets.mean() if targets.size else 0.0), where=n > 0)
+        var = np.divide(s2, n, out=np.full(vocab, targets.var() if targets.size else 0.0), where=n > 0) - np.where(n > 0, mean**2, 0.0)
+        return np.stack([mean, np.sqrt(np.clip(var, 0, None)), np.log1p(n)], axis=1)
+
+    @classmethod
+    def fit(cls, gene_ids: np.ndarray, features: np.ndarray, targets: np.ndarray, n_bins: int, cls_id: int,
+            vocab: int | None = None, max_positions: int = 100_000, max_iter: int = 60, seed: int = 0) -> TreeFloor:
+        """Fit on training positions: gene_ids [P], cell features [P, 4], target bins [P]. The gene
+        statistics use every position; the trees a seeded subsample of `max_positions` (fast)."""
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        vocab = int(vocab or (gene_ids.max() + 1 if gene_ids.size else 1))
+        stats = cls.gene_table(gene_ids, targets, vocab)
+        if gene_ids.size < 2:
+            return cls(None, stats, n_bins, cls_id)
+        rng = np.random.default_rng([seed, 29])
+        pick = rng.choice(gene_ids.size, size=max_positions, replace=False) if gene_ids.size > max_positions else np.arange(gene_ids.size)
+        X = np.concatenate([stats[gene_ids[pick]], features[pick]], axis=1)  # [P', 7]
+        model = HistGradientBoostingRegressor(max_iter=max_iter, learning_rate=0.15, max_leaf_nodes=31, early_stopping=False, random_state=seed)
+        model.fit(X, targets[pick])
+        return cls(model, stats, n_bins, cls_id)
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, L] predictions at the batch's masked positions (0 elsewhere: never scored)."""
+        m = batch["mask"]  # [B, L]
+        out = torch.zeros(m.shape, dtype=torch.float32)
+        if not bool(m.any()):
+            return out
+        gene_ids = batch["gene_ids"].cpu()
+        ids = gene_ids[m.cpu()].clamp(max=len(self.gene_stats) - 1)
+        if self.model is None:
+            out[m.cpu()] = self.gene_stats[ids, 0]
+            return out
+        f = cell_features(gene_ids, batch["values"].cpu(), batch["padding_mask"].cpu(), m.cpu(), self.n_bins, self.cls_id)  # [B, 4]
+        cell = f[:, None, :].expand(-1, m.shape[1], -1)[m.cpu()]  # [P, 4]
+        X = torch.cat([self.gene_stats[ids], cell], dim=1).double().numpy()  # [P, 7]
+        out[m.cpu()] = torch.from_numpy(self.model.predict(X)).float()
+        return out
+
+
+class Floors:
+    """`predict(gene_ids, batch)` -> {"const", "gene_mean"[, "cell", "tree"]}: [B, L] floor predictions."""
+
+    def __init__(self, const: float, gene_mean: torch.Tensor, cell: CellFloor | None = None, tree: TreeFloor | None = None) -> None:
         self.const = float(const)
         self.gene_mean = gene_mean  # [V] by vocabulary id
         self.cell = cell
+        self.tree = tree
 
     @classmethod
     def fit(
@@ -111,19 +177,24 @@ class Floors:
         n_bins: int = 51,
     ) -> Floors:
         """The floors from per-gene sums (e.g. accumulated in one streaming pass over the cells);
-        with `train_set`, also the cell-aware floor."""
+        with `train_set` (the training cells only), also the cell-aware and non-linear floors."""
         col_sum, col_n = np.asarray(col_sum, dtype=np.float64), np.asarray(col_n, dtype=np.float64)
         const = col_sum.sum() / max(col_n.sum(), 1.0)
         table = np.full(vocab_size, const, dtype=np.float32)
         seen = col_n > 0
         table[np.asarray(gene_token_ids)[seen]] = col_sum[seen] / col_n[seen]
-        cell = fit_cell_floor(train_set, table, n_bins) if train_set is not None else None
-        return cls(const, torch.from_numpy(table), cell)
+        cell = tree = None
+        if train_set is not None:
+            positions = training_positions(train_set, n_bins)
+            cell = fit_cell_floor(train_set, table, n_bins, positions)
+            tree = TreeFloor.fit(*positions, n_bins=n_bins, cls_id=train_set.cls_id, vocab=vocab_size, seed=getattr(train_set, "seed", 0))
+        return cls(const, torch.from_numpy(table), cell, tree)
 
     @classmethod
     def for_data(cls, data, cell_floor: bool = True) -> Floors:
         """The floors of a PreparedData's training cells (in backed mode from the sums of its
-        streaming pass; the matrix is not in memory), with the cell-aware floor unless asked not."""
+        streaming pass; the matrix is not in memory), with the cell-aware and non-linear floors
+        unless asked not."""
         train_set = data.dataset("train") if cell_floor else None
         n_bins = data.config.n_bins
         if data.backed is not None:
@@ -137,13 +208,15 @@ class Floors:
         }
         if self.cell is not None and batch is not None:
             out["cell"] = self.cell.predict(batch)
+        if self.tree is not None and batch is not None:
+            out["tree"] = self.tree.predict(batch)
         return out
 
 
-def fit_cell_floor(train_set, fallback: np.ndarray, n_bins: int, batch_size: int = 256) -> CellFloor:
-    """Fit the cell-aware floor on every position of the training cells: fixed masks over
-    round(1 / mask_ratio) complementary folds, so each observed value is a target once, with the
-    same masking the model's inputs have."""
+def training_positions(train_set, n_bins: int, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every position of the training cells as a masked target once: fixed masks over
+    round(1 / mask_ratio) complementary folds, with the masking the model's inputs have.
+    Returns gene ids [P], cell features [P, 4] (of the visible input) and target bins [P]."""
     import copy
 
     from bioformer.data.tokenize import collate
@@ -151,7 +224,7 @@ def fit_cell_floor(train_set, fallback: np.ndarray, n_bins: int, batch_size: int
     ds = copy.copy(train_set)
     ds.fixed_masks = True
     n_folds = max(1, round(1 / ds.mask_ratio)) if ds.mask_ratio > 0 else 1
-    genes, feats, targets = [], [], []
+    genes, feats, targets = [np.zeros(0, np.int64)], [np.zeros((0, 4), np.float32)], [np.zeros(0, np.float32)]
     order = np.argsort(ds.lengths(), kind="stable")
     for fold in range(n_folds):
         ds.set_fold(fold, n_folds)
@@ -162,16 +235,22 @@ def fit_cell_floor(train_set, fallback: np.ndarray, n_bins: int, batch_size: int
             genes.append(batch["gene_ids"][m].numpy())
             feats.append(f[:, None, :].expand(-1, m.shape[1], -1)[m].numpy())
             targets.append(batch["target_values"][m].numpy())
-    if not genes or sum(g.size for g in genes) == 0:
+    return np.concatenate(genes), np.concatenate(feats).astype(np.float64), np.concatenate(targets).astype(np.float64)
+
+
+def fit_cell_floor(train_set, fallback: np.ndarray, n_bins: int, positions: tuple | None = None) -> CellFloor:
+    """Fit the cell-aware floor on every position of the training cells (`training_positions`)."""
+    genes, feats, targets = positions if positions is not None else training_positions(train_set, n_bins)
+    if genes.size == 0:
         w = np.zeros((len(fallback), 5), dtype=np.float32)
         w[:, 0] = fallback
-        return CellFloor(torch.from_numpy(w), torch.zeros(4), torch.ones(4), n_bins, ds.cls_id)
-    return CellFloor.fit(np.concatenate(genes), np.concatenate(feats).astype(np.float64), np.concatenate(targets).astype(np.float64), fallback.astype(np.float64), n_bins, ds.cls_id)
+        return CellFloor(torch.from_numpy(w), torch.zeros(4), torch.ones(4), n_bins, train_set.cls_id)
+    return CellFloor.fit(genes, feats, targets, fallback.astype(np.float64), n_bins, train_set.cls_id)
 
 
 def floor_names(floors: Floors | None) -> list[str]:
     """The floors a Floors object predicts, in table order (weakest first)."""
     if floors is None:
         return []
-    return ["const", "gene_mean"] + (["cell"] if floors.cell is not None else [])
+    return ["const", "gene_mean"] + (["cell"] if floors.cell is not None else []) + (["tree"] if floors.tree is not None else [])
 

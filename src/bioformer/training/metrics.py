@@ -32,8 +32,8 @@ import pandas as pd
 
 EPS = 1e-6
 MIN_POSITIONS = 5
-FLOOR_NAMES = ("const", "gene_mean", "cell")
-FLOOR_LABELS = {"const": "constant floor", "gene_mean": "per-gene-mean floor", "cell": "cell-aware floor"}
+FLOOR_NAMES = ("const", "gene_mean", "cell", "tree")
+FLOOR_LABELS = {"const": "constant floor", "gene_mean": "per-gene-mean floor", "cell": "cell-aware floor", "tree": "non-linear floor"}
 
 
 @dataclass
@@ -78,6 +78,8 @@ class EvalResult:
             out[f"{prefix}mse_vs_floor"] = self.ratio("gene_mean")
         if "cell" in self.floors:
             out[f"{prefix}mse_vs_floor_cell"] = self.ratio("cell")
+        if "tree" in self.floors:
+            out[f"{prefix}mse_vs_floor_tree"] = self.ratio("tree")
         for k, (lo, hi) in self.ci.items():
             out[f"{prefix}ci_{k}_low"], out[f"{prefix}ci_{k}_high"] = lo, hi
         out.update({f"{prefix}n_{k}": v for k, v in self.counts.items()})

@@ -122,10 +122,10 @@ TABLE_COLUMNS = (("mse", "MSE"), ("mse_log", "MSE log"), ("pearson_gene", "r gen
 
 def format_test_table(result: EvalResult) -> str:
     """Model vs floors for the terminal: one row each, 95% intervals, and the verdict against
-    the cell-aware floor (a model that does not beat it shows no gene-gene skill)."""
+    the cell-aware and non-linear floors (a model that does not beat them shows no gene-gene skill)."""
     cols = [(k, label) for k, label in TABLE_COLUMNS if k in result.model]
     lines = [f"{'':<22}" + "".join(f"{label:>10}" for _, label in cols)]
-    rows = [("model (test)", result.model)] + [(FLOOR_LABELS[n], result.floors[n]) for n in ("cell", "gene_mean", "const") if n in result.floors]
+    rows = [("model (test)", result.model)] + [(FLOOR_LABELS[n], result.floors[n]) for n in ("tree", "cell", "gene_mean", "const") if n in result.floors]
     for label, m in rows:
         lines.append(f"{label:<22}" + "".join(f"{m.get(k, math.nan):>10.3f}" for k, _ in cols))
     ci = [f"{k} [{result.ci[k][0]:.3f}, {result.ci[k][1]:.3f}]" for k in ("mse", "pearson_gene", "spearman_cell") if k in result.ci]
@@ -136,13 +136,15 @@ def format_test_table(result: EvalResult) -> str:
         lines.append(f"scored: {c.get('positions', 0):,} masked positions in {c.get('cells', 0):,} cells ({c.get('folds', 1)} mask fold(s)); r gene = median per-gene Pearson across cells, rho cell = median per-cell Spearman")
     if "gene_mean" in result.floors:
         lines.append(f"MSE / per-gene floor: {result.ratio('gene_mean'):.3f} (< 1 beats the floor)")
-    if "cell" in result.floors:
+    for name in ("cell", "tree"):
+        if name not in result.floors:
+            continue
         verdict = {True: "beats it (95% CI of the difference below 0)",
                    False: "does NOT beat it: no evidence of learnt gene-gene structure",
-                   None: "no interval"}[result.beats("cell")]
-        lo_hi = result.ci.get("mse_minus_floor_cell")
+                   None: "no interval"}[result.beats(name)]
+        lo_hi = result.ci.get(f"mse_minus_floor_{name}")
         diff = f", model - floor {lo_hi[0]:+.2f} to {lo_hi[1]:+.2f}" if lo_hi else ""
-        lines.append(f"MSE / cell-aware floor: {result.ratio('cell'):.3f}{diff}; {verdict}")
+        lines.append(f"MSE / {FLOOR_LABELS[name]}: {result.ratio(name):.3f}{diff}; {verdict}")
     if "mse_role_tf" in result.model:
         parts = [f"{r} {result.model[f'mse_role_{r}']:.2f} (n={c.get(f'role_{r}', 0)}, cell floor {result.floors.get('cell', {}).get(f'mse_role_{r}', math.nan):.2f})" for r in ("tf", "target", "neither")]
         lines.append("MSE by the masked gene's role in the prior: " + "; ".join(parts))
