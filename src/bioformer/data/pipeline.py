@@ -65,8 +65,22 @@ class PreparedData:
         """`prior_coverage` over the training sequences (backed: over the gene-selection
         subsample's expressed genes, which does not read every cell again)."""
         if self.backed is not None:
-            return prior_coverage(self.backed.subsample.X, self.gene_token_ids, prior)
-        return prior_coverage(self.adata.X, self.gene_token_ids, prior, self.dataset("train"))
+            cov = prior_coverage(self.backed.subsample.X, self.gene_token_ids, prior)
+        else:
+            cov = prior_coverage(self.adata.X, self.gene_token_ids, prior, self.dataset("train"))
+        if self.heldout_edges is not None:
+            cov["heldout_edges_in_prior"] = heldout_in_prior(prior, self.heldout_edges, self.vocab.token_to_id)
+        return cov
+
+
+def heldout_in_prior(prior: PriorMatrix, heldout: pd.DataFrame, token_to_id: dict[str, int]) -> int:
+    """How many held-out (truth) edges the model's prior holds: 0 for every valid arm, real prior
+    or control; anything else means the GRN score of that arm is contaminated."""
+    src, tgt, _ = prior.edge_index()
+    given = set(zip(src.tolist(), tgt.tolist(), strict=True))
+    s, t = heldout["source"].map(token_to_id), heldout["target"].map(token_to_id)
+    ok = s.notna() & t.notna()
+    return int(sum((int(a), int(b)) in given for a, b in zip(s[ok], t[ok], strict=True)))
 
 
 def target_graph(edges: pd.DataFrame, genes: list[str]) -> sp.csr_matrix:
@@ -135,13 +149,14 @@ def edges_for_genes(prior: str, genes: set[str] | dict[str, int], seed: int, qui
     (Erdos-Renyi, same density and sign mix) and `NAME-shuffled` are built *inside the genes*
     from NAME's edges among them, so they keep the number of edges the model sees (a genome-wide
     control would also thin the edges out, confounding knowledge with density). Held-out edges
-    are removed from NAME's edges before a control is built from them.
+    are removed from NAME's edges before a control is built from them, and the rewired and
+    random controls never place an edge on a held-out pair (`control_edges(exclude=...)`).
     """
     base_name, suffix = split_control(prior)
     if suffix is not None:
         base = load_edges(base_name, seed=seed, quiet=quiet)
         gene_names = [g for g in genes if g not in SPECIAL_TOKENS]
-        return control_edges(drop_edges(base, heldout), gene_names, suffix, seed)
+        return control_edges(drop_edges(base, heldout), gene_names, suffix, seed, exclude=heldout)
     edges = load_edges(prior, seed=seed, quiet=quiet)
     return None if edges is None else drop_edges(edges, heldout)
 

@@ -14,7 +14,8 @@ one of 16, so a target's row also says which of its genes regulate it and with w
 
 Controls (`NAME-rewired`, `NAME-random`, built for a gene set by `control_edges`): a
 degree-preserving rewiring that avoids the real edges, and an Erdos-Renyi graph of the same
-density and sign mix. (`NAME-shuffled`, a plain target permutation, is kept for old runs: it
+density and sign mix. Neither ever contains an `exclude` pair (the held-out edges scored as GRN
+truth; on planted data, every true edge): a control that holds truth edges is not a control. (`NAME-shuffled`, a plain target permutation, is kept for old runs: it
 keeps ~1/3 of the real edges among hub TFs.)
 """
 
@@ -166,7 +167,8 @@ def _max_flow_assignment(allowed: np.ndarray, out_cap: np.ndarray, in_cap: np.nd
     return chosen & allowed
 
 
-def rewire_edges(edges: pd.DataFrame, seed: int, genes: list[str] | None = None, mix: int = 10) -> pd.DataFrame:
+def rewire_edges(edges: pd.DataFrame, seed: int, genes: list[str] | None = None, mix: int = 10,
+                 exclude: pd.DataFrame | None = None) -> pd.DataFrame:
     """Degree-preserving rewiring that shares no edge with the real graph.
 
     Every source keeps its out-degree (and its signs). In-degrees are kept for as many edges as
@@ -178,6 +180,8 @@ def rewire_edges(edges: pd.DataFrame, seed: int, genes: list[str] | None = None,
     graph's genes) that are not real targets of that source; only a TF that regulates more than
     half of the genes keeps some real targets (then the overlap is not zero). Then `mix * n_edges` random target
     swaps that keep every degree and never add a real edge or a duplicate randomise the result.
+    No `exclude` pair (e.g. held-out truth edges) is ever used, not even as a forced real target
+    (such a source loses that edge instead).
     """
     rng = np.random.default_rng([seed, 17])
     all_genes = sorted(set(genes) if genes is not None else set(edges["source"]) | set(edges["target"]))
@@ -190,14 +194,20 @@ def rewire_edges(edges: pd.DataFrame, seed: int, genes: list[str] | None = None,
     S, T = len(sources), len(targets)
     real = np.zeros((S, T), dtype=bool)
     real[si, ti] = True
-    forbidden = real | (sources[:, None] == targets[None, :])  # real edges and self-loops
+    banned = np.zeros((S, T), dtype=bool)
+    if exclude is not None and len(exclude):
+        es = pd.Index(sources).get_indexer(exclude["source"].astype(str))
+        et = pd.Index(targets).get_indexer(exclude["target"].astype(str))
+        ok = (es >= 0) & (et >= 0)
+        banned[es[ok], et[ok]] = True
+    forbidden = real | banned | (sources[:, None] == targets[None, :])  # real and excluded edges, self-loops
     out_cap, in_cap = np.bincount(si, minlength=S), np.bincount(ti, minlength=T)
     chosen = _max_flow_assignment(~forbidden, out_cap, in_cap)
     for k in np.flatnonzero(out_cap - chosen.sum(1)):  # the rest: other genes, uniformly
         need = out_cap[k] - chosen[k].sum()
         free = rng.permutation(np.flatnonzero(~forbidden[k] & ~chosen[k]))
         # a TF that regulates more than half of the genes must keep some real targets
-        forced = rng.permutation(np.flatnonzero(real[k] & ~chosen[k]))
+        forced = rng.permutation(np.flatnonzero(real[k] & ~banned[k] & ~chosen[k]))
         chosen[k, np.concatenate([free, forced])[:need]] = True
     s, t = np.nonzero(chosen)
     n = s.size
@@ -217,12 +227,19 @@ def rewire_edges(edges: pd.DataFrame, seed: int, genes: list[str] | None = None,
     return _dedupe(pd.DataFrame({"source": sources[s], "target": targets[t], "sign": sign}))
 
 
-def random_edges(edges: pd.DataFrame, genes: list[str], seed: int) -> pd.DataFrame:
+def random_edges(edges: pd.DataFrame, genes: list[str], seed: int, exclude: pd.DataFrame | None = None) -> pd.DataFrame:
     """Erdos-Renyi control: as many distinct ordered pairs (no self-loops) of `genes` as `edges`
-    has, drawn uniformly, carrying `edges`' signs in random order (same density and sign mix)."""
+    has, drawn uniformly among the pairs not in `exclude` (held-out or true edges), carrying
+    `edges`' signs in random order (same density and sign mix)."""
     genes = np.asarray(sorted(set(genes)), dtype=object)
     n, e = len(genes), len(edges)
-    if e > n * (n - 1):
+    index = pd.Index(genes.astype(str))
+    banned: set[int] = set()
+    if exclude is not None and len(exclude):
+        es, et = index.get_indexer(exclude["source"].astype(str)), index.get_indexer(exclude["target"].astype(str))
+        ok = (es >= 0) & (et >= 0) & (es != et)
+        banned = set((es[ok] * (n - 1) + et[ok] - (et[ok] > es[ok])).tolist())  # flat index, diagonal skipped
+    if e > n * (n - 1) - len(banned):
         raise BioformerError(f"cannot draw {e} random edges among {n} genes")
     rng = np.random.default_rng([seed, 19])
     picked: set[int] = set()
@@ -231,7 +248,8 @@ def random_edges(edges: pd.DataFrame, genes: list[str], seed: int) -> pd.DataFra
         for f in flat.tolist():
             if len(picked) == e:
                 break
-            picked.add(f)
+            if f not in banned:
+                picked.add(f)
     flat = np.fromiter(picked, dtype=np.int64, count=e)
     flat.sort()
     s, t = flat // (n - 1), flat % (n - 1)
@@ -256,17 +274,19 @@ def split_control(prior: str) -> tuple[str, str | None]:
     return prior, None
 
 
-def control_edges(base: pd.DataFrame, genes: list[str], suffix: str, seed: int) -> pd.DataFrame:
+def control_edges(base: pd.DataFrame, genes: list[str], suffix: str, seed: int, exclude: pd.DataFrame | None = None) -> pd.DataFrame:
     """The control `suffix` of `base` inside `genes`: built from base's edges among the genes, so
-    it keeps the edge count (and, for rewired/shuffled, every degree) that the model sees."""
+    it keeps the edge count (and, for rewired/shuffled, every degree) that the model sees. The
+    rewired and random controls never contain an `exclude` pair (held-out GRN truth, or every
+    true edge on planted data); the legacy shuffled control makes no such promise."""
     keep = set(genes)
     inside = base[base["source"].isin(keep) & base["target"].isin(keep)].reset_index(drop=True)
     if suffix == SHUFFLED_SUFFIX:
         return shuffle_edges(inside, seed=seed)
     if suffix == REWIRED_SUFFIX:
-        return rewire_edges(inside, seed=seed, genes=genes)
+        return rewire_edges(inside, seed=seed, genes=genes, exclude=exclude)
     if suffix == RANDOM_SUFFIX:
-        return random_edges(inside, genes, seed=seed)
+        return random_edges(inside, genes, seed=seed, exclude=exclude)
     raise BioformerError(f"unknown prior control {suffix!r}; use one of {', '.join(CONTROL_SUFFIXES)}")
 
 

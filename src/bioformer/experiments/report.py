@@ -39,7 +39,7 @@ RESULT_COLUMNS = (
     "n_params", "d_model", "nlayers", "prior", "epochs", "best_epoch", "best_valid_mse",
     "seconds_per_epoch", "wall_seconds", "run_dir",
 )
-COVERAGE_KEYS = ("genes", "tfs", "edges", "edges_per_cell_median", "edges_per_cell_mean", "cells_without_edges_frac")
+COVERAGE_KEYS = ("genes", "tfs", "edges", "edges_per_cell_median", "edges_per_cell_mean", "cells_without_edges_frac", "heldout_edges_in_prior")
 
 
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
@@ -264,7 +264,7 @@ def _floor_flag(g: pd.DataFrame, arm: str, name: str) -> str | None:
 
 
 def coverage_table(df: pd.DataFrame, arms: list[str]) -> str:
-    head = ["model", "prior", "genes", "TFs", "edges", "edges per cell (median)", "edges per cell (mean)", "cells without edges"]
+    head = ["model", "prior", "genes", "TFs", "edges", "edges per cell (median)", "edges per cell (mean)", "cells without edges", "held-out edges in prior (must be 0)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     any_row = False
     for arm in arms:
@@ -276,6 +276,7 @@ def coverage_table(df: pd.DataFrame, arms: list[str]) -> str:
         lines.append("| " + " | ".join([
             arm, str(g["prior"].iloc[0]), f"{c['genes']:.0f}", f"{c['tfs']:.0f}", f"{c['edges']:.0f}",
             f"{c['edges_per_cell_median']:.1f}", f"{c['edges_per_cell_mean']:.1f}", f"{100 * c['cells_without_edges_frac']:.1f}%",
+            "not recorded" if math.isnan(c["heldout_edges_in_prior"]) else f"{c['heldout_edges_in_prior']:.0f}",
         ]) + " |")
     return "\n".join(lines) if any_row else ""
 

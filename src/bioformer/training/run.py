@@ -323,6 +323,8 @@ def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume
             c["genes"], c["tfs"], c["edges"], c["edges_activating"], c["edges_repressing"], c["edges_unsigned"],
             c["edges_per_cell_median"], c["edges_per_cell_mean"], 100 * c["cells_without_edges_frac"],
         )
+        if "heldout_edges_in_prior" in c:
+            log.info("held-out (GRN truth) edges in the model's prior: %d (must be 0)", c["heldout_edges_in_prior"])
         if (w := coverage_warning(c)) is not None:
             log.warning(w)
     if resume_state is not None and main:
