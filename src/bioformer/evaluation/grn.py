@@ -286,21 +286,31 @@ def format_grn_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def score_run(run_dir: str | Path, scores: np.ndarray | dict[str, np.ndarray], genes: list[str] | None = None,
-              chip_path: str | Path | None = None, genie3: bool = True) -> pd.DataFrame:
-    """The GRN table of a run: `scores` ([G, G] over `genes`, default the run's genes; or a dict
-    of named matrices) against the run's held-out prior edges and ENCODE ChIP targets, beside
-    the baselines on the run's training cells (see `grn_table`)."""
+@dataclass
+class RunTruth:
+    """What a run's GRN scores are judged against: its truth sets (held-out prior edges, ChIP),
+    the training cells' bins over `genes`, the real prior, the real prior's edges the model could
+    see (`given`: prior minus held-out), the held-out edges and the run's seed."""
+
+    genes: list[str]
+    truths: list[TruthSet]
+    X_train: np.ndarray  # [train cells, G] bins
+    prior: pd.DataFrame | None
+    given: pd.DataFrame | None
+    heldout: pd.DataFrame | None
+    seed: int
+
+
+def run_truth(run_dir: str | Path, genes: list[str] | None = None, chip_path: str | Path | None = None) -> RunTruth:
+    """The `RunTruth` of a run directory over `genes` (default the run's genes)."""
     from bioformer.config import prior_enabled
-    from bioformer.data.pipeline import _unshuffled, prepare_data
+    from bioformer.data.pipeline import _unshuffled, drop_edges, prepare_data
     from bioformer.data.prior import load_edges
     from bioformer.training.run import load_run
 
     run_dir = Path(run_dir)
     cfg, vocab = load_run(run_dir)
     genes = list(genes) if genes is not None else list(vocab["genes"])
-    if not isinstance(scores, dict):
-        scores = {"model": scores}
     missing = set(genes) - set(vocab["genes"])
     if missing:
         raise BioformerError(f"{len(missing)} score-matrix gene(s) are not the run's genes, e.g. {sorted(missing)[:3]}")
@@ -313,13 +323,20 @@ def score_run(run_dir: str | Path, scores: np.ndarray | dict[str, np.ndarray], g
     truths = []
     prior_name = _unshuffled(cfg.data.gene_prior or cfg.data.prior)
     prior = load_edges(prior_name, seed=cfg.train.seed) if prior_enabled(prior_name) else None
+    given = drop_edges(prior, heldout) if prior is not None else None  # what z could be built from
     if heldout is not None and prior is not None:
-        from bioformer.data.pipeline import drop_edges
-
-        given = drop_edges(prior, heldout)  # what z was built from: not a candidate
         tfs = sorted(set(prior["source"]) & set(genes))
         truths.append(edge_truth("heldout prior edges", heldout, genes, tfs=tfs, exclude=given))
-    else:
-        given = prior
     truths.append(chip_truth(genes, chip_path))
-    return grn_table(scores, truths, X_train, prior, seed=cfg.train.seed, given=given, genie3=genie3)
+    return RunTruth(genes, truths, X_train, prior, given, heldout, cfg.train.seed)
+
+
+def score_run(run_dir: str | Path, scores: np.ndarray | dict[str, np.ndarray], genes: list[str] | None = None,
+              chip_path: str | Path | None = None, genie3: bool = True) -> pd.DataFrame:
+    """The GRN table of a run: `scores` ([G, G] over `genes`, default the run's genes; or a dict
+    of named matrices) against the run's held-out prior edges and ENCODE ChIP targets, beside
+    the baselines on the run's training cells (see `grn_table`)."""
+    rt = run_truth(run_dir, genes, chip_path)
+    if not isinstance(scores, dict):
+        scores = {"model": scores}
+    return grn_table(scores, rt.truths, rt.X_train, rt.prior, seed=rt.seed, given=rt.given, genie3=genie3)

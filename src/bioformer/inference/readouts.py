@@ -6,6 +6,10 @@ gene j) and are stored in that layout: `scores[s, t]` sits where BioFormer's z h
 (s, t), whose initial value is the prior's code for the edge s -> t; so row = source, column =
 target, the layout of the prior (and of held-out prior edges). For scGPT, row s is the attending
 gene and column t the gene it attends to.
+
+Candidate z readouts (`candidate_readouts`): every block's pair bias, per head and aggregated over
+heads (signed mean, L2 norm, max); scGPT's attention readout. Which one to trust is decided by a
+positive control on the prior edges the model was given (`bioformer.inference.readout_choice`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pandas as pd
 import torch
 
 POOLINGS = ("cls", "mean")
+HEAD_AGGREGATES = ("mean", "l2", "max")
 
 
 def pool(
@@ -96,3 +101,61 @@ class PairAccumulator:
         total = self.total.view(self.n, self.n).numpy()
         mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
         return PairScores(list(genes), mean, count.copy(), readout)
+
+
+def head_readouts(bias: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+    """Per-head pair biases [B, H, r, r] -> named per-cell readouts [B, r, r]: the signed mean,
+    L2 norm and max over heads, and each head on its own."""
+    bias = bias.float()
+    out = {f"{prefix} mean": bias.mean(1), f"{prefix} l2": bias.pow(2).sum(1).sqrt(), f"{prefix} max": bias.amax(1)}
+    out.update({f"{prefix} head{h}": bias[:, h] for h in range(bias.shape[1])})
+    return out
+
+
+def candidate_readouts(
+    model: torch.nn.Module,
+    gene_ids: torch.Tensor,  # [B, r]
+    values: torch.Tensor,  # [B, r]
+    padding_mask: torch.Tensor,  # [B, r] True = pad
+    prior: torch.Tensor | None = None,  # [B, r, r] edge codes
+) -> dict[str, torch.Tensor]:  # name -> [B, r, r]
+    """Every candidate gene-pair readout of a batch: for a model with z (`pair_bias_logits`),
+    `head_readouts` of each block's pair bias ("block0 l2", ...); otherwise its `pair_scores`
+    ("attention" for scGPT)."""
+    if getattr(model, "uses_z", False) and hasattr(model, "blocks"):
+        out: dict[str, torch.Tensor] = {}
+        for k in range(len(model.blocks)):
+            out.update(head_readouts(model.pair_bias_logits(gene_ids, values, padding_mask, prior, block=k), f"block{k}"))
+        return out
+    return {"attention": model.pair_scores(gene_ids, values, padding_mask, prior).float()}
+
+
+class CandidateAccumulator:
+    """Running per-pair sums of several named readouts over a fixed gene set (one shared count)."""
+
+    def __init__(self, n_genes: int) -> None:
+        self.n = n_genes
+        self.totals: dict[str, torch.Tensor] = {}
+        self.count = torch.zeros(n_genes * n_genes, dtype=torch.int64)
+
+    def add(self, readouts: dict[str, torch.Tensor], columns: torch.Tensor) -> None:
+        """readouts: name -> [B, r, r] (query/key layout); columns [B, r]: gene column, -1 for
+        <cls> and pads."""
+        columns = columns.cpu()
+        valid = columns >= 0  # [B, r]
+        pair_ok = valid[:, :, None] & valid[:, None, :]  # [B, r, r]
+        idx = (columns[:, :, None] * self.n + columns[:, None, :])[pair_ok]  # [P]
+        self.count += torch.bincount(idx, minlength=self.n * self.n)
+        for name, s in readouts.items():
+            w = s.detach().to("cpu", torch.float64)[pair_ok]
+            self.totals[name] = self.totals.get(name, torch.zeros(self.n * self.n, dtype=torch.float64)) + torch.bincount(idx, weights=w, minlength=self.n * self.n)
+
+    def result(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(name -> [G, G] mean over the cells holding both genes, NaN where no cell does, i.e.
+        no opinion: ranked last), and the [G, G] cell counts."""
+        count = self.count.view(self.n, self.n).numpy()
+        out = {}
+        for name, total in self.totals.items():
+            t = total.view(self.n, self.n).numpy()
+            out[name] = np.divide(t, count, out=np.full_like(t, np.nan), where=count > 0)
+        return out, count.copy()

@@ -231,23 +231,25 @@ class BioFormer(MaskedValueModel):
         padding_mask: torch.Tensor,  # [B, r] True = pad
         prior: torch.Tensor | None = None,  # [B, r, r] edge codes
         chunk_size: int | None = None,
+        block: int = -1,
     ) -> torch.Tensor:  # [B, H, r, r]
-        """The last block's pair bias (its logits' additive term, per head) for every gene pair:
-        `Linear(LN(z_L))`, or in linear mode `w . z_L` built from the OPM factors in chunks of
-        `chunk_size` query rows (z_L itself is never formed). Pairs with a padded gene are
-        meaningless."""
+        """Block `block`'s pair bias (default the last; its logits' additive term, per head) for
+        every gene pair: `Linear(LN(z_k))`, or in linear mode `w . z_k` built from the OPM factors in
+        chunks of `chunk_size` query rows (z_k itself is never formed). Pairs with a padded gene
+        are meaningless."""
         if not self.uses_z:
             raise BioformerError("this BioFormer has no pair bias (pair_bias off): there are no pair-bias logits to read")
         B, r = gene_ids.shape
-        last = self.blocks[-1].attention
-        if last.bias_proj is None:  # linear mode, zero z and no OPM: z_L = 0, so is its bias
-            return gene_ids.new_zeros(B, last.nhead, r, r, dtype=self.norm.weight.dtype)
+        k = block % len(self.blocks)
+        attn = self.blocks[k].attention
+        if attn.bias_proj is None:  # linear mode, zero z and no OPM: z_k = 0, so is its bias
+            return gene_ids.new_zeros(B, attn.nhead, r, r, dtype=self.norm.weight.dtype)
         if self.pair_mode == "linear":
-            _, terms, codes = self._trunk_linear(gene_ids, values, padding_mask, prior, len(self.blocks) - 1)
-            bias = linear_pair_bias(last, terms, codes, r, chunk_size)
+            _, terms, codes = self._trunk_linear(gene_ids, values, padding_mask, prior, k)
+            bias = linear_pair_bias(attn, terms, codes, r, chunk_size)
         else:
-            _, z = self._trunk(gene_ids, values, padding_mask, prior, len(self.blocks) - 1)
-            bias = last.pair_bias(z)
+            _, z = self._trunk(gene_ids, values, padding_mask, prior, k)
+            bias = attn.pair_bias(z)
         return bias.expand(B, -1, r, r)
 
     def _run_block(self, fn, *args):
