@@ -90,7 +90,7 @@ def readout_table(candidates: dict[str, np.ndarray], control: TruthSet, truths: 
 
 
 def run_readout_table(run_dir: str | Path, split: str = "valid", chip_path: str | Path | None = None,
-                      genie3: bool = True, batch_size: int = 64) -> pd.DataFrame:
+                      genie3: bool = True, batch_size: int = 64, with_baselines: bool = True) -> pd.DataFrame:
     """`readout_table` of a run directory: candidates over its `split` cells (validation by
     default), the positive control on the edges its z was built from (the real visible prior for
     an arm without one: it should fail), held-out prior edges and ChIP with every baseline."""
@@ -114,7 +114,7 @@ def run_readout_table(run_dir: str | Path, split: str = "valid", chip_path: str 
     if given is None:
         given = pd.DataFrame({"source": [], "target": []})
     regulators = sorted(set(rt.prior["source"]) & set(run.genes)) if rt.prior is not None else None
-    base = baselines(run.genes, rt.X_train, rt.seed, given=rt.given, regulators=regulators, with_genie3=genie3)
+    base = baselines(run.genes, rt.X_train, rt.seed, given=rt.given, regulators=regulators, with_genie3=genie3) if with_baselines else {}
     return readout_table(candidates, control_truth(given, run.genes, rt.heldout), rt.truths, base)
 
 
