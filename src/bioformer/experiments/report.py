@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from bioformer.config import ModelConfig
+from bioformer.experiments.power import paired_power, power_verdict
 from bioformer.training.checkpoint import atomic_write_text, save_figure
 from bioformer.training.metrics import EvalResult
 
@@ -192,6 +193,8 @@ def pair_rows(df: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[dict[str, 
         for m in metrics:
             col = f"test_{m}"
             res = paired_test(A.loc[seeds, col].to_numpy(), B.loc[seeds, col].to_numpy()) if seeds else {"n": 0}
+            if seeds:
+                res.update(paired_power(A.loc[seeds, col].to_numpy(dtype=float) - B.loc[seeds, col].to_numpy(dtype=float)))
             better = (A.loc[seeds, col] < B.loc[seeds, col]) if LOWER_IS_BETTER[m] else (A.loc[seeds, col] > B.loc[seeds, col])
             rows.append({"a": a, "b": b, "metric": m, "a_better": int(better.sum()) if seeds else 0, **res})
     for m in metrics:
@@ -203,7 +206,9 @@ def pair_rows(df: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[dict[str, 
 
 
 def pair_table(rows: list[dict[str, Any]]) -> str:
-    head = ["A vs B", "metric", "n", "mean(A − B) [95% CI]", "A better in", "paired t p", "Holm p", "Wilcoxon p", "verdict"]
+    """The paired comparisons, each with its minimum detectable effect (80% power) and a verdict
+    worded from it (`bioformer.experiments.power.power_verdict`)."""
+    head = ["A vs B", "metric", "n", "mean(A − B) [95% CI]", "MDE (80% power)", "A better in", "paired t p", "Holm p", "Wilcoxon p", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         n = r.get("n", 0)
@@ -211,17 +216,21 @@ def pair_table(rows: list[dict[str, Any]]) -> str:
             continue
         m = r["metric"]
         ci = f"{_fmt(r['mean_diff'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
-        p = r.get("t_p_holm", math.nan)
-        if n < 2 or math.isnan(p):
-            verdict = "too few seeds"
-        elif p < 0.05:
-            a_wins = (r["mean_diff"] < 0) == LOWER_IS_BETTER[m]
-            verdict = f"**{r['a'] if a_wins else r['b']} better**"
-        else:
-            verdict = "no significant difference"
+        a_wins = (r["mean_diff"] < 0) == LOWER_IS_BETTER[m]
+        verdict = power_verdict(r, r["a"] if a_wins else r["b"], digits=3 if m != "mse" else 2)
         label = LABELS.get(m, m.upper())
-        lines.append("| " + " | ".join([f"{r['a']} vs {r['b']}", label, str(n), ci, f"{r['a_better']}/{n}", _fmt_p(r["t_p"]), _fmt_p(p), _fmt_p(r["wilcoxon_p"]), verdict]) + " |")
+        lines.append("| " + " | ".join([f"{r['a']} vs {r['b']}", label, str(n), ci, _fmt(r.get("mde", math.nan)), f"{r['a_better']}/{n}",
+                                        _fmt_p(r["t_p"]), _fmt_p(r.get("t_p_holm", math.nan)), _fmt_p(r["wilcoxon_p"]), verdict]) + " |")
     return "\n".join(lines)
+
+
+def mde_line(rows: list[dict[str, Any]], metric: str = "mse") -> str:
+    """One sentence: the study's minimum detectable effect in `metric` (80% power), per pair."""
+    parts = [f"{r['a']} vs {r['b']} {_fmt(r.get('mde', math.nan))}" for r in rows if r["metric"] == metric and r.get("n", 0) >= 2]
+    if not parts:
+        return ""
+    return (f"Minimum detectable effect in test {LABELS.get(metric, metric)} (80% power, two-sided paired t at 0.05, from the "
+            f"observed spread of the paired differences): " + "; ".join(parts) + ". A non-significant pair means no effect larger than its MDE, not no effect.")
 
 
 def floor_flags(df: pd.DataFrame, arms: list[str]) -> list[str]:
@@ -395,6 +404,7 @@ def write_report(
         md += ["## Paired comparisons (same seed = same split and masks)", "",
                "mean(A − B) < 0 means A has the lower value (better for MSE/MRE/MAE; worse for Pearson). "
                "Holm adjusts the paired-t p-values over this study's pairs, per metric; the verdict uses it at 0.05.", "",
+               mde_line(rows), "",
                pair_table(rows), ""]
         cov = coverage_table(df, arms)
         if cov:
