@@ -274,7 +274,11 @@ CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], tuple[list[str], Path | No
 
 
 # trust v3 (issue #22): code execution, clobbering, late option checks, data classes, run files
-CASES.update({name: (lambda build: lambda t, m: build(t))(build) for name, build in CASES_V3.items()})
+def _without_monkeypatch(build: Callable[[Path], Case]) -> Callable[[Path, pytest.MonkeyPatch], Case]:
+    return lambda t, m: build(t)
+
+
+CASES.update({name: _without_monkeypatch(build) for name, build in CASES_V3.items()})
 
 
 def snapshot(path: Path | None) -> dict[str, bytes] | None:
