@@ -59,7 +59,7 @@ def prior_run() -> Path:
     from bioformer.cli import main
 
     base = Path(tempfile.mkdtemp(prefix="bioformer-badinput-prior-"))
-    code = main(["-q", "train", "--data", str(H5AD), *TINY, "--prior", str(PRIOR_CSV), "--out", str(base / "run")])
+    code = main(["-q", "train", "--data", str(H5AD), *TINY, "--genes", "hvg+prior", "--prior", str(PRIOR_CSV), "--out", str(base / "run")])
     assert code == 0
     return base / "run"
 
@@ -282,7 +282,6 @@ CASES_V3: dict[str, Callable[[Path], Case]] = {
     "grn-chip-directory": lambda t: infer(t, "grn", "--score", "--chip", _chip(t, "dir")),
     "grn-chip-not-json": lambda t: infer(t, "grn", "--score", "--chip", _chip(t, "garbage")),
     "grn-groupby-unknown": lambda t: infer(t, "grn", "--groupby", "no_such_column"),
-    "embed-out-parent-missing": lambda t: infer(t, "embed", out=t / "no" / "such" / "dir" / "x.h5ad"),
     "embed-out-under-a-file": lambda t: infer(t, "embed", out=_user_file(t, "afile") / "x.h5ad"),
     "evaluate-folds-huge": lambda t: Case(["evaluate", str(prior_run()), "--folds", "100000"]),
     "evaluate-folds-0": lambda t: Case(["evaluate", str(prior_run()), "--folds", "0"]),

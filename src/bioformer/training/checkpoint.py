@@ -23,9 +23,20 @@ from safetensors.torch import save as safetensors_bytes
 from bioformer.errors import BioformerError
 
 
+def new_temp_file(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """mkstemp next to `path`, with the permissions the user's umask gives a new file (mkstemp
+    alone makes it 0600, and the rename would keep that)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """`data` to `path`: temp file in the same directory, fsync, rename (never a partial file)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = new_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
