@@ -55,11 +55,13 @@ def edited_h5ad(tmp: Path, name: str, edit: Callable[[ad.AnnData], ad.AnnData]) 
 
 @functools.lru_cache(maxsize=1)
 def prior_run() -> Path:
-    """One real 1-epoch BioFormer run with the fixture prior (so it holds heldout_edges.csv)."""
+    """One real 3-epoch BioFormer run with the fixture prior (so it holds heldout_edges.csv),
+    trained enough (no warm-up) that its imputations are not all zero."""
     from bioformer.cli import main
 
     base = Path(tempfile.mkdtemp(prefix="bioformer-badinput-prior-"))
-    code = main(["-q", "train", "--data", str(H5AD), *TINY, "--genes", "hvg+prior", "--prior", str(PRIOR_CSV), "--out", str(base / "run")])
+    code = main(["-q", "train", "--data", str(H5AD), *TINY, "--genes", "hvg+prior", "--prior", str(PRIOR_CSV),
+                 "--epochs", "3", "--warmup-steps", "0", "--lr", "0.01", "--out", str(base / "run")])
     assert code == 0
     return base / "run"
 

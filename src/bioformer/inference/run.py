@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from bioformer.config import RunConfig, check_device
+from bioformer.config import RunConfig, check_device, check_inference_options
 from bioformer.data.load import as_checked_csr
 from bioformer.data.pipeline import edges_for_genes
 from bioformer.data.preprocess import bins_to_values, preprocess
@@ -287,6 +287,7 @@ class Run:
 
     def _cell_chunks(self, n_cells: int, batch_size: int, progress: bool, desc: str) -> Iterator[np.ndarray]:
         """Cells in chunks of a few batches (memory bounded by the chunk, not the data set)."""
+        check_inference_options(batch_size=batch_size)  # the CLI's check, for API callers too
         step = max(1, batch_size * 4)
         starts = range(0, n_cells, step)
         for start in tqdm(starts, desc=desc, disable=not progress, unit="chunk", leave=False):
@@ -358,8 +359,8 @@ class Run:
         cells = self.prepare(adata, layer, gene_column, quiet=True)
         n_bins = self.config.data.n_bins
         default_q = max(1, int(round(self.config.data.mask_ratio * self.max_genes)))
-        n_query = n_query or default_q
-        if not 1 <= n_query < self.max_genes:
+        n_query = default_q if n_query is None else n_query
+        if not isinstance(n_query, int) or not 1 <= n_query < self.max_genes:
             raise BioformerError(f"n_query must be between 1 and {self.max_genes - 1} (max_len leaves {self.max_genes} gene positions)")
         n_genes = len(self.genes)
         bins = np.full((cells.n_cells, n_genes), np.nan, dtype=np.float32)
