@@ -1,11 +1,13 @@
 """Run the bad-input matrix (tests/test_bad_input.py CASES) in subprocesses and tally the outcomes.
 
 Each case's CLI call runs in its own process (a segfault must not end the tally), with the same
-files and environment the test builds. Outcome per case: clear (exit 2, exactly one `error:`
-line, no traceback), traceback, crash (killed by a signal), silent (exit 0), other; separately,
+files and environment the test builds. Outcome per case, worst first: code execution (the
+case's marker file appeared: a file ran code), data lost (a user file it must keep changed or
+vanished), hang (no exit within --timeout seconds), crash (killed by a signal), traceback,
+silent (exit 0), other, clear (exit 2, exactly one `error:` line, no traceback); separately,
 leftover (its --out changed). Run from the repo root:
 
-    python scripts/bad_input_tally.py [--json results/bad_input_tally.json]
+    python scripts/bad_input_tally.py [--json results/bad_input/after.json] [--timeout 90]
 """
 
 from __future__ import annotations
@@ -23,10 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
 
+from tests.bad_input_cases import as_case  # noqa: E402
 from tests.test_bad_input import CASES, snapshot  # noqa: E402
 
+OUTCOMES = ("clear", "traceback", "hang", "silent", "data lost", "code execution", "crash", "other")
 
-def classify(code: int, err: str) -> str:
+
+def classify(code: int | None, err: str) -> str:
+    if code is None:
+        return "hang"
     if code < 0 or code >= 128:
         return "crash"
     if "Traceback" in err:
@@ -42,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="write per-case outcomes here")
     ap.add_argument("--only", help="comma-separated case names")
+    ap.add_argument("--timeout", type=float, default=90.0, help="seconds before a case counts as a hang")
     args = ap.parse_args()
     names = args.only.split(",") if args.only else list(CASES)
     rows = {}
@@ -51,23 +59,32 @@ def main() -> None:
         mp = pytest.MonkeyPatch()
         mp.setenv("BIOFORMER_CACHE", base_cache)
         try:
-            argv, out = CASES[name](tmp, mp)
+            case = as_case(CASES[name](tmp, mp))
             env = dict(os.environ)
         finally:
             mp.undo()
-        before = snapshot(out)
-        proc = subprocess.run([sys.executable, "-m", "bioformer.cli", "-q", *argv], capture_output=True, text=True, env=env)
-        outcome = classify(proc.returncode, proc.stderr)
-        leftover = snapshot(out) != before
-        last = (proc.stderr.strip().splitlines() or [""])[-1][:160]
-        rows[name] = {"outcome": outcome, "leftover": leftover, "code": proc.returncode, "last_line": last}
-        print(f"{name:<28} {outcome:<9} {'LEFTOVER' if leftover else '':<8} {last}", flush=True)
+        before, kept = snapshot(case.out), [snapshot(p) for p in case.keep]
+        try:
+            proc = subprocess.run([sys.executable, "-m", "bioformer.cli", "-q", *case.argv], capture_output=True,
+                                  text=True, env=env, timeout=args.timeout)
+            code, err = proc.returncode, proc.stderr
+        except subprocess.TimeoutExpired as e:
+            code, err = None, (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        outcome = classify(code, err)
+        if [snapshot(p) for p in case.keep] != kept:
+            outcome = "data lost"
+        if case.marker is not None and case.marker.exists():
+            outcome = "code execution"
+        leftover = snapshot(case.out) != before
+        last = (err.strip().splitlines() or [""])[-1][:160]
+        rows[name] = {"outcome": outcome, "leftover": leftover, "code": code, "last_line": last}
+        print(f"{name:<32} {outcome:<14} {'LEFTOVER' if leftover else '':<8} {last}", flush=True)
         if args.json:  # after every case, so an interrupted tally keeps what it measured
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({"cases": rows}, indent=2) + "\n")
     tally = Counter(r["outcome"] for r in rows.values())
     n_left = sum(r["leftover"] for r in rows.values())
-    print(f"\n{len(rows)} cases: " + ", ".join(f"{k} {tally.get(k, 0)}" for k in ("clear", "traceback", "crash", "silent", "other")) + f"; leftovers {n_left}")
+    print(f"\n{len(rows)} cases: " + ", ".join(f"{k} {tally.get(k, 0)}" for k in OUTCOMES) + f"; leftovers {n_left}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"cases": rows, "tally": dict(tally), "leftovers": n_left}, indent=2) + "\n")

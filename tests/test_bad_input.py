@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 import scipy.sparse as sp
 
 from bioformer.cli import main
+from tests.bad_input_cases import CASES_V3, Case, as_case
 from tests.conftest import H5AD
 
 # A run that would train in seconds if a check were missing (so a silent accept stays cheap).
@@ -271,6 +273,14 @@ CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], tuple[list[str], Path | No
 }
 
 
+# trust v3 (issue #22): code execution, clobbering, late option checks, data classes, run files
+def _without_monkeypatch(build: Callable[[Path], Case]) -> Callable[[Path, pytest.MonkeyPatch], Case]:
+    return lambda t, m: build(t)
+
+
+CASES.update({name: _without_monkeypatch(build) for name, build in CASES_V3.items()})
+
+
 def snapshot(path: Path | None) -> dict[str, bytes] | None:
     """Every file under `path` with its content (None when `path` does not exist)."""
     if path is None or not path.exists():
@@ -280,14 +290,26 @@ def snapshot(path: Path | None) -> dict[str, bytes] | None:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+def _timeout(signum, frame):
+    raise TimeoutError("the command hung (a FIFO opened? a loop without bound?)")
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_clear_error(case, tmp_path, monkeypatch, capsys):
-    argv, out = CASES[case](tmp_path, monkeypatch)
-    before = snapshot(out)
-    code = main(["-q", *argv])
+    c: Case = as_case(CASES[case](tmp_path, monkeypatch))
+    before, kept = snapshot(c.out), [snapshot(p) for p in c.keep]
+    old = signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(120)
+    try:
+        code = main(["-q", *c.argv])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert c.marker is None or not c.marker.exists(), "a file executed code"
+    assert [snapshot(p) for p in c.keep] == kept, "a user file was changed or deleted"
     assert "Traceback" not in err
     assert code == 2, err
     assert len(lines) == 1, err
-    assert snapshot(out) == before, f"{out} changed: {json.dumps(sorted(snapshot(out) or {}))}"
+    assert snapshot(c.out) == before, f"{c.out} changed: {json.dumps(sorted(snapshot(c.out) or {}))}"

@@ -173,7 +173,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bioformer.training.metrics import EvalResult
     from bioformer.training.run import RESUMABLE_CHANGES, format_test_table, run_training
 
+    if args.nproc is not None and args.nproc < 1:
+        raise BioformerError(f"--nproc must be >= 1 (1 = one process, no torchrun), got {args.nproc}")
     if args.nproc is not None and args.nproc > 1 and distributed.env_world_size() == 1:
+        cfg = config_from_args(args) if args.resume is None else None
+        if cfg is not None:  # every option checked before torchrun starts N processes
+            cfg.validate()
         argv = _torchrun_argv(sys.argv[1:], args.nproc)
         sys.stdout.flush()
         os.execv(argv[0], argv)  # torchrun takes over this process; every rank runs this command
@@ -202,9 +207,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bioformer.config import check_inference_options
     from bioformer.inference import Run
-    from bioformer.training.run import format_test_table
+    from bioformer.training.run import format_test_table, load_run
 
+    cfg, _ = load_run(args.run_dir)  # config only: options are checked before the model is loaded
+    check_inference_options(folds=args.folds, max_folds=cfg.data.max_len)
+    if args.eval_cells is not None and args.eval_cells < 1:
+        raise BioformerError(f"--eval-cells must be >= 1, got {args.eval_cells}")
     run = Run.load(args.run_dir, quiet=args.quiet)
     result, info = run.evaluate(args.data, args.layer, args.gene_column, quiet=args.quiet, eval_cells=args.eval_cells, folds=args.folds)
     print(f"{args.run_dir} on {info['cells']} of {info['data']}")
@@ -230,7 +240,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     )
     from bioformer.models import model_class
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args).validate(check_hardware=False)  # the same checks as train (the device may be elsewhere)
+    if args.n_genes is not None and args.n_genes < 1:
+        raise BioformerError(f"--n-genes must be >= 1, got {args.n_genes}")
+    budget = parse_bytes(args.budget)
     r = args.n_genes if args.n_genes is not None else sequence_length(cfg.data)
     B = cfg.train.batch_size
     device = "cuda" if cfg.train.device == "cuda" else "cpu"
@@ -248,7 +261,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     src = "--n-genes" if args.n_genes is not None else "upper bound from the data config"
     print(f"r = {r} genes per cell ({src}), batch size {B}, {device}{', bf16 activations' if amp else ', fp32'}")
     print(format_estimate(train, infer))
-    budget = parse_bytes(args.budget)
     r_train = max_genes_for_budget(cfg.model, B, budget, True, **kw)
     r_infer = max_genes_for_budget(cfg.model, B, budget, False, **kw)
     print(f"largest r within {format_bytes(budget)} at batch size {B}: training {r_train}, inference {r_infer}")
@@ -279,23 +291,57 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inference_input(args: argparse.Namespace):
-    """(Run, input AnnData, prepared cells) for embed / impute / grn; refuses to overwrite the input."""
+def _check_chip(path):
+    """A --chip file is JSON {"TF CELL-LINE": [targets]} (read now, before any work)."""
+    try:
+        data = json.loads(path.read_text())
+        ok = isinstance(data, dict) and all(isinstance(k, str) and isinstance(v, list) for k, v in data.items())
+    except (ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise BioformerError(f"--chip {path} is not ChIP truth: JSON {{\"TF CELL-LINE\": [target genes]}} expected")
+    return path
+
+
+def _check_inference_args(args: argparse.Namespace) -> list:
+    """Every option of embed / impute / grn and every path, before any data is read or a model
+    loaded: option ranges, the device, readable input files, and outputs that are neither an
+    input, nor inside a run directory, nor an existing file (unless --overwrite). Returns the
+    output paths (--out first)."""
     from pathlib import Path
 
+    from bioformer.config import check_inference_options
+    from bioformer.data.datasets import DATASETS
+    from bioformer.data.load import check_input_file
+    from bioformer.training.rundir import check_new_file
+
+    check_inference_options(
+        batch_size=args.batch_size, device=args.device, n_query=getattr(args, "n_query", None),
+        top_k=getattr(args, "top_k", None), min_cells=getattr(args, "min_cells", None),
+    )
+    inputs = [] if args.data in DATASETS else [check_input_file(args.data, "--data")]
+    if getattr(args, "chip", None):
+        inputs.append(_check_chip(check_input_file(args.chip, "--chip")))
+    if not Path(args.out).suffix == ".h5ad":
+        raise BioformerError(f"--out {args.out} must end in .h5ad")
+    named = [("--out", args.out)] + [(f, getattr(args, a, None)) for f, a in (("--edges", "edges"), ("--score-csv", "score_csv"))]
+    named = [(f, v) for f, v in named if v]
+    outs = [check_new_file(v, f, inputs, args.overwrite) for f, v in named]
+    if len({o.resolve() for o in outs}) < len(outs):
+        raise BioformerError(f"{', '.join(f for f, _ in named)} must be different files")
+    return outs
+
+
+def _inference_input(args: argparse.Namespace):
+    """(Run, input AnnData, prepared cells, --out) for embed / impute / grn, after every check."""
     import anndata as ad
 
     from bioformer.data.datasets import DATASETS, fetch
+    from bioformer.data.load import check_input_file
     from bioformer.inference.run import Run
 
-    src = fetch(args.data) if args.data in DATASETS else Path(args.data).expanduser()
-    out = Path(args.out).expanduser()
-    if not src.is_file():
-        raise BioformerError(f"file not found: {src}; pass an .h5ad path or a built-in name ({', '.join(DATASETS)})")
-    if out.exists() and out.resolve() == src.resolve():
-        raise BioformerError(f"--out {out} is the input file; the input is never modified, pass another path")
-    if out.suffix != ".h5ad":
-        raise BioformerError(f"--out {out} must end in .h5ad")
+    out = _check_inference_args(args)[0]
+    src = fetch(args.data) if args.data in DATASETS else check_input_file(args.data, "--data")
     run = Run.load(args.run_dir, device=args.device, quiet=args.quiet)
     try:
         adata = ad.read_h5ad(src)
@@ -371,6 +417,7 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass (default 64; results do not depend on it)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's device setting)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the input, never a file in a run directory)")
 
 
 def build_parser() -> argparse.ArgumentParser:

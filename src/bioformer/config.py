@@ -99,6 +99,26 @@ def check_device(device: str) -> None:
         raise BioformerError(f"--device {device}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
 
 
+def check_inference_options(
+    batch_size: int = 64, device: str | None = None, n_query: int | None = None, top_k: int | None = None,
+    min_cells: int | None = None, folds: int | None = None, max_folds: int | None = None,
+) -> None:
+    """The options of embed / impute / grn / evaluate, shared by the CLI (before any data is read)
+    and the `Run` API: BioformerError naming the first bad one."""
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    _need(whole(batch_size) and batch_size >= 1, "batch_size", "an int >= 1", batch_size)
+    _need(n_query is None or (whole(n_query) and n_query >= 1), "n_query", "an int >= 1", n_query)
+    _need(top_k is None or (whole(top_k) and top_k >= 1), "top_k", "an int >= 1", top_k)
+    _need(min_cells is None or (whole(min_cells) and min_cells >= 1), "min_cells", "an int >= 1", min_cells)
+    if folds is not None:
+        bound = max_folds if max_folds is not None else folds
+        _need(whole(folds) and 1 <= folds <= bound, "folds", f"an int in [1, {bound}] (one fold per position of the longest sequence at most)", folds)
+    if device is not None:
+        check_device(device)
+
+
 @dataclass
 class DataConfig:
     """Where the cells come from and how they become token sequences."""
@@ -295,9 +315,11 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        p = Path(path)
-        if not p.is_file():
+        p = Path(path).expanduser()
+        if not p.exists():
             raise BioformerError(f"config file not found: {p}")
+        if not p.is_file():  # a directory, FIFO or device: never opened (a FIFO would block)
+            raise BioformerError(f"config file {p} is not a regular file; pass the path of a YAML file")
         try:
             d = yaml.safe_load(p.read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as e:

@@ -126,3 +126,51 @@ def test_length_grouped_global_batches_are_seeded_and_epoch_dependent():
     assert a == length_grouped_batches(lengths, 16, 1001)
     assert a != length_grouped_batches(lengths, 16, 1002)
     assert sorted(i for b in a for i in b) == list(range(200))
+
+
+def test_two_processes_on_a_split_smaller_than_the_ranks(tmp_path):
+    """`train --nproc 2` when the validation and test splits are one evaluation batch (30 cells,
+    batch 2 x 32): the idle rank neither crashes (it once died with KeyError 'const') nor changes
+    the numbers: the summary equals a 1-process evaluation of the same weights exactly."""
+    cfg = tiny_config(tmp_path)
+    cfg.train.epochs = 1
+    cfg.train.batch_size = 32
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg.save(cfg_path)
+    two = tmp_path / "two"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bioformer", "-q", "train", "--nproc", "2", "--max-cells", "300", "--config", str(cfg_path), "--out", str(two)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["n_cells"]["valid"] == summary["n_cells"]["test"] == 30
+    single = evaluate_run(two, quiet=True)[0].flat("test_")
+    for k in TEST_KEYS:
+        assert single[k] == pytest.approx(summary[k], rel=1e-12, abs=0), k
+
+
+@pytest.mark.parametrize("nproc", ["0", "-1"])
+def test_nproc_below_one_is_an_error(nproc, tmp_path, capsys):
+    from bioformer.cli import main
+
+    assert main(["-q", "train", "--nproc", nproc, "--out", str(tmp_path / "run")]) == 2
+    assert "--nproc must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_nproc_1_trains_in_this_process(tmp_path, monkeypatch):
+    """--nproc 1 never starts torchrun (os.execv is not called)."""
+    import os
+
+    from bioformer.cli import main
+
+    def no_exec(*a):
+        raise AssertionError("torchrun was started")
+
+    monkeypatch.setattr(os, "execv", no_exec)
+    cfg = tiny_config(tmp_path)
+    cfg.train.epochs = 1
+    cfg.save(tmp_path / "cfg.yaml")
+    assert main(["-q", "train", "--nproc", "1", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "one")]) == 0
+    assert (tmp_path / "one" / "summary.json").is_file()

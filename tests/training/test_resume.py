@@ -113,3 +113,38 @@ def test_resume_with_more_epochs_equals_the_longer_run(tmp_path):
     _, straight = run_training(straight_cfg, quiet=True)
     for k in COMPARED:
         assert resumed[k] == straight[k], k
+
+
+def test_planted_training_state_is_refused_and_never_runs_code(tmp_path):
+    """A last.pt whose unpickling would create a marker file: one BioformerError, no marker."""
+    from bioformer.errors import BioformerError
+    from tests.bad_input_cases import write_malicious_state
+
+    marker, path = tmp_path / "code-ran", tmp_path / TRAINING_STATE
+    write_malicious_state(path, marker)
+    with pytest.raises(BioformerError, match="refused"):
+        load_training_state(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is real: unpickling it does run code
+    assert marker.exists()
+
+
+def test_training_state_round_trips_rng_streams_without_pickle(tmp_path):
+    """Every RNG stream restored from a weights_only state draws the same numbers again."""
+    import random
+
+    import numpy as np
+
+    from bioformer.training.checkpoint import rng_state, save_training_state, set_rng_state
+
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    np.random.standard_normal()  # leaves a cached Gaussian in NumPy's legacy state
+    path = tmp_path / TRAINING_STATE
+    save_training_state(path, {"epoch": 1, "step": 2, "model": {}, "rng": [rng_state()], "history": [{"x": np.float64(1.5)}]})
+    draws = (random.random(), np.random.standard_normal(), torch.rand(1).item())
+    state = load_training_state(path)
+    set_rng_state(state["rng"][0])
+    assert (random.random(), np.random.standard_normal(), torch.rand(1).item()) == draws
+    assert state["history"] == [{"x": 1.5}]

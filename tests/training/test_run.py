@@ -18,6 +18,7 @@ from bioformer.data.tokenize import CellDataset
 from bioformer.training.checkpoint import save_weights
 from bioformer.training.metrics import EvalResult
 from bioformer.training.run import evaluate_run, run_training
+from bioformer.training.rundir import RUN_MARKER
 from tests.conftest import H5AD, tiny_config
 
 TEST_KEYS = ("test_mse", "test_mre", "test_mae", "test_pearson")
@@ -190,6 +191,10 @@ def test_overwrite_absolute_paths_and_evaluate_from_anywhere(tmp_path, monkeypat
     with pytest.raises(BioformerError, match="already holds a finished run; pass --overwrite"):
         run_training(cfg, quiet=True)
     assert (out / "summary.json").read_text() == "old"
+    with pytest.raises(BioformerError, match="not created by bioformer train"):  # no run marker: never replaced
+        run_training(cfg, quiet=True, overwrite=True)
+    assert (out / "summary.json").read_text() == "old"
+    (out / RUN_MARKER).write_text("{}")  # as `train` marks the directories it creates
     with caplog.at_level("WARNING", logger="bioformer"):
         _, summary = run_training(cfg, overwrite=True)
     assert ("did not beat the per-gene-mean floor" in caplog.text) == (summary["test_mse_vs_floor"] >= 1)

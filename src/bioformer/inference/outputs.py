@@ -16,7 +16,6 @@ and varp are sparse, so that costs nothing).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import scipy.sparse as sp
 from bioformer.errors import BioformerError
 from bioformer.inference.readouts import PairScores
 from bioformer.inference.run import PreparedCells, Run
+from bioformer.training.checkpoint import new_temp_file
 
 KEY_PATTERNS = {"embed": "X_{family}", "impute": "{family}_imputed", "grn": "{family}_pair_scores"}
 
@@ -46,16 +46,17 @@ def provenance(run: Run, **options: Any) -> dict[str, Any]:
 
 
 def _present(cells: PreparedCells) -> tuple[np.ndarray, np.ndarray]:
-    """(input gene positions that are run genes, their run columns), in input order."""
-    pos = np.flatnonzero(cells.input_to_run >= 0)
-    return pos, cells.input_to_run[pos]
+    """(positions of the AnnData's genes that are run genes, their run columns), in its order."""
+    to_run = cells.output_to_run
+    pos = np.flatnonzero(to_run >= 0)
+    return pos, to_run[pos]
 
 
 def _on_input_genes(values: np.ndarray, cells: PreparedCells) -> sp.csr_matrix:
     """[n_cells, n_run_genes] dense -> [n_cells, n_input_genes] CSR, zero outside the run's genes."""
     pos, cols = _present(cells)
     sub = sp.csr_matrix(values[:, cols])  # columns 0..len(pos)-1, in input order
-    return sp.csr_matrix((sub.data, pos[sub.indices], sub.indptr), shape=(values.shape[0], len(cells.input_genes)))
+    return sp.csr_matrix((sub.data, pos[sub.indices], sub.indptr), shape=(values.shape[0], len(cells.output_to_run)))
 
 
 def add_embedding(run: Run, adata: ad.AnnData, cells: PreparedCells, pooling: str | None = None,
@@ -88,7 +89,7 @@ def pair_matrix_on_input(pairs: PairScores, cells: PreparedCells) -> sp.csr_matr
     """[n_input_genes, n_input_genes] CSR of pair scores (source row, target column); zero where a
     gene is not a run gene or the pair was never in a cell together, and on the diagonal."""
     pos, cols = _present(cells)
-    n = len(cells.input_genes)
+    n = len(cells.output_to_run)
     sub_n = pairs.n_cells[np.ix_(cols, cols)]
     keep = (sub_n > 0) & ~np.eye(len(cols), dtype=bool)
     r, c = np.nonzero(keep)
@@ -130,7 +131,7 @@ def write_h5ad_atomic(adata: ad.AnnData, path: str | Path) -> None:
     """Write to a temp file next to `path`, then rename: a crash never leaves a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.h5ad")
+    fd, tmp = new_temp_file(path, suffix=".tmp.h5ad")  # the user's umask, not mkstemp's 0600
     os.close(fd)
     try:
         adata.write_h5ad(tmp)

@@ -30,7 +30,8 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from bioformer.config import RunConfig, check_device
+from bioformer.config import RunConfig, check_device, check_inference_options
+from bioformer.data.load import as_checked_csr
 from bioformer.data.pipeline import edges_for_genes
 from bioformer.data.preprocess import bins_to_values, preprocess
 from bioformer.data.prior import PriorMatrix
@@ -47,6 +48,7 @@ from bioformer.models import build_model, uses_prior
 from bioformer.training.loop import resolve_device
 from bioformer.training.metrics import EvalResult
 from bioformer.training.run import evaluate_run, load_run, load_run_weights
+from bioformer.training.rundir import HELDOUT_EDGES, check_heldout_edges
 
 log = logging.getLogger("bioformer")
 
@@ -65,6 +67,13 @@ class PreparedCells:
     input_genes: pd.Index  # the input's gene names (after gene_column)
     input_to_run: np.ndarray  # [n_input_genes] run gene column of each input gene, -1 if none
     n_missing: int  # run genes absent from the input
+    var_to_run: np.ndarray | None = None  # [adata.n_vars] run column of each of the AnnData's own genes (-1: none),
+    # when the matrix read (layer "raw") has other genes than adata.var; None: the same as input_to_run
+
+    @property
+    def output_to_run(self) -> np.ndarray:
+        """Run column of each gene of the AnnData that outputs are written into."""
+        return self.input_to_run if self.var_to_run is None else self.var_to_run
 
     @property
     def n_cells(self) -> int:
@@ -92,7 +101,7 @@ def _read_run_file(path: Path, reader):
 
 def matrix_of(adata: ad.AnnData, layer: str | None, gene_column: str | None) -> tuple[sp.csr_matrix, pd.Index]:
     """(expression matrix as CSR float32, gene names) of an in-memory AnnData, checked as
-    `load_anndata` checks files: known layer / gene column, no NaN, no negative values."""
+    `load_anndata` checks files: known layer / gene column, values that can be expression."""
     if layer in (None, "X"):
         X, var = adata.X, adata.var
     elif layer == "raw":
@@ -106,12 +115,7 @@ def matrix_of(adata: ad.AnnData, layer: str | None, gene_column: str | None) -> 
     if gene_column is not None and gene_column not in var.columns:
         raise BioformerError(f"gene column {gene_column!r} not in var; available: {list(var.columns)} (omit it to use var_names)")
     names = pd.Index(var[gene_column].astype(str) if gene_column is not None else var.index.astype(str))
-    X = X.tocsr().astype(np.float32) if sp.issparse(X) else sp.csr_matrix(np.asarray(X, dtype=np.float32))
-    if np.isnan(X.data).any():
-        raise BioformerError("the expression matrix contains NaN values; fill or drop them first")
-    if (X.data < 0).any():
-        raise BioformerError("the expression matrix contains negative values (scaled data?); pass counts or log-normalised values (layer=...)")
-    return X, names
+    return as_checked_csr(X, "the input"), names
 
 
 class Run:
@@ -155,8 +159,8 @@ class Run:
         prior = None
         if model.needs_prior:  # z as in training: without the edges held out for scoring
             t2i = vocab.token_to_id
-            held = run_dir / "heldout_edges.csv"
-            heldout = pd.read_csv(held) if held.exists() else None
+            held = run_dir / HELDOUT_EDGES
+            heldout = pd.read_csv(held) if check_heldout_edges(run_dir, summary) else None
             prior = PriorMatrix.from_edges(edges_for_genes(config.data.prior, t2i, config.train.seed, quiet, heldout=heldout), t2i)
         device = device or config.train.device
         try:
@@ -200,7 +204,11 @@ class Run:
         if not quiet:
             log.info("mapped %d cells onto the run's genes: %d of %d found, %d missing (treated as not expressed)",
                      full.shape[0], n_found, len(self.genes), n_missing)
-        return PreparedCells(full, np.asarray(binned.obsm["bin_edges"]), tmp.obs_names, tmp.var_names, input_to_run, n_missing)
+        var_to_run = None
+        if layer == "raw" and not adata.raw.var_names.equals(adata.var_names):  # scanpy: raw keeps every gene, X the HVGs
+            pos = pd.Index(adata.raw.var_names).get_indexer(adata.var_names)
+            var_to_run = np.where(pos >= 0, input_to_run[np.maximum(pos, 0)], -1)
+        return PreparedCells(full, np.asarray(binned.obsm["bin_edges"]), tmp.obs_names, tmp.var_names, input_to_run, n_missing, var_to_run)
 
     @property
     def max_genes(self) -> int:
@@ -279,6 +287,7 @@ class Run:
 
     def _cell_chunks(self, n_cells: int, batch_size: int, progress: bool, desc: str) -> Iterator[np.ndarray]:
         """Cells in chunks of a few batches (memory bounded by the chunk, not the data set)."""
+        check_inference_options(batch_size=batch_size)  # the CLI's check, for API callers too
         step = max(1, batch_size * 4)
         starts = range(0, n_cells, step)
         for start in tqdm(starts, desc=desc, disable=not progress, unit="chunk", leave=False):
@@ -350,8 +359,8 @@ class Run:
         cells = self.prepare(adata, layer, gene_column, quiet=True)
         n_bins = self.config.data.n_bins
         default_q = max(1, int(round(self.config.data.mask_ratio * self.max_genes)))
-        n_query = n_query or default_q
-        if not 1 <= n_query < self.max_genes:
+        n_query = default_q if n_query is None else n_query
+        if not isinstance(n_query, int) or not 1 <= n_query < self.max_genes:
             raise BioformerError(f"n_query must be between 1 and {self.max_genes - 1} (max_len leaves {self.max_genes} gene positions)")
         n_genes = len(self.genes)
         bins = np.full((cells.n_cells, n_genes), np.nan, dtype=np.float32)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -19,10 +20,23 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from bioformer.errors import BioformerError
+
+
+def new_temp_file(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """mkstemp next to `path`, with the permissions the user's umask gives a new file (mkstemp
+    alone makes it 0600, and the rename would keep that)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
+    return fd, tmp
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """`data` to `path`: temp file in the same directory, fsync, rename (never a partial file)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = new_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -68,31 +82,64 @@ TRAINING_STATE = "last.pt"
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random stream a training epoch reads: Python, NumPy's global, torch CPU and CUDA."""
+    """Every random stream a training epoch reads (Python, NumPy's global, torch CPU and CUDA),
+    as tensors and plain containers only, so that it loads with `weights_only=True`."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def plain(obj: Any) -> Any:
+    """`obj` with NumPy scalars and arrays turned into Python numbers and tensors (recursively),
+    so that nothing in it needs more than `torch.load(weights_only=True)` to read back."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
-    """The whole training state (torch.save format) to `path` atomically."""
+    """The whole training state to `path` atomically: torch.save format holding only tensors,
+    numbers, strings and containers (see `load_training_state`)."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(plain(state), buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
-    """Read a state written by `save_training_state` (our own file: it holds RNG states, which
-    are not plain tensors, hence weights_only=False)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Read a state written by `save_training_state` without unpickling arbitrary objects
+    (`weights_only=True`: a file that needs any other class or function is refused, so a
+    planted last.pt cannot run code). Raises BioformerError on such or a damaged file."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise BioformerError(
+            f"{path} is refused: it holds objects other than tensors, numbers and containers, and loading "
+            "it could run code; a bioformer training state never does. Delete it (or the run) and train again"
+        ) from None
+    except Exception as e:  # truncated zip, not a torch file at all, ...
+        raise BioformerError(f"{path} is damaged and cannot be read ({type(e).__name__}); delete it to train the run from the start") from None
+    if not isinstance(state, dict) or not {"epoch", "step", "model", "rng"} <= set(state):
+        raise BioformerError(f"{path} is not a bioformer training state; delete it to train the run from the start")
+    return state

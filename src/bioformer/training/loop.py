@@ -104,12 +104,15 @@ def evaluate(
     ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     cells, genes, targets, is_tf, is_target = [], [], [], [], []
     preds: dict[str, list[np.ndarray]] = {"model": []}
+    order: list[tuple[int, int]] = []  # (fold, batch index) of each scored batch
     old = (dataset.fold, dataset.n_folds)
     try:
         for fold in range(folds):
             dataset.set_fold(fold, folds)
             batches = length_grouped_batches(dataset.lengths(), batch_size, 0, shuffle=False)
-            batches = batches[distributed.rank()::distributed.world_size()]
+            mine = range(distributed.rank(), len(batches), distributed.world_size())
+            order += [(fold, b) for b in mine]  # this rank's batches in single-process order
+            batches = [batches[b] for b in mine]
             batch_iter = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0)
             for batch in tqdm(batch_iter, desc=desc, leave=False, disable=not progress):
                 with ctx:
@@ -129,9 +132,7 @@ def evaluate(
     finally:
         dataset.set_fold(*old)
     if distributed.world_size() > 1:  # every rank gets every position (metrics are not sums)
-        parts = distributed.all_gather_object((cells, genes, targets, preds, is_tf, is_target))
-        cells, genes, targets, is_tf, is_target = ([x for p in parts for x in p[i]] for i in (0, 1, 2, 4, 5))
-        preds = {k: [x for p in parts for x in p[3][k]] for k in preds}
+        cells, genes, targets, preds, is_tf, is_target = _gather_batches(cells, genes, targets, preds, is_tf, is_target, order)
 
     def cat(chunks: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(chunks) if chunks else np.zeros(0)
@@ -141,6 +142,25 @@ def evaluate(
         bin_edges=bin_edges, roles={"tf": cat(is_tf), "target": cat(is_target)} if roles is not None else None,
         by_zero=dataset.include_zero_genes, n_boot=n_boot, seed=seed, n_folds=folds,
     )
+
+
+def _gather_batches(cells: list, genes: list, targets: list, preds: dict[str, list], is_tf: list, is_target: list,
+                    order: list[tuple[int, int]]) -> tuple:
+    """Every rank's per-batch arrays on every rank, in single-process batch order. A rank that
+    scored no batch (a split with fewer batches than ranks) contributes nothing and still gets
+    everything: the floors' names come from the ranks that have them."""
+    parts = distributed.all_gather_object((cells, genes, targets, preds, is_tf, is_target, order))
+    keys = [k for k in dict.fromkeys(k for p in parts for k in p[3])]
+    flat_order = [key for p in parts for key in p[6]]
+    perm = sorted(range(len(flat_order)), key=flat_order.__getitem__)
+
+    def merged(i: int) -> list:
+        chunks = [x for p in parts for x in p[i]]
+        return [chunks[j] for j in perm] if len(chunks) == len(perm) else chunks
+
+    pred_chunks = {k: [x for p in parts for x in p[3].get(k, [])] for k in keys}
+    preds = {k: [v[j] for j in perm] if len(v) == len(perm) else v for k, v in pred_chunks.items()}
+    return merged(0), merged(1), merged(2), preds, merged(4), merged(5)
 
 
 @dataclass

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import math
-import os
 import platform
 import random
 import shutil
@@ -26,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bioformer.config import RunConfig, check_device
+from bioformer.config import RunConfig, check_device, check_inference_options
+from bioformer.data.load import check_data_file
 from bioformer.data.pipeline import PreparedData, coverage_warning, prepare_data, role_prior
 from bioformer.errors import BioformerError
 from bioformer.models import build_model, count_parameters, model_class, uses_prior
@@ -43,6 +43,15 @@ from bioformer.training.checkpoint import (
 from bioformer.training.floors import Floors
 from bioformer.training.loop import Runtime, auto_folds, autocast_dtype, evaluate, train
 from bioformer.training.metrics import FLOOR_LABELS, EvalResult
+from bioformer.training.rundir import (
+    HELDOUT_EDGES,
+    check_heldout_edges,
+    check_out_dir,
+    file_hashes,
+    read_summary,
+    remove_run_files,
+    write_marker,
+)
 
 log = logging.getLogger("bioformer")
 METRICS = ("mse", "mre", "mae", "pearson")
@@ -189,34 +198,6 @@ def read_resume_state(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
     return state
 
 
-RUN_FILES = ("config.yaml", "split.npz", "vocab.json", "metrics.csv", "model.safetensors", "summary.json", "curves.png", TRAINING_STATE)
-
-
-def check_out_dir(out: Path, overwrite: bool = False) -> None:
-    """Refuse an --out that cannot hold a new run, before any work: a file, a place that cannot
-    be created or written, or a directory holding files (a finished or unfinished run) unless
-    `overwrite`."""
-    if out.exists() and not out.is_dir():
-        raise BioformerError(f"--out {out} is a file; pass a directory path")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            if (out / "summary.json").exists():
-                raise BioformerError(f"--out {out} already holds a finished run; pass --overwrite to replace it, or choose another --out")
-            raise BioformerError(
-                f"--out {out} already holds an unfinished run (no summary.json); pass --resume {out} to continue it, "
-                "--overwrite to start it over, or choose another --out"
-            )
-        if not any((out / f).exists() for f in RUN_FILES):
-            raise BioformerError(f"--out {out} holds files that are not a bioformer run; --overwrite only replaces run directories, choose another --out")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise BioformerError(f"cannot create --out {out}: {parent} is a file; choose another --out")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BioformerError(f"cannot write --out {out}: {parent} is not writable; choose another --out")
-
-
 def absolute_paths(cfg: RunConfig) -> RunConfig:
     """A copy of `cfg` with file paths (data, prior files) made absolute, so that the saved
     config.yaml works from any working directory. Built-in names stay as they are."""
@@ -285,6 +266,7 @@ def run_training(
     """
     cfg.validate()
     model_class(cfg.model.model)  # a registered family (the registry, not the config, knows them)
+    check_data_file(cfg.data.data)
     if resume and overwrite:
         raise BioformerError("--overwrite and --resume exclude each other: --resume continues the run, --overwrite starts it over")
     cfg = absolute_paths(cfg)
@@ -335,11 +317,11 @@ def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume
             log.info("resuming %s after epoch %d (step %d)", out, resume_state["epoch"], resume_state["step"])
     created = not out.exists()
     if main:
-        if not created and not resume:  # --overwrite: the old run's files go only now that the new one can start
-            for f in RUN_FILES:
-                (out / f).unlink(missing_ok=True)
+        if not created and not resume:  # --overwrite (of a marked run): its files go only now that the new one can start
+            remove_run_files(out)
         try:
             out.mkdir(parents=True, exist_ok=True)
+            write_marker(out)
         except OSError as e:
             raise BioformerError(f"cannot create --out {out} ({e.strerror}); choose another --out") from None
     try:
@@ -351,8 +333,7 @@ def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume
             if created:
                 shutil.rmtree(out, ignore_errors=True)
             else:
-                for f in RUN_FILES:
-                    (out / f).unlink(missing_ok=True)
+                remove_run_files(out)
         raise
     if main and not quiet and (w := floor_warning(summary)) is not None:
         log.warning("warning: " + w)
@@ -369,7 +350,7 @@ def _train_into(
         cfg.save(out / "config.yaml")
         np.savez(out / "split.npz", **data.split, obs_names=np.asarray(data.adata.obs_names, dtype=str))
         if data.heldout_edges is not None:
-            atomic_write_text(out / "heldout_edges.csv", data.heldout_edges.to_csv(index=False))
+            atomic_write_text(out / HELDOUT_EDGES, data.heldout_edges.to_csv(index=False))
         atomic_write_json(out / "vocab.json", {"tokens": data.vocab.tokens, "genes": list(data.adata.var_names)})
 
     seed_everything(seed)
@@ -416,6 +397,8 @@ def _train_into(
         "device": str(runtime.device),
         "versions": versions(),
     }
+    if main:
+        summary["files"] = file_hashes(out)  # sha256 of the files that define the run (checked on use)
     if not main:
         return summary
     if result.history:
@@ -488,9 +471,8 @@ def evaluate_run(
         raise BioformerError("--layer and --gene-column describe the file given with --data; without --data the run's own test split is scored with the run's settings")
     if eval_cells is not None and eval_cells < 1:
         raise BioformerError(f"--eval-cells must be >= 1, got {eval_cells}")
-    if folds is not None and folds < 1:
-        raise BioformerError(f"--folds must be >= 1, got {folds}")
-    heldout = pd.read_csv(run_dir / "heldout_edges.csv") if (run_dir / "heldout_edges.csv").exists() else None
+    check_inference_options(folds=folds, max_folds=cfg.data.max_len)
+    heldout = pd.read_csv(run_dir / HELDOUT_EDGES) if check_heldout_edges(run_dir, read_summary(run_dir)) else None
     if heldout is None:  # trained with every prior edge (a run from before held-out edges, or frac 0)
         cfg.data = dataclasses.replace(cfg.data, heldout_edge_frac=0.0)
     own = data is None or (
