@@ -150,6 +150,19 @@ def _experiment_user_dir(tmp: Path) -> Case:
     return Case(["experiment", "ablation", "--profile", "quick", "--data", str(H5AD), "--report-only", "--out", str(d)], None, keep)
 
 
+def _experiment(tmp: Path, *extra: str, out: Path | None = None) -> Case:
+    out = out or tmp / "study"
+    return Case(["experiment", "ablation", "--profile", "quick", "--data", str(H5AD), *extra, "--out", str(out)], out)
+
+
+def _experiment_other_study(tmp: Path) -> Case:
+    d = tmp / "study"
+    keep = (_user_file(d, "study.json", '{"study": "depth"}\n'), _user_file(d, "results.csv", "a\n1\n"))
+    c = _experiment(tmp, "--report-only", out=d)
+    c.out, c.keep = None, keep
+    return c
+
+
 def _in_run(tmp: Path, cmd: str, flag: str, name: str, *extra: str) -> Case:
     run = _run_copy(tmp)
     target = run / name
@@ -294,6 +307,11 @@ CASES_V3: dict[str, Callable[[Path], Case]] = {
     "estimate-bad-budget": lambda t: _estimate("--budget", "lots"),
     "train-nproc-0": lambda t: _train(t, "--nproc", "0"),
     "train-nproc-negative": lambda t: _train(t, "--nproc", "-1"),
+    "experiment-seeds-0": lambda t: _experiment(t, "--seeds", "0"),
+    "experiment-first-seed-negative": lambda t: _experiment(t, "--first-seed", "-1"),
+    "experiment-jobs-0": lambda t: _experiment(t, "--jobs", "0"),
+    "experiment-out-under-a-file": lambda t: _experiment(t, out=_user_file(t, "afile") / "study"),
+    "experiment-out-other-study": _experiment_other_study,
     "yaml-device-cuda-missing": lambda t: _train(t, "--config", str(_user_file(t, "cfg.yaml", "train:\n  device: cuda:99\n"))),
     # 5. input data classes
     "data-fifo": lambda t: _train(t, data=fifo(t, "cells.h5ad")),

@@ -276,6 +276,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from bioformer.experiments.plan import plan_study
     from bioformer.experiments.suite import run_study, seed_data
 
+    if args.jobs < 1:  # checked before the plan reads any data (--sizing does)
+        raise BioformerError(f"--jobs must be >= 1, got {args.jobs}")
     overrides = overrides_from_args(args)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     plan = plan_study(args.study, args.profile, args.out, args.seeds, None, overrides, first_seed=args.first_seed, arms=arms)
@@ -339,10 +341,12 @@ def _inference_input(args: argparse.Namespace):
     from bioformer.data.datasets import DATASETS, fetch
     from bioformer.data.load import check_input_file
     from bioformer.inference.run import Run
+    from bioformer.training.rundir import check_heldout_edges
 
     out = _check_inference_args(args)[0]
     src = fetch(args.data) if args.data in DATASETS else check_input_file(args.data, "--data")
     run = Run.load(args.run_dir, device=args.device, quiet=args.quiet)
+    check_heldout_edges(run.run_dir, run.summary)  # every model: grn --score reads them
     try:
         adata = ad.read_h5ad(src)
     except Exception as e:

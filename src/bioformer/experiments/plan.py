@@ -86,6 +86,10 @@ def plan_study(
         raise BioformerError(f"unknown study {study!r}; use one of {', '.join(STUDIES)}")
     if profile not in PROFILES:
         raise BioformerError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    if seeds is not None and seeds < 1:
+        raise BioformerError(f"--seeds must be >= 1, got {seeds}")
+    if first_seed < 0:
+        raise BioformerError(f"--first-seed must be >= 0, got {first_seed}")
     p = PROFILES[profile]
     o = overrides or {}
     data = {**p.data, **p.study_data.get(study, {}), **o.get("data", {})}

@@ -193,8 +193,11 @@ def run_study(plan: StudyPlan, report_only: bool = False, quiet: bool = True, jo
 def check_study_dir(out: Path, study: str) -> None:
     """--out is new, empty, or a study directory of the same study (its study.json says so);
     anything else (a user's files, another study) is refused before anything is written."""
+    from bioformer.training.rundir import check_writable_parent
+
     if out.exists() and not out.is_dir():
         raise BioformerError(f"--out {out} is a file; pass a directory path")
+    check_writable_parent(out / "study.json", "--out")
     if not out.is_dir() or not any(out.iterdir()):
         return
     try:
