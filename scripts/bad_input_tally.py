@@ -8,6 +8,10 @@ silent (exit 0), other, clear (exit 2, exactly one `error:` line, no traceback);
 leftover (its --out changed). Run from the repo root:
 
     python scripts/bad_input_tally.py [--json results/bad_input/after.json] [--timeout 90]
+    python scripts/bad_input_tally.py --table results/bad_input/before_v3.json results/bad_input/after.json
+
+The second form runs nothing: it prints the markdown table of the cases in the first file, with
+their outcome in each file (the table of results/bad_input/README.md).
 """
 
 from __future__ import annotations
@@ -45,12 +49,32 @@ def classify(code: int | None, err: str) -> str:
     return "other"
 
 
+def markdown_table(before_path: str, after_path: str) -> str:
+    """| case | before | after | for every case of `before_path`, then both tallies."""
+    before, after = (json.loads(Path(p).read_text())["cases"] for p in (before_path, after_path))
+
+    def cell(row: dict | None) -> str:
+        return "not run" if row is None else row["outcome"] + (" + leftover" if row["leftover"] else "")
+
+    lines = ["| case | before | after |", "|---|---|---|"]
+    lines += [f"| {name} | {cell(row)} | {cell(after.get(name))} |" for name, row in before.items()]
+    for label, rows in (("before", before), ("after", {k: after[k] for k in before if k in after})):
+        tally = Counter(r["outcome"] for r in rows.values())
+        lines.append(f"\n{label}: {len(rows)} cases: " + ", ".join(f"{k} {tally.get(k, 0)}" for k in OUTCOMES)
+                     + f"; leftovers {sum(r['leftover'] for r in rows.values())}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="write per-case outcomes here")
     ap.add_argument("--only", help="comma-separated case names")
     ap.add_argument("--timeout", type=float, default=90.0, help="seconds before a case counts as a hang")
+    ap.add_argument("--table", nargs=2, metavar=("BEFORE_JSON", "AFTER_JSON"), help="print the markdown table and exit")
     args = ap.parse_args()
+    if args.table:
+        print(markdown_table(*args.table))
+        return
     names = args.only.split(",") if args.only else list(CASES)
     rows = {}
     base_cache = tempfile.mkdtemp(prefix="bioformer-tally-cache-")

@@ -233,3 +233,20 @@ def test_a_run_is_marked_checksummed_and_readable_by_others():
     os.umask(mask)
     if mask == 0o022:  # the usual umask: every run file 0644 (mkstemp alone gave 0600)
         assert {f: (run / f).stat().st_mode & 0o777 for f in files} == {f: 0o644 for f in files}
+
+
+def test_overwrite_replaces_an_existing_output_but_never_the_input(tmp_path, capsys):
+    """--overwrite is what lets embed replace the user's existing file (and only that)."""
+    import shutil
+
+    from bioformer.cli import main
+
+    inp, old = tmp_path / "in.h5ad", tmp_path / "old.h5ad"
+    shutil.copy(H5AD, inp)
+    old.write_text("an older result")
+    before = inp.read_bytes()
+    argv = ["-q", "embed", str(prior_run()), "--data", str(inp), "--out", str(old), "--no-progress"]
+    assert main(argv) == 2 and old.read_text() == "an older result"
+    assert main([*argv, "--overwrite"]) == 0
+    assert "X_" in "".join(ad.read_h5ad(old).obsm.keys())
+    assert inp.read_bytes() == before
