@@ -61,7 +61,7 @@ def main() -> None:
 
 
 def _readout(run_dir: Path):
-    """The run's pair scores [genes, genes] averaged over its training cells."""
+    """The run's pair scores [genes, genes] averaged over its training cells (NaN where unseen)."""
     import numpy as np
 
     from bioformer.data.load import load_anndata
@@ -72,7 +72,7 @@ def _readout(run_dir: Path):
     adata = load_anndata(d.data, d.layer, d.gene_column, d.max_cells, run.config.train.seed, quiet=True)
     split = np.load(run_dir / "split.npz", allow_pickle=False)
     adata = adata[list(split["obs_names"][split["train"]])]
-    return run.pair_scores(adata).scores
+    return run.pair_scores(adata).ranked()  # unseen pairs NaN: ranked last
 
 
 if __name__ == "__main__":

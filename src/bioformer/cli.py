@@ -403,7 +403,7 @@ def cmd_grn(args: argparse.Namespace) -> int:
         from bioformer.evaluation.grn import format_grn_table, score_run
 
         # one matrix per group is scored too: a condition-specific network against the same truth
-        table = pd.concat([score_run(run.run_dir, {f"pair scores ({name})": ps.scores}, genes=ps.genes, chip_path=args.chip).assign(group=name)
+        table = pd.concat([score_run(run.run_dir, {f"pair scores ({name})": ps.ranked()}, genes=ps.genes, chip_path=args.chip).assign(group=name)
                            for name, ps in result.items()], ignore_index=True)
         print(format_grn_table(table))
         if args.score_csv:

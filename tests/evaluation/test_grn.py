@@ -197,3 +197,12 @@ def test_grn_table_ranks_the_truth_above_baselines():
     assert "prior" in set(df.loc[df["truth"] == "chip", "predictor"])
     assert "prior" not in set(df.loc[df["truth"] == "t", "predictor"])
     assert (df.loc[df["predictor"] == "model", "average_precision"] == 1.0).all()
+
+
+def test_reverse_free_truth_drops_pairs_whose_reverse_edge_was_given():
+    genes = ["A", "B", "C", "D"]
+    held = pd.DataFrame({"source": ["A", "A"], "target": ["B", "C"]})
+    given = pd.DataFrame({"source": ["B", "A"], "target": ["A", "D"]})  # B -> A: the reverse of A -> B
+    reverse = given.rename(columns={"source": "target", "target": "source"})
+    t = edge_truth("r", held, genes, tfs=["A", "B"], exclude=pd.concat([given, reverse]))
+    assert not t.candidates[0, 1] and t.candidates[0, 2] and t.n_true == 1

@@ -235,3 +235,22 @@ def test_ablation_has_a_linear_pair_mode_arm_that_runs(tiny_inputs, tmp_path):
     assert sorted(df["arm"].unique()) == ["full", "linear"] and df["test_mse"].notna().all()
     assert "pair_mode: linear" in (out / "runs" / "linear" / "seed0" / "config.yaml").read_text()
     assert "full vs linear" in (out / "summary.md").read_text()  # the paired comparison is reported
+
+
+def test_never_sampled_cells_are_a_second_test_set(tiny_inputs, tmp_path):
+    """With max_cells below the data set, each run is also scored on cells the subsample never
+    drew: reported beside the test split, paired like every metric."""
+    over = _overrides(tiny_inputs)
+    over["data"]["max_cells"] = 100
+    plan = suite.plan_study("same-params", "quick", out=tmp_path / "s", seeds=2, epochs=1, overrides=over)
+    plan = dataclasses.replace(plan, extra_test_cells=40)
+    suite.run_study(plan)
+    df = pd.read_csv(tmp_path / "s" / "results.csv")
+    assert (df["unsampled_n_cells"] == 40).all() and df["test_unsampled_mse"].notna().all()
+    extra = __import__("json").loads((tmp_path / "s" / "runs" / "bioformer" / "seed0" / "extra_test.json").read_text())
+    split = np.load(tmp_path / "s" / "runs" / "bioformer" / "seed0" / "split.npz", allow_pickle=False)
+    assert extra["n_cells"] == 40 and len(split["obs_names"]) == 100  # scored cells are outside the 100 drawn
+    assert "unsampled_mse" in set(pd.read_csv(tmp_path / "s" / "pairs.csv")["metric"])
+    assert "never-sampled cells" in (tmp_path / "s" / "summary.md").read_text()
+    assert suite.plan_study("prior", "standard").extra_test_cells == 4000
+    assert suite.plan_study("prior-transfer", "standard").extra_test_cells == 0  # test = a condition, not a sample

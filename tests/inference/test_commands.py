@@ -99,7 +99,8 @@ def test_grn_score_prints_the_table_of_the_written_scores(runs, small_input, tmp
     assert "heldout prior edges:" in printed and "pair scores (all)" in printed and "random level" in printed
     table = pd.read_csv(table_csv)
     pairs = Run.load(runs["bioformer"], device="cpu").pair_scores(ad.read_h5ad(small_input))
-    direct = score_run(runs["bioformer"], {"pair scores (all)": pairs.scores}, genes=pairs.genes, chip_path=chip)
+    # the written matrix, with pairs never seen together as "no opinion" (ranked last, not 0)
+    direct = score_run(runs["bioformer"], {"pair scores (all)": pairs.ranked()}, genes=pairs.genes, chip_path=chip)
     got = table[table["predictor"] == "pair scores (all)"].set_index("truth")["average_precision"]
     want = direct[direct["predictor"] == "pair scores (all)"].set_index("truth")["average_precision"]
     assert set(got.index) == {"heldout prior edges", "chip"}

@@ -110,3 +110,13 @@ def test_run_readout_table_on_trained_runs(runs):
     assert "* " in format_readout_table(df)
     s = run_readout_table(runs["scgpt"], genie3=False)
     assert set(s.loc[s["kind"] == "readout", "predictor"]) == {"attention"}
+
+
+def test_pair_scores_rank_unseen_pairs_last():
+    from bioformer.evaluation.grn import ranking_metrics
+    from bioformer.inference.readouts import PairScores
+
+    ps = PairScores(["a", "b", "c"], np.array([[0, -1.0, 0], [0, 0, 0], [0, 0, 0]]), np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]]), "x")
+    assert np.isnan(ps.ranked()[0, 2]) and ps.ranked()[0, 1] == -1.0
+    # a true edge (a -> b) with a negative score still beats a pair never seen together
+    assert ranking_metrics(ps.ranked()[0, 1:], np.array([True, False]), ks=(1,))["precision_at_1"] == 1.0

@@ -340,4 +340,5 @@ def test_grn_table_of_a_run_uses_its_heldout_edges(bioformer_run, tmp_path):
     assert h.loc["noise", "average_precision"] < 0.5
     c = df[df["truth"] == "chip"].set_index("predictor")
     assert c.loc["held-out itself", "average_precision"] == pytest.approx(1.0)  # the TF row ranks its ChIP targets first
-    assert {"random", "pearson co-expression", "spearman co-expression", "prior", "degree (visible out x in)", "GENIE3 (trees)"} <= set(c.index)
+    assert {"random", "pearson co-expression", "spearman co-expression", "prior", "GENIE3 (trees)", "degree (visible out x in)"} <= set(c.index)
+    assert "degree-preserving shuffle" not in set(c.index)  # the truth-derived oracle is gone

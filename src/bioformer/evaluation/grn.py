@@ -36,6 +36,7 @@ from bioformer.errors import BioformerError
 
 RANKING_METRICS = ("auprc", "average_precision", "epr", "precision_at_100")
 PER_TF_METRICS = ("per_tf_auroc", "per_tf_auprc")
+REVERSE_FREE = "heldout prior edges, reverse not given"
 MIN_TF_TARGETS = 5  # a TF's row is scored per TF when it has at least this many true candidate targets
 
 
@@ -327,6 +328,10 @@ def run_truth(run_dir: str | Path, genes: list[str] | None = None, chip_path: st
     if heldout is not None and prior is not None:
         tfs = sorted(set(prior["source"]) & set(genes))
         truths.append(edge_truth("heldout prior edges", heldout, genes, tfs=tfs, exclude=given))
+        # a pair whose reverse edge was given carries a non-zero code in a both-directions z:
+        # scored apart, its held-out edges are not recoverable from the input's codes alone
+        reverse = given.rename(columns={"source": "target", "target": "source"})
+        truths.append(edge_truth(REVERSE_FREE, heldout, genes, tfs=tfs, exclude=pd.concat([given, reverse], ignore_index=True)))
     truths.append(chip_truth(genes, chip_path))
     return RunTruth(genes, truths, X_train, prior, given, heldout, cfg.train.seed)
 

@@ -30,6 +30,7 @@ class StudyPlan:
     seeds: list[int]
     out: Path
     only: tuple[str, ...] | None = None  # run and report just these arms (--arms)
+    extra_test_cells: int = 0  # score this many never-sampled cells after each run (0: none)
 
     @property
     def profile(self) -> Profile:
@@ -107,6 +108,8 @@ def plan_study(
         seeds=list(range(first_seed, first_seed + (seeds if seeds is not None else p.study_seeds.get(study, p.seeds)))),
         out=Path(out) if out else Path("studies") / profile / study,
     )
+    if p.extra_test_cells and plan.data.max_cells is not None and plan.data.split_by is None:
+        plan = dataclasses.replace(plan, extra_test_cells=p.extra_test_cells)
     if arms:
         known = [a.name for a in plan.all_arms(None)]
         unknown = [a for a in arms if a not in known]

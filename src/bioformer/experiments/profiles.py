@@ -36,6 +36,9 @@ class Profile:
     study_train: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per-study training changes
     study_seeds: dict[str, int] = dataclasses.field(default_factory=dict)  # per-study seed count (arms may use fewer)
     note: str = ""
+    # a second, larger test set: this many cells the subsample (max_cells) never drew, scored
+    # after each run (`extra_test.json`) and reported beside the first (0: none)
+    extra_test_cells: int = 0
 
 
 # Sizing notes behind STANDARD (kang2018; measured on the 2-core dev box while other jobs ran,
@@ -80,7 +83,8 @@ STANDARD = Profile(
     },
     study_seeds={"prior": 10},  # per arm: see Arm.seeds
     note="kang2018, 2,000 cells, 512 genes, max_len 64, d_model 32, 20 epochs (depth: lr 1e-3, 100 warm-up steps; "
-    "prior, prior-transfer, depth-recheck: 40 epochs)",
+    "prior, prior-transfer, depth-recheck: 40 epochs); a second test set of 4,000 never-sampled cells",
+    extra_test_cells=4000,
 )
 
 PROFILES: dict[str, Profile] = {

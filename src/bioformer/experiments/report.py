@@ -26,9 +26,9 @@ from bioformer.training.metrics import EvalResult
 # identity; pooled Pearson and MRE are kept for continuity (see bioformer.training.metrics)
 METRICS = ("mse", "pearson_gene", "spearman_cell", "mre", "mae", "pearson")
 # scored beside the run's own masks when a prior graph exists (see training.run.prior_targets_summary)
-EXTRA_METRICS = ("prior_targets_mse",)
-LOWER_IS_BETTER = {"mse": True, "mre": True, "mae": True, "pearson": False, "pearson_gene": False, "spearman_cell": False, "prior_targets_mse": True}
-LABELS = {"mse": "MSE", "mre": "MRE", "mae": "MAE", "pearson": "pooled Pearson", "pearson_gene": "per-gene Pearson", "spearman_cell": "per-cell Spearman", "prior_targets_mse": "MSE, prior-targets masks"}
+EXTRA_METRICS = ("prior_targets_mse", "unsampled_mse")
+LOWER_IS_BETTER = {"mse": True, "mre": True, "mae": True, "pearson": False, "pearson_gene": False, "spearman_cell": False, "prior_targets_mse": True, "unsampled_mse": True}
+LABELS = {"mse": "MSE", "mre": "MRE", "mae": "MAE", "pearson": "pooled Pearson", "pearson_gene": "per-gene Pearson", "spearman_cell": "per-cell Spearman", "prior_targets_mse": "MSE, prior-targets masks", "unsampled_mse": "MSE, never-sampled cells"}
 FLOORS = ("const", "gene_mean", "cell", "tree")
 FLOOR_COLUMNS = tuple(f"floor_{kind}_{m}" for kind in FLOORS for m in (*METRICS, "mse_log"))
 RESULT_COLUMNS = (
@@ -37,6 +37,7 @@ RESULT_COLUMNS = (
     "test_mse_vs_floor", "test_mse_vs_floor_cell", "test_ci_mse_minus_floor_cell_low", "test_ci_mse_minus_floor_cell_high",
     "test_mse_vs_floor_tree", "test_ci_mse_minus_floor_tree_low", "test_ci_mse_minus_floor_tree_high", *FLOOR_COLUMNS,
     "test_prior_targets_mse", "test_prior_targets_mse_vs_floor", "floor_prior_targets_gene_mean_mse", "test_prior_targets_cells_share",
+    "test_unsampled_mse", "unsampled_floor_cell_mse", "unsampled_floor_tree_mse", "unsampled_floor_gene_mean_mse", "unsampled_n_cells",
     "n_params", "d_model", "nlayers", "prior", "epochs", "best_epoch", "best_valid_mse",
     "seconds_per_epoch", "wall_seconds", "run_dir",
 )
@@ -101,6 +102,7 @@ def collect_results(study_dir: Path, study: str, arms: list[str]) -> pd.DataFram
             row = {"study": study, "arm": arm, "model": s.get("model"), "seed": s.get("seed")}
             metrics = EvalResult.from_dict(s["test"]).flat("test_") if "test" in s else s  # older runs: flat keys only
             row.update({k: v for k, v in {**s, **metrics}.items() if k in RESULT_COLUMNS})
+            row.update(_unsampled(run.parent))
             row["d_model"] = cfg.get("model", {}).get("d_model")
             row["nlayers"] = cfg.get("model", {}).get("nlayers")
             row["prior"] = cfg.get("data", {}).get("prior") if _reads_prior(cfg) else "-"
@@ -113,6 +115,18 @@ def collect_results(study_dir: Path, study: str, arms: list[str]) -> pd.DataFram
     cols = list(RESULT_COLUMNS) + [f"coverage_{k}" for k in COVERAGE_KEYS]
     df = pd.DataFrame(rows, columns=cols)
     return df.sort_values(["arm", "seed"], key=lambda c: c.map({a: i for i, a in enumerate(arms)}) if c.name == "arm" else c).reset_index(drop=True)
+
+
+def _unsampled(run_dir: Path) -> dict[str, float]:
+    """The second test set's columns (run_dir/extra_test.json: never-sampled cells), if scored."""
+    p = run_dir / "extra_test.json"
+    if not p.exists():
+        return {}
+    d = json.loads(p.read_text())
+    r = EvalResult.from_dict(d["test"])
+    out = {"test_unsampled_mse": r.model["mse"], "unsampled_n_cells": d["n_cells"]}
+    out.update({f"unsampled_floor_{k}_mse": v["mse"] for k, v in r.floors.items() if k in ("cell", "tree", "gene_mean")})
+    return out
 
 
 def _reads_prior(cfg: dict[str, Any]) -> bool:
@@ -167,6 +181,9 @@ def model_table(df: pd.DataFrame, arms: list[str]) -> str:
     prior_targets = "test_prior_targets_mse_vs_floor" in df and df["test_prior_targets_mse_vs_floor"].notna().any()
     if prior_targets:
         head.insert(-2, "prior-targets MSE / floor")
+    unsampled = df["test_unsampled_mse"].notna().any()
+    if unsampled:
+        head[-2:-2] = ["test MSE, never-sampled cells", "its non-linear floor"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in arms:
         g = df[df["arm"] == arm]
@@ -177,6 +194,8 @@ def model_table(df: pd.DataFrame, arms: list[str]) -> str:
         cells += [_ci(g["test_mse_vs_floor_tree"]), _ci(g["test_mse_vs_floor_cell"]), _ci(g["test_mse_vs_floor"]), _ci(g["floor_tree_mse"]), _ci(g["floor_cell_mse"]), _ci(g["floor_gene_mean_mse"]), _ci(g["floor_const_mse"])]
         if prior_targets:
             cells.append(_ci(g["test_prior_targets_mse_vs_floor"]))
+        if unsampled:
+            cells += [_ci(g["test_unsampled_mse"]), _ci(g["unsampled_floor_tree_mse"])]
         cells += [f"{g['best_epoch'].mean():.1f} / {int(g['epochs'].max())}", f"{g['wall_seconds'].mean():.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -89,8 +89,20 @@ def train_arm(plan: StudyPlan, seed: int, name: str, quiet: bool = True) -> dict
     sd = seed_data(plan, seed)
     arm = sd.arms[name]
     # resume=True: an interrupted run continues from its last finished epoch
-    _, summary = run_mod.run_training(plan.run_config(arm, seed), data=sd.data_for(arm), quiet=quiet, resume=True)
+    run_dir, summary = run_mod.run_training(plan.run_config(arm, seed), data=sd.data_for(arm), quiet=quiet, resume=True)
+    if plan.extra_test_cells:
+        score_unsampled(Path(run_dir), plan.extra_test_cells)
     return summary
+
+
+def score_unsampled(run_dir: Path, n_cells: int) -> None:
+    """Score a finished run on up to `n_cells` cells its subsample never drew (a second, larger
+    test set; floors refitted on its own training cells) into run_dir/extra_test.json."""
+    from bioformer.training import run as run_mod
+    from bioformer.training.checkpoint import atomic_write_text
+
+    result, info = run_mod.evaluate_run(run_dir, eval_cells=n_cells, quiet=True)
+    atomic_write_text(run_dir / "extra_test.json", json.dumps({"cells": info["cells"], "n_cells": info["n_cells"], "test": result.to_dict()}, indent=1))
 
 
 # execution details that do not change what a run computes (on one device)

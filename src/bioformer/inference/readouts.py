@@ -56,6 +56,11 @@ class PairScores:
     n_cells: np.ndarray  # [n_genes, n_genes] int64
     readout: str
 
+    def ranked(self) -> np.ndarray:
+        """[n_genes, n_genes] scores for ranking: NaN (no opinion, ranked last by the GRN metrics)
+        where no cell held both genes, instead of a 0 that would sit mid-ranking."""
+        return np.where(self.n_cells > 0, self.scores, np.nan)
+
     def to_edges(self, top_k: int | None = None, min_cells: int = 1) -> pd.DataFrame:
         """Ranked edge list (source, target, score, n_cells): off-diagonal pairs seen in at
         least `min_cells` cells, highest score first (ties by gene order), at most `top_k` rows."""
