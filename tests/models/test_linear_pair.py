@@ -111,7 +111,7 @@ def test_prior_bias_is_the_code_lookup_for_every_pair_and_chunk():
 def test_training_with_dropout_equals_reference_under_the_same_rng(direction):
     """Training mode, attention dropout on (CPU's math path, v not widened): the same random
     stream gives the same dropout masks in both paths, so outputs and gradients still agree."""
-    model = linear_model(dropout=0.2, prior_direction=direction).train()
+    model = linear_model(dropout=0.2, attention_dropout=0.2, prior_direction=direction).train()
     gene_ids, values, pm, prior = batch()
     prior = sparse_prior(prior)
     keep = ~pm
@@ -160,12 +160,13 @@ def test_linear_mode_on_a_real_fixture_batch(tmp_path):
     assert_same_forward_and_backward(model.eval(), gene_ids, values, pm, prior)
 
 
-def test_checkpointing_is_exact_in_linear_mode():
+@pytest.mark.parametrize("attention_dropout", [0.0, 0.1])  # fused prior kernel / math path
+def test_checkpointing_is_exact_in_linear_mode(attention_dropout):
     gene_ids, values, pm, prior = batch()
     prior = sparse_prior(prior)
     grads = []
     for ckpt in (False, True):
-        model = linear_model(checkpoint_blocks=ckpt, dropout=0.1, attention_chunk_size=4).train()
+        model = linear_model(checkpoint_blocks=ckpt, dropout=0.1, attention_dropout=attention_dropout, attention_chunk_size=4).train()
         torch.manual_seed(3)
         out = model(gene_ids, values, pm, prior=prior)["pred"]
         (out[~pm] ** 2).mean().backward()

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from bioformer.models.fused_bias import coded_bias_attention, fused_available
 from bioformer.models.pair import OuterProductMean, PairBiasAttention, PriorCodes
 
 BIAS_CHUNK_ELEMENTS = 2**24  # without chunk_size: query rows per chunk so that a chunk's prior bias has at most this many elements
@@ -70,9 +71,8 @@ def _attend_rows(
 ) -> torch.Tensor:  # [B, H, rq, width of v]
     if prior is None:
         mask = ~padding_mask[:, None, None, :]  # [B, 1, 1, r] True = attend
-    else:
-        mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return coded_bias_attention(q, k, v, delta, prior, padding_mask, start, scale, dropout_p)
 
 
 def linear_pair_attention(
@@ -102,10 +102,10 @@ def linear_pair_attention(
     q2 = torch.cat(q_parts, dim=-1) if len(q_parts) > 1 else q  # [B, H, r, d']
     k2 = torch.cat(k_parts, dim=-1) if len(k_parts) > 1 else k  # [B, H, r, d']
     dropout_p = attn.attention_dropout()
-    # CPU's fused kernel (no dropout, no mask gradient) wants v as wide as q and k; the math path
-    # (CPU training with dropout or a prior bias) and CUDA's kernels do not, and there zero
-    # channels of v would only cost time
-    fused_cpu = q.device.type == "cpu" and dropout_p == 0 and (prior is None or not torch.is_grad_enabled())
+    # CPU's fused kernel (no dropout; the prior's bias gradient comes from models/fused_bias.py)
+    # wants v as wide as q and k; the math path (CPU training with attention dropout) and
+    # CUDA's kernels do not, and there zero channels of v would only cost time
+    fused_cpu = fused_available(q, dropout_p)
     v2 = F.pad(v, (0, d_pad - dh)) if fused_cpu else v  # [B, H, r, d' or d_h]
     attend = partial(_attend_rows, padding_mask=padding_mask, prior=prior, scale=1 / s, dropout_p=dropout_p)
     if chunk_size is None and prior is not None:  # a dense bias while it is small, else chunks of rows

@@ -15,7 +15,9 @@ from bioformer.models.registry import register_model
 class ScGPT(MaskedValueModel):
     """A faithful small scGPT: post-LN `nn.TransformerEncoderLayer` (as scGPT), feed-forward
     width `ff_factor * d_model` (4 by default as in the notes; scGPT's paper used 1).
-    Reads d_model, nhead, nlayers, ff_factor, dropout and explicit_zero_prob of the config."""
+    Reads d_model, nhead, nlayers, ff_factor, dropout, attention_dropout and explicit_zero_prob of
+    the config: `dropout` on the residual branches and feed-forward, `attention_dropout` on the
+    attention probabilities (0 keeps SDPA on its fused kernel in training)."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 0, use_prior: bool = False) -> None:
         super().__init__()
@@ -25,6 +27,7 @@ class ScGPT(MaskedValueModel):
         layer = nn.TransformerEncoderLayer(
             cfg.d_model, cfg.nhead, dim_feedforward=cfg.ff_factor * cfg.d_model, dropout=cfg.dropout, batch_first=True,
         )
+        layer.self_attn.dropout = cfg.attention_dropout  # copied into every layer by the encoder
         # enable_nested_tensor would drop padded positions on CPU eval and change numerics
         self.encoder = nn.TransformerEncoder(layer, cfg.nlayers, enable_nested_tensor=False)
 
