@@ -57,9 +57,9 @@ def test_linear_pair_mode_memory_is_about_linear_in_r(capsys):
     t1, t2 = (estimate_memory(lin, r, 1).total for r in (1024, 16384))
     assert 1.0 <= math.log(t2 / t1) / math.log(16) < 1.2
     assert estimate_memory(lin, 4096, 1).total < estimate_memory(full, 4096, 1).total / 10
-    # unchunked on CPU with dropout (and no prior), the math path keeps the attention
+    # unchunked on CPU with attention dropout (and no prior), the math path keeps the attention
     # probabilities per block; a prior's mask is always built in chunks of rows
-    unchunked = ModelConfig(nlayers=4, d_z=32, d_opm=32, pair_mode="linear")
+    unchunked = ModelConfig(nlayers=4, d_z=32, d_opm=32, pair_mode="linear", attention_dropout=0.1)
     lin_attention = estimate_memory(lin, 4096, 1).parts["attention"]
     assert estimate_memory(unchunked, 4096, 1, use_prior=False).parts["attention"] > 4 * lin_attention
     assert estimate_memory(unchunked, 4096, 1).parts["attention"] < 2 * lin_attention
