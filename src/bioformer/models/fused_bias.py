@@ -1,20 +1,25 @@
 """Attention with the prior's learned per-code bias on CPU's fused (flash) kernel, in training.
 
 `scaled_dot_product_attention` leaves its fused CPU kernel for the math path whenever the float
-mask needs a gradient, which the prior's per-code, per-head bias `delta` [K, H] does: the math
-path materialises and keeps the [B, H, r, r] scores and probabilities. Here the forward calls
-the fused kernel with the bias as a plain (detached) mask and keeps only its output and
-log-sum-exp; the backward gets dq, dk, dv from the kernel's own backward and the bias gradient
-from the log-sum-exp, only where the bias lives (the regulators' rows and columns, see
-`PriorCodes`):
+mask needs a gradient, which the prior's per-code, per-head bias `delta` [K, H] does; and even
+a detached [B, H, r, r] mask costs a full write and two reads. But the bias lives only on the
+rows and columns of the cell's regulators (S of them, a few % of r; see `PriorCodes`), so split:
 
-    dS_ij = P_ij (dO_i . v_j - D_i),   D_i = dO_i . O_i,   P_ij = exp(s_ij + mask_ij - lse_i)
-    d delta[c, h] = sum of dS[b, h, i, j] over the pairs (i, j) with code c
+* regulator query rows (S): their whole row carries bias: small dense attention [B, H, S, r];
+* every other query row: its keys split into the S regulator keys (bias `delta[col_code]`:
+  small dense scores [B, H, rq, S]) and all other keys (no bias: the fused kernel, its mask only
+  the padded and regulator keys, [B, 1, 1, r] broadcast). The two parts merge exactly by their
+  log-sum-exps: lse = logaddexp(lse_A, lse_B), out = e^(lse_A - lse) out_A + e^(lse_B - lse) out_B.
 
-That costs O(B H S r d) (S regulators per cell, a few % of r) instead of the math path's
-O(B H r r) memory and passes. The result equals the math path's to float rounding
-(tests/models/test_fused_bias.py). Anything else (dropout, other devices, no gradient) keeps
-`scaled_dot_product_attention`, which is also the pure-PyTorch reference.
+The merge needs the gradient of the fused part's log-sum-exp, which the kernel's backward does
+not take: with dS_ij = P_ij (dO_i . v_j - D_i), D_i = dO_i . O_i, a gradient g_i on lse_i adds
+P_ij g_i, i.e. replaces D_i by D_i - g_i. `_FlashLse` gets that from the unchanged kernel by a
+spare value channel that is zero in v (so dO . v is unchanged) and set to 1 in O and to -g in dO
+for the backward (so D_i drops by g_i). Everything else is plain autograd over O(B H S r) terms.
+
+The result equals the math path's to float rounding (tests/models/test_fused_bias.py). Anything
+else (attention dropout, other devices, no gradient) keeps `scaled_dot_product_attention` with
+the dense mask, which is also the pure-PyTorch reference.
 """
 
 from __future__ import annotations
@@ -22,86 +27,91 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bioformer.models.pair import PriorCodes
+from bioformer.models.pair import PriorCodes, code_lookup
 
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 
 def fused_available(q: torch.Tensor, dropout_p: float) -> bool:
-    """Whether `coded_bias_attention` takes the fused path for these queries: CPU, no attention
-    dropout, the kernel present in this torch, and equal head dims of q, k, v (the caller pads v)."""
+    """Whether `coded_bias_attention` takes the split, fused path for these queries: CPU, no
+    attention dropout, and the kernel present in this torch."""
     return q.device.type == "cpu" and dropout_p == 0 and _FLASH is not None and _FLASH_BWD is not None
 
 
-def _gathered_scores_grad(
-    q: torch.Tensor,  # [B, H, n, d] queries of the pairs
-    k: torch.Tensor,  # [B, H, m, d] keys of the pairs
-    v: torch.Tensor,  # [B, H, m, d_v]
-    grad_out: torch.Tensor,  # [B, H, n, d_v] dO of the queries
-    delta_i: torch.Tensor,  # [B, H, n] D_i = dO_i . O_i
-    lse: torch.Tensor,  # [B, H, n]
-    mask: torch.Tensor,  # [B, H, n, m] the float mask at these pairs
-    scale: float,
-) -> torch.Tensor:  # [B, H, n, m]
-    """dS = P (dO v^T - D) for the n x m pairs given (P recomputed from the log-sum-exp)."""
-    p = torch.exp(torch.baddbmm(mask.flatten(0, 1), q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2), alpha=scale)
-                  .view_as(mask) - lse.unsqueeze(-1))  # [B, H, n, m]
-    dp = grad_out @ v.transpose(-1, -2)  # [B, H, n, m]
-    return p * (dp - delta_i.unsqueeze(-1))
+class _FlashLse(torch.autograd.Function):
+    """(out [B, H, rq, d], lse [B, H, rq]) of CPU's fused kernel, differentiable in both.
+    v's last channel must be a zero pad whose output is never read: it is the spare channel that
+    carries lse's gradient (its own gradient is returned as 0)."""
 
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale: float):
+        out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mask, ctx.scale = mask, scale
+        return out, lse
 
-def _per_code(ds: torch.Tensor, codes: torch.Tensor, n_codes: int) -> torch.Tensor:  # [K, H]
-    """Sum of ds [B, H, n, m] per code, codes [B, n, m]."""
-    H = ds.shape[1]
-    return ds.new_zeros(n_codes, H).index_add_(0, codes.reshape(-1).long(), ds.permute(0, 2, 3, 1).reshape(-1, H))
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        grad_out = torch.zeros_like(out) if grad_out is None else grad_out.clone()
+        if grad_lse is not None:  # D_i - g_i through the spare channel (zero in v)
+            out = out.clone()
+            out[..., -1] = 1.0
+            grad_out[..., -1] = -grad_lse
+        dq, dk, dv = _FLASH_BWD(grad_out.contiguous(), q, k, v, out, lse, 0.0, False, attn_mask=ctx.mask, scale=ctx.scale)
+        if grad_lse is not None:
+            dv[..., -1] = 0.0  # the spare channel is a constant pad: its output is never read
+        return dq, dk, dv, None, None
 
 
 def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, H, n, w] at rows idx [B, S] (same rows for every head): [B, H, S, w]."""
+    """x [B, H, n, w] at rows idx [B, S] (the same rows for every head): [B, H, S, w]."""
     B, H, _, w = x.shape
     return x.gather(2, idx[:, None, :, None].expand(B, H, idx.shape[1], w))
 
 
-class _CodedBiasAttention(torch.autograd.Function):
-    """softmax(q k^T * scale + mask(delta)) v on the fused kernel, with the gradient of delta."""
+def _heads_first(bias: torch.Tensor) -> torch.Tensor:
+    return bias.permute(0, 3, 1, 2)  # [B, n, m, H] -> [B, H, n, m]
 
-    @staticmethod
-    def forward(ctx, q, k, v, delta, prior: PriorCodes, padding_mask, start: int, scale: float):
-        mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
-        out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)  # [B, H, rq, d_v], [B, H, rq]
-        ctx.save_for_backward(q, k, v, out, lse, mask)
-        ctx.prior, ctx.start, ctx.scale, ctx.n_codes = prior, start, scale, delta.shape[0]
+
+def _split_attention(q, k, v, delta, prior: PriorCodes, padding_mask, start: int, scale: float) -> torch.Tensor:
+    """The split computation of the module docstring for query rows [start, start + rq)."""
+    B, H, rq, _ = q.shape
+    r = k.shape[2]
+    neg = torch.finfo(q.dtype).min
+    src = prior.sources  # [B, S]
+    valid = prior.valid if prior.valid is not None else prior.row_codes.ne(0).any(-1)  # [B, S]
+    # A: every key but the regulators, on the fused kernel
+    is_src_key = torch.zeros(B, r, dtype=torch.int32, device=q.device).scatter_add_(1, src, valid.int()) > 0  # [B, r]
+    key_mask = torch.zeros(B, 1, 1, r, dtype=q.dtype, device=q.device).masked_fill_((padding_mask | is_src_key)[:, None, None, :], neg)
+    out_a, lse_a = _FlashLse.apply(q, k, v, key_mask.expand(B, H, rq, r), scale)  # [B, H, rq, d], [B, H, rq]
+    # B: the regulator keys with their column codes
+    col = prior.col_codes[:, start:start + rq] if prior.col_codes is not None else src.new_zeros(B, rq, src.shape[1])
+    s_b = (q @ _gather_rows(k, src).transpose(-1, -2)) * scale + _heads_first(code_lookup(delta, col))  # [B, H, rq, S]
+    s_b = s_b.masked_fill(~(valid & ~padding_mask.gather(1, src))[:, None, None, :], neg)
+    lse_b = torch.logsumexp(s_b, dim=-1)  # [B, H, rq]
+    out_b = torch.softmax(s_b, dim=-1) @ _gather_rows(v, src)  # [B, H, rq, d]
+    lse = torch.logaddexp(lse_a, lse_b)
+    out = (torch.exp(lse_a - lse).unsqueeze(-1) * out_a + torch.exp(lse_b - lse).unsqueeze(-1) * out_b).to(out_a.dtype)  # [B, H, rq, d]
+    # the regulators' own query rows in this chunk: their whole row is biased
+    local = src - start
+    inside = valid & (local >= 0) & (local < rq)  # [B, S]
+    if not bool(inside.any()):
         return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, out, lse, mask = ctx.saved_tensors
-        prior, start, scale = ctx.prior, ctx.start, ctx.scale
-        grad_out = grad_out.contiguous()
-        dq, dk, dv = _FLASH_BWD(grad_out, q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale)
-        d_i = (grad_out * out).sum(-1)  # [B, H, rq]
-        rq = q.shape[2]
-        # the regulators' rows that fall in this chunk of query rows (other slots count nothing)
-        local = prior.sources - start  # [B, S]
-        inside = (local >= 0) & (local < rq)
-        idx = local.clamp(0, rq - 1)
-        ds = _gathered_scores_grad(_gather_rows(q, idx), k, v, _gather_rows(grad_out, idx), d_i.gather(2, idx[:, None].expand(-1, q.shape[1], -1)),
-                                   lse.gather(2, idx[:, None].expand(-1, q.shape[1], -1)), _gather_rows(mask, idx), scale)  # [B, H, S, r]
-        grad_delta = _per_code(ds, prior.row_codes * inside[:, :, None], ctx.n_codes)
-        if prior.col_codes is not None:  # the regulators' columns of the other rows
-            src = prior.sources  # [B, S]
-            mask_cols = mask.gather(3, src[:, None, None, :].expand(*mask.shape[:3], src.shape[1]))  # [B, H, rq, S]
-            ds = _gathered_scores_grad(q, _gather_rows(k, src), _gather_rows(v, src), grad_out, d_i, lse, mask_cols, scale)
-            grad_delta += _per_code(ds, prior.col_codes[:, start:start + rq], ctx.n_codes)
-        grad_delta[0] = 0  # code 0 ("no edge") adds nothing: delta is relative to it
-        return dq, dk, dv, grad_delta, None, None, None, None
+    idx = local.clamp(0, rq - 1)
+    s_r = (_gather_rows(q, idx) @ k.transpose(-1, -2)) * scale + _heads_first(code_lookup(delta, prior.row_codes))  # [B, H, S, r]
+    s_r = s_r.masked_fill(padding_mask[:, None, None, :], neg)
+    out_r = ((torch.softmax(s_r, dim=-1) @ v) * inside[:, None, :, None]).to(out.dtype)  # [B, H, S, d]
+    placed = torch.zeros_like(out).scatter_add(2, idx[:, None, :, None].expand_as(out_r), out_r)  # [B, H, rq, d]
+    is_row = torch.zeros(B, rq, device=q.device).scatter_add_(1, idx, inside.float()) > 0  # [B, rq]
+    return torch.where(is_row[:, None, :, None], placed, out)
 
 
 def coded_bias_attention(
     q: torch.Tensor,  # [B, H, rq, d] a chunk of query rows (start .. start + rq)
     k: torch.Tensor,  # [B, H, r, d]
-    v: torch.Tensor,  # [B, H, r, d_v]; d_v == d where the fused path runs
+    v: torch.Tensor,  # [B, H, r, d_v]; d_v == d with v[..., -1] == 0 where the fused path runs
     delta: torch.Tensor,  # [K, H] per-code bias relative to code 0 (delta[0] == 0)
     prior: PriorCodes,
     padding_mask: torch.Tensor,  # [B, r] True = pad
@@ -109,11 +119,11 @@ def coded_bias_attention(
     scale: float | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:  # [B, H, rq, d_v]
-    """Attention of these query rows with the prior's per-code bias (and pads masked): the fused
-    kernel where `fused_available` and a gradient is needed, else `scaled_dot_product_attention`
-    with the same mask (the reference)."""
+    """Attention of these query rows with the prior's per-code bias (and pads masked): split and
+    fused where `fused_available` and v is as wide as q (for a gradient the caller gives v a zero
+    last channel), else `scaled_dot_product_attention` with the dense mask (the reference)."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
-    if fused_available(q, dropout_p) and v.shape[-1] == q.shape[-1] and torch.is_grad_enabled():
-        return _CodedBiasAttention.apply(q, k, v, delta, prior, padding_mask, start, scale)
+    if fused_available(q, dropout_p) and v.shape[-1] == q.shape[-1]:
+        return _split_attention(q, k, v, delta, prior, padding_mask, start, scale)
     mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)

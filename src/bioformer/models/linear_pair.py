@@ -11,13 +11,16 @@ Terms constant over the key j cancel in the softmax (beta_k, the "no edge" code'
 * each earlier block's OPM becomes c_opm more query/key channels per head: q' = [q, s a_k M],
   k' = [k, b_k], with s = sqrt(d_head) so that SDPA's 1/sqrt(d_head) leaves the term exact;
 * the prior's code is "no edge" except on the rows and columns of the cell's regulators (genes
-  with an outgoing edge, S of them): their codes are gathered once (int8, O(B S r)), and each
-  chunk of query rows looks up and scatters only those into its float mask (one dense mask
-  while B * H * r * r is small, else chunks of BIAS_CHUNK_ELEMENTS / (B H r) rows unless
-  given). Its backward is a gather and a lookup backward over O(B S r) pairs, never over all
-  r * r (which, as an embedding of every pair's code, took 40% of a training step).
+  with an outgoing edge, S of them): their codes are gathered once (int8, O(B S r)). On CPU
+  without attention dropout the attention splits off those rows and columns and runs the rest
+  on the fused kernel (`bioformer.models.fused_bias`: no [B, H, r, r] tensor at all, training
+  included). Elsewhere (the reference) each chunk of query rows looks up and scatters them into
+  its float mask (one dense mask while B * H * r * r is small, else chunks of
+  BIAS_CHUNK_ELEMENTS / (B H r) rows unless given); its backward is a gather and a lookup
+  backward over O(B S r) pairs, never over all r * r.
 
-Values are zero-padded to the query/key width where CPU's fused kernel runs (it wants equal head dims). With
+Values are zero-padded to the query/key width where CPU's fused kernel runs (it wants equal head
+dims; the split path one zero channel of v at least). With
 `chunk_size`, attention runs over chunks of query rows, each recomputed in backward, so even the
 math path (CPU with dropout) holds O(B H chunk r) at a time. See docs/linear-pair-mode.md.
 """
@@ -95,20 +98,20 @@ def linear_pair_attention(
         k_parts.append(t.b.to(q.dtype).unsqueeze(1).expand(B, H, r, -1))  # [B, H, r, c_opm]
     delta = code_bias(prior, w.to(prior.table.dtype)).to(q.dtype) if prior is not None else None  # [K, H]
     d = sum(p.shape[-1] for p in q_parts)
-    d_pad = (d + 7) // 8 * 8  # equal, aligned head dims for q, k and v: fused kernels apply
+    dropout_p = attn.attention_dropout()
+    # CPU's fused kernel (no attention dropout) wants v as wide as q and k, and the prior's split
+    # path (models/fused_bias.py) a zero last channel of v; the math path (CPU training with
+    # attention dropout) and CUDA's kernels do not, and there zero channels of v would only cost time
+    fused_cpu = fused_available(q, dropout_p)
+    d_pad = (max(d, dh + 1 if (fused_cpu and prior is not None) else d) + 7) // 8 * 8  # aligned head dims
     if d_pad > d:
         q_parts.append(q.new_zeros(B, H, r, d_pad - d))
         k_parts.append(k.new_zeros(B, H, r, d_pad - d))
     q2 = torch.cat(q_parts, dim=-1) if len(q_parts) > 1 else q  # [B, H, r, d']
     k2 = torch.cat(k_parts, dim=-1) if len(k_parts) > 1 else k  # [B, H, r, d']
-    dropout_p = attn.attention_dropout()
-    # CPU's fused kernel (no dropout; the prior's bias gradient comes from models/fused_bias.py)
-    # wants v as wide as q and k; the math path (CPU training with attention dropout) and
-    # CUDA's kernels do not, and there zero channels of v would only cost time
-    fused_cpu = fused_available(q, dropout_p)
     v2 = F.pad(v, (0, d_pad - dh)) if fused_cpu else v  # [B, H, r, d' or d_h]
     attend = partial(_attend_rows, padding_mask=padding_mask, prior=prior, scale=1 / s, dropout_p=dropout_p)
-    if chunk_size is None and prior is not None:  # a dense bias while it is small, else chunks of rows
+    if chunk_size is None and prior is not None and not fused_cpu:  # a dense bias while it is small, else chunks of rows
         chunk_size = max(1, BIAS_CHUNK_ELEMENTS // (B * H * r))
     chunk = min(chunk_size or r, r)
     if chunk >= r:

@@ -63,6 +63,7 @@ class PriorCodes:
     sources: torch.Tensor  # [B, S] the regulators' positions, ascending (0 for padding slots)
     row_codes: torch.Tensor  # [B, S, r] code(source_s, j)
     col_codes: torch.Tensor | None  # [B, r, S] code(i, source_s) for i not a regulator; None when all 0 ("outgoing")
+    valid: torch.Tensor | None = None  # [B, S] the slot holds a regulator (False: a padding slot)
 
     @classmethod
     def of(cls, codes: torch.Tensor, table: torch.Tensor) -> PriorCodes:
@@ -77,7 +78,7 @@ class PriorCodes:
         row_codes = torch.gather(codes, 1, sources[:, :, None].expand(B, S, r)) * valid[:, :, None]  # [B, S, r]
         col_codes = torch.gather(codes, 2, sources[:, None, :].expand(B, r, S))  # [B, r, S]
         col_codes = col_codes * (valid[:, None, :] & ~is_source[:, :, None])  # regulator rows are whole in row_codes
-        return cls(codes, table, sources, row_codes, col_codes if col_codes.any() else None)
+        return cls(codes, table, sources, row_codes, col_codes if col_codes.any() else None, valid)
 
     def add_(self, out: torch.Tensor, table: torch.Tensor, start: int = 0, heads_first: bool = True) -> torch.Tensor:
         """out += table[code(i, j)] in place, for the query rows [start, start + rq) that `out`
