@@ -10,11 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+import bioformer.models.fused_bias as fused_bias
 from bioformer.config import ModelConfig
 from bioformer.data.prior import pair_codes
 from bioformer.models import build_model
 from bioformer.models.fused_bias import coded_bias_attention
 from bioformer.models.pair import PriorCodes
+
+
+@pytest.fixture(autouse=True)
+def split_at_any_length(monkeypatch):
+    """The split path runs from r = 256 with few regulators; here at test sizes."""
+    monkeypatch.setattr(fused_bias, "SPLIT_MIN_GENES", 1)
+    monkeypatch.setattr(fused_bias, "SPLIT_MAX_SHARE", 1.0)
+
 
 FLASH = "aten::_scaled_dot_product_flash_attention_for_cpu"
 FLASH_BWD = "aten::_scaled_dot_product_flash_attention_for_cpu_backward"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import bioformer.models.fused_bias as fused_bias
 import bioformer.models.linear_pair as linear_pair
 from bioformer.config import ModelConfig
 from bioformer.data.prior import pair_codes
@@ -60,7 +61,11 @@ def assert_same_forward_and_backward(model: BioFormer, gene_ids, values, pm, pri
         (False, True, False, None, 5, "both"),
     ],
 )
-def test_linear_mode_equals_materialised_reference(monkeypatch, use_prior, opm, gating, prior_path, chunk, direction):
+@pytest.mark.parametrize("split", [False, True])  # the prior split off the fused kernel (models/fused_bias.py) or a dense mask
+def test_linear_mode_equals_materialised_reference(monkeypatch, use_prior, opm, gating, prior_path, chunk, direction, split):
+    if split:
+        monkeypatch.setattr(fused_bias, "SPLIT_MIN_GENES", 1)
+        monkeypatch.setattr(fused_bias, "SPLIT_MAX_SHARE", 1.0)
     if prior_path == "chunked":  # the prior bias built per chunk of 3 query rows (chunk_size None)
         monkeypatch.setattr(linear_pair, "BIAS_CHUNK_ELEMENTS", 3 * 4 * 11 * 3)
     model = linear_model(use_prior=use_prior, opm=opm, gating=gating, attention_chunk_size=chunk,
@@ -160,8 +165,10 @@ def test_linear_mode_on_a_real_fixture_batch(tmp_path):
     assert_same_forward_and_backward(model.eval(), gene_ids, values, pm, prior)
 
 
-@pytest.mark.parametrize("attention_dropout", [0.0, 0.1])  # fused prior kernel / math path
-def test_checkpointing_is_exact_in_linear_mode(attention_dropout):
+@pytest.mark.parametrize("attention_dropout", [0.0, 0.1])  # split fused prior path / math path
+def test_checkpointing_is_exact_in_linear_mode(monkeypatch, attention_dropout):
+    monkeypatch.setattr(fused_bias, "SPLIT_MIN_GENES", 1)
+    monkeypatch.setattr(fused_bias, "SPLIT_MAX_SHARE", 1.0)
     gene_ids, values, pm, prior = batch()
     prior = sparse_prior(prior)
     grads = []

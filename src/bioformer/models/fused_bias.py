@@ -33,10 +33,15 @@ _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", 
 _FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 
-def fused_available(q: torch.Tensor, dropout_p: float) -> bool:
-    """Whether `coded_bias_attention` takes the split, fused path for these queries: CPU, no
-    attention dropout, and the kernel present in this torch."""
-    return q.device.type == "cpu" and dropout_p == 0 and _FLASH is not None and _FLASH_BWD is not None
+SPLIT_MIN_GENES = 256  # below this r the dense mask is cheap and the split's extra passes cost more
+SPLIT_MAX_SHARE = 0.25  # regulator slots S up to this share of r (measured: a win at r = 512 up to S/r ~ 0.18)
+
+
+def split_applies(q: torch.Tensor, dropout_p: float, prior: PriorCodes | None, r: int) -> bool:
+    """Whether `coded_bias_attention` takes the split, fused path: CPU, no attention dropout, the
+    kernel present in this torch, and few regulators in long enough sequences (see the limits)."""
+    return (q.device.type == "cpu" and dropout_p == 0 and _FLASH is not None and _FLASH_BWD is not None
+            and prior is not None and r >= SPLIT_MIN_GENES and prior.sources.shape[1] <= SPLIT_MAX_SHARE * r)
 
 
 class _FlashLse(torch.autograd.Function):
@@ -120,10 +125,10 @@ def coded_bias_attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:  # [B, H, rq, d_v]
     """Attention of these query rows with the prior's per-code bias (and pads masked): split and
-    fused where `fused_available` and v is as wide as q (for a gradient the caller gives v a zero
+    fused where `split_applies` and v is as wide as q (for a gradient the caller gives v a zero
     last channel), else `scaled_dot_product_attention` with the dense mask (the reference)."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
-    if fused_available(q, dropout_p) and v.shape[-1] == q.shape[-1]:
+    if split_applies(q, dropout_p, prior, k.shape[2]) and v.shape[-1] == q.shape[-1]:
         return _split_attention(q, k, v, delta, prior, padding_mask, start, scale)
     mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)

@@ -12,8 +12,8 @@ Terms constant over the key j cancel in the softmax (beta_k, the "no edge" code'
   k' = [k, b_k], with s = sqrt(d_head) so that SDPA's 1/sqrt(d_head) leaves the term exact;
 * the prior's code is "no edge" except on the rows and columns of the cell's regulators (genes
   with an outgoing edge, S of them): their codes are gathered once (int8, O(B S r)). On CPU
-  without attention dropout the attention splits off those rows and columns and runs the rest
-  on the fused kernel (`bioformer.models.fused_bias`: no [B, H, r, r] tensor at all, training
+  without attention dropout, in sequences long enough that the split pays (`split_applies`),
+  the attention splits off those rows and columns and runs the rest on the fused kernel (`bioformer.models.fused_bias`: no [B, H, r, r] tensor at all, training
   included). Elsewhere (the reference) each chunk of query rows looks up and scatters them into
   its float mask (one dense mask while B * H * r * r is small, else chunks of
   BIAS_CHUNK_ELEMENTS / (B H r) rows unless given); its backward is a gather and a lookup
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from bioformer.models.fused_bias import coded_bias_attention, fused_available
+from bioformer.models.fused_bias import coded_bias_attention, split_applies
 from bioformer.models.pair import OuterProductMean, PairBiasAttention, PriorCodes
 
 BIAS_CHUNK_ELEMENTS = 2**24  # without chunk_size: query rows per chunk so that a chunk's prior bias has at most this many elements
@@ -100,10 +100,11 @@ def linear_pair_attention(
     d = sum(p.shape[-1] for p in q_parts)
     dropout_p = attn.attention_dropout()
     # CPU's fused kernel (no attention dropout) wants v as wide as q and k, and the prior's split
-    # path (models/fused_bias.py) a zero last channel of v; the math path (CPU training with
+    # path (models/fused_bias.py, long sequences with few regulators) a zero last channel of v; the math path (CPU training with
     # attention dropout) and CUDA's kernels do not, and there zero channels of v would only cost time
-    fused_cpu = fused_available(q, dropout_p)
-    d_pad = (max(d, dh + 1 if (fused_cpu and prior is not None) else d) + 7) // 8 * 8  # aligned head dims
+    fused_cpu = q.device.type == "cpu" and dropout_p == 0
+    split = split_applies(q, dropout_p, prior, r)
+    d_pad = (max(d, dh + 1 if split else d) + 7) // 8 * 8  # aligned head dims
     if d_pad > d:
         q_parts.append(q.new_zeros(B, H, r, d_pad - d))
         k_parts.append(k.new_zeros(B, H, r, d_pad - d))
@@ -111,7 +112,7 @@ def linear_pair_attention(
     k2 = torch.cat(k_parts, dim=-1) if len(k_parts) > 1 else k  # [B, H, r, d']
     v2 = F.pad(v, (0, d_pad - dh)) if fused_cpu else v  # [B, H, r, d' or d_h]
     attend = partial(_attend_rows, padding_mask=padding_mask, prior=prior, scale=1 / s, dropout_p=dropout_p)
-    if chunk_size is None and prior is not None and not fused_cpu:  # a dense bias while it is small, else chunks of rows
+    if chunk_size is None and prior is not None and not split:  # a dense bias while it is small, else chunks of rows
         chunk_size = max(1, BIAS_CHUNK_ELEMENTS // (B * H * r))
     chunk = min(chunk_size or r, r)
     if chunk >= r:
