@@ -82,7 +82,7 @@ def estimate_memory(
     math_path = _attention_is_math_path(device, cfg, training)
     parts = dict.fromkeys(CATEGORIES, 0.0)
     if path.linear:
-        parts.update(_linear_pair_parts(cfg, B, r, training, math_path, act, use_prior, n_opm))
+        parts.update(_linear_pair_parts(cfg, B, r, training, math_path, act, use_prior, n_opm, device))
         parts["parameters + optimizer state"] = (4.0 if training else 1.0) * P * 4
         return MemoryEstimate(n_genes=r, batch_size=B, n_params=P, parts=parts)
 
@@ -139,7 +139,11 @@ def estimate_memory(
     return MemoryEstimate(n_genes=r, batch_size=B, n_params=P, parts=parts)
 
 
-def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_path: bool, act: int, use_prior: bool, n_opm: int) -> dict[str, float]:
+REGULATOR_SHARE = 0.1  # regulator slots S per batch as a share of r, for the split prior path (models/fused_bias.py)
+
+
+def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_path: bool, act: int, use_prior: bool,
+                       n_opm: int, device: str = "cpu") -> dict[str, float]:
     """Linear pair mode (models/linear_pair.py): no z; per block the attention's queries, keys
     and values widen to d' = d_head + (earlier OPMs) * c_opm, padded to a multiple of 8. The
     prior is a float mask built per chunk of query rows (all r rows while B * H * r * r is at
@@ -148,6 +152,7 @@ def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_pa
     the pair codes), the prior's float mask (kept for backward per block by the fused kernel,
     one chunk at a time when chunked), and, on the math path (CPU training with attention
     dropout), the scores of one chunk of query rows (kept per block when not chunked)."""
+    from bioformer.models.fused_bias import SPLIT_MIN_GENES
     from bioformer.models.linear_pair import BIAS_CHUNK_ELEMENTS
 
     c, H, N = cfg.d_model, cfg.nhead, cfg.nlayers
@@ -155,9 +160,13 @@ def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_pa
     T, pairs = B * r, B * r * r
     widths = [-(-(dh + min(block, n_opm) * co) // 8) * 8 for block in range(N)]  # d' per block
     ckpt = cfg.checkpoint_blocks and training
-    chunk = cfg.attention_chunk_size or (max(1, BIAS_CHUNK_ELEMENTS // (B * H * r)) if use_prior else r)
+    split = use_prior and device == "cpu" and cfg.attention_dropout == 0 and r >= SPLIT_MIN_GENES
+    chunk = cfg.attention_chunk_size or (max(1, BIAS_CHUNK_ELEMENTS // (B * H * r)) if use_prior and not split else r)
     chunk = min(chunk, r)
     mask = H * act * B * chunk * r if use_prior else 0.0  # one chunk's float mask
+    if split:  # no mask: a few of the regulators' scores, [B, H, chunk, S] (S ~ share * r) and
+        # [B, H, S_chunk, r] (the chunk's own regulators, S_chunk ~ share * chunk)
+        mask = 3 * H * act * B * REGULATOR_SHARE * 2 * chunk * r
     parts = dict.fromkeys(CATEGORIES, 0.0)
     z_pairs = 2.0 if use_prior else 0.0  # int8 codes of the batch + the pair codes
     if not training:

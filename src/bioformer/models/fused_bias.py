@@ -102,12 +102,13 @@ def _split_attention(q, k, v, delta, prior: PriorCodes, padding_mask, start: int
     # the regulators' own query rows in this chunk: their whole row is biased
     local = src - start
     inside = valid & (local >= 0) & (local < rq)  # [B, S]
-    if not bool(inside.any()):
+    keep = inside.any(dim=0).nonzero().squeeze(1)  # [S'] the slots in this chunk in any cell
+    if not keep.numel():
         return out
-    idx = local.clamp(0, rq - 1)
-    s_r = (_gather_rows(q, idx) @ k.transpose(-1, -2)) * scale + _heads_first(code_lookup(delta, prior.row_codes))  # [B, H, S, r]
+    inside, idx, row_codes = inside[:, keep], local[:, keep].clamp(0, rq - 1), prior.row_codes[:, keep]
+    s_r = (_gather_rows(q, idx) @ k.transpose(-1, -2)) * scale + _heads_first(code_lookup(delta, row_codes))  # [B, H, S', r]
     s_r = s_r.masked_fill(padding_mask[:, None, None, :], neg)
-    out_r = ((torch.softmax(s_r, dim=-1) @ v) * inside[:, None, :, None]).to(out.dtype)  # [B, H, S, d]
+    out_r = ((torch.softmax(s_r, dim=-1) @ v) * inside[:, None, :, None]).to(out.dtype)  # [B, H, S', d]
     placed = torch.zeros_like(out).scatter_add(2, idx[:, None, :, None].expand_as(out_r), out_r)  # [B, H, rq, d]
     is_row = torch.zeros(B, rq, device=q.device).scatter_add_(1, idx, inside.float()) > 0  # [B, rq]
     return torch.where(is_row[:, None, :, None], placed, out)
