@@ -39,8 +39,12 @@ def device_name(device: str) -> str:
 
 
 def run_worker(spec: dict, timeout: float = 900) -> dict:
-    """Run one measured configuration in a fresh process; returns its JSON result (or {"error"})."""
-    proc = subprocess.run([sys.executable, __file__, json.dumps(spec)], capture_output=True, text=True, timeout=timeout)
+    """Run one measured configuration in a fresh process; returns its JSON result (or {"error"}).
+    spec["src"]: import bioformer from that source tree instead (e.g. an older checkout's src/)."""
+    env = None
+    if spec.get("src"):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([spec["src"], os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, __file__, json.dumps(spec)], capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["killed"]
         return {"error": f"rc {proc.returncode}: {tail[0][:200]}"}
@@ -159,10 +163,32 @@ def _model_step(spec: dict) -> dict:
     if spec.get("count_flops"):  # matmul/attention FLOPs of forward + backward (not timed)
         from torch.utils.flop_counter import FlopCounterMode
 
+        _register_cpu_attention_flops()
         with FlopCounterMode(display=False) as counter:
             model(gene_ids, values, pm, prior=prior)["pred"][~pm].pow(2).mean().backward()
         result["flops"] = counter.get_total_flops()
     return result
+
+
+def _register_cpu_attention_flops() -> None:
+    """torch's FLOP counter knows the GPU attention kernels only: count CPU's fused kernel (and
+    its backward) like them, so fused and math-path attention count the same FLOPs."""
+    import torch
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is None or fwd in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(fwd)
+    def _fwd(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @fc.register_flop_formula(bwd)
+    def _bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
 def _matmul_roofline(spec: dict) -> dict:

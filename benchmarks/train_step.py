@@ -1,12 +1,22 @@
-"""BioFormer vs scGPT at equal parameter count: seconds per training step (forward, backward,
-AdamW) and cells/s at r = 512, B = 8; the machine's matmul roofline (GFLOP/s of a large fp32
-matmul) measured in the same run, and each model's achieved GFLOP/s (matmul + attention FLOPs
-counted by torch.utils.flop_counter). Target: BioFormer/scGPT time ratio <= 2.0. The
-BioFormer-linear row (pair_mode linear, equal parameters too) has target ratio <= 1.3; every
-model gets the same batch, whose prior codes sit on PRIOR_ROWS_FRAC of the rows (the TFs of a
-cell; full mode's cost does not depend on it, linear mode's prior slots do).
+"""Every model family at equal parameter count, at its fastest correct setting and at the slow one:
+seconds per training step (forward, backward, AdamW), cells/s, achieved GFLOP/s (matmul and
+attention FLOPs counted by torch.utils.flop_counter, CPU's fused attention counted like the GPU
+kernels) and its fraction of the machine's matmul roofline (a large fp32 matmul measured in the
+same run), and every time as a ratio to the fast scGPT.
 
-    python benchmarks/train_step.py [--device cuda] [--steps 4]
+Settings: `fast` = attention dropout 0 (fused attention kernels), residual/feed-forward dropout
+0.1 (the defaults); `slow` = attention dropout 0.1 as well (CPU's SDPA math path, the old
+default); `no-dropout` = both 0. Families: scgpt, bioformer (full pair mode), bioformer-linear
+(pair_mode linear; its prior bias on the fused kernel, models/fused_bias.py). Every model gets
+the same batch, whose prior codes sit on PRIOR_ROWS_FRAC of the rows (the TFs of a cell).
+Targets: BioFormer-linear / fast scGPT <= 1.3 at r = 512 and <= 2 at r = 2048.
+
+`--before SRC` also times another source tree (e.g. `git archive <commit> src | tar -x -C /tmp/old`,
+then `--before /tmp/old/src`) at its defaults, alternated with the others in the same run: the
+before/after table.
+
+    python benchmarks/train_step.py [--device cuda] [--steps 4] [--rounds 2] [--n-genes 512]
+        [--families scgpt,bioformer-linear] [--settings fast] [--before /tmp/old/src]
 """
 
 from __future__ import annotations
@@ -19,9 +29,11 @@ from _common import device_name, run_worker, table, write_results
 from bioformer.config import ModelConfig
 from bioformer.estimate import count_parameters
 
-R, B, VOCAB = 512, 8, 1027  # 512 HVGs + up to 512 prior genes + 3 special tokens
+B, VOCAB = 8, 1027  # 512 HVGs + up to 512 prior genes + 3 special tokens
 SCGPT = {"model": "scgpt", "d_model": 64, "nhead": 4, "nlayers": 2}
 PRIOR_ROWS_FRAC = 0.05
+SETTINGS = {"fast": {"dropout": 0.1, "attention_dropout": 0.0}, "slow": {"dropout": 0.1, "attention_dropout": 0.1},
+            "no-dropout": {"dropout": 0.0, "attention_dropout": 0.0}}
 
 
 def equal_param_bioformer(target: int, nhead: int = 4, pair_mode: str = "full") -> dict:
@@ -35,50 +47,75 @@ def equal_param_bioformer(target: int, nhead: int = 4, pair_mode: str = "full") 
     return best[1]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=2, help="alternate the models this many times (noisy machines)")
-    args = ap.parse_args()
+def families() -> dict[str, dict]:
+    """The model configs at equal parameter count (scGPT's)."""
     n_scgpt = count_parameters(ModelConfig(**SCGPT), VOCAB)
-    models = {"scgpt": SCGPT, "bioformer": equal_param_bioformer(n_scgpt),
-              "bioformer-linear": equal_param_bioformer(n_scgpt, pair_mode="linear")}
+    return {"scgpt": SCGPT, "bioformer": equal_param_bioformer(n_scgpt),
+            "bioformer-linear": equal_param_bioformer(n_scgpt, pair_mode="linear")}
+
+
+def measure(arms: dict[str, dict], args: argparse.Namespace, r: int) -> tuple[dict, dict, list[float]]:
+    """Alternate the arms `rounds` times (load from other processes hits all): step times,
+    last worker result per arm, and roofline runs."""
     roof = [run_worker({"task": "matmul", "device": args.device})["gflops"]]
-    times = {k: [] for k in models}
-    info = {}
-    for _ in range(args.rounds):  # interleaved so that load from other processes hits both
-        for name, cfg in models.items():
-            res = run_worker({"task": "model_step", "model": cfg, "batch_size": B, "n_genes": R, "vocab_size": VOCAB,
-                              "device": args.device, "steps": args.steps, "count_flops": True, "amp": False,
-                              "prior_rows_frac": PRIOR_ROWS_FRAC})
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    info: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for name, spec in arms.items():
+            res = run_worker({"task": "model_step", "batch_size": B, "n_genes": r, "vocab_size": VOCAB, "device": args.device,
+                              "steps": args.steps, "count_flops": True, "amp": False, "prior_rows_frac": PRIOR_ROWS_FRAC, **spec})
             if "error" in res:
                 raise SystemExit(f"{name}: {res['error']}")
             times[name] += res["times"][1:]  # the first step warms up
             info[name] = res
         roof.append(run_worker({"task": "matmul", "device": args.device})["gflops"])
+    return times, info, roof
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=2, help="alternate the models this many times (noisy machines)")
+    ap.add_argument("--n-genes", type=int, default=512, help="genes per cell r (default 512)")
+    ap.add_argument("--families", default="scgpt,bioformer,bioformer-linear")
+    ap.add_argument("--settings", default="fast,slow,no-dropout")
+    ap.add_argument("--before", metavar="SRC", help="also time this source tree's bioformer at its defaults (dropout 0.1 everywhere)")
+    args = ap.parse_args()
+    r = args.n_genes
+    fams = {k: v for k, v in families().items() if k in args.families.split(",")}
+    arms: dict[str, dict] = {}
+    for fam, cfg in fams.items():
+        for setting in args.settings.split(","):
+            arms[f"{fam} {setting}"] = {"model": {**cfg, **SETTINGS[setting]}}
+        if args.before:
+            arms[f"{fam} before"] = {"model": {**cfg, "dropout": 0.1}, "src": args.before}
+    if "scgpt fast" not in arms:
+        arms = {"scgpt fast": {"model": {**SCGPT, **SETTINGS["fast"]}}, **arms}
+    times, info, roof = measure(arms, args, r)
+    ref = statistics.median(times["scgpt fast"])
     rows = []
-    for name, cfg in models.items():
+    for name in arms:
         s = statistics.median(times[name])
-        rows.append({"model": name, "d_model": cfg["d_model"], "params": info[name]["n_params"], "s_per_step": s,
-                     "cells_per_s": B / s, "gflop_per_step": info[name]["flops"] / 1e9,
-                     "achieved_gflops": info[name]["flops"] / 1e9 / s, "roofline_frac": info[name]["flops"] / 1e9 / s / max(roof)})
-    ratio = rows[1]["s_per_step"] / rows[0]["s_per_step"]
-    ratio_linear = rows[2]["s_per_step"] / rows[0]["s_per_step"]
-    for row in rows:
-        row["vs_scgpt"] = row["s_per_step"] / rows[0]["s_per_step"]
+        gflop = info[name]["flops"] / 1e9
+        rows.append({"arm": name, "d_model": arms[name]["model"]["d_model"], "params": info[name]["n_params"], "s_per_step": s,
+                     "cells_per_s": B / s, "gflop_per_step": gflop, "achieved_gflops": gflop / s,
+                     "roofline_frac": gflop / s / max(roof), "vs_fast_scgpt": s / ref})
     name = device_name(args.device)
-    print(f"\ntraining step, r={R}, B={B}, vocab {VOCAB}, fp32, median of {len(times['scgpt'])} steps per model ({name})")
+    print(f"\ntraining step, r={r}, B={B}, vocab {VOCAB}, fp32, median of {len(times['scgpt fast'])} steps per arm ({name})")
     print(f"matmul roofline (2048^3 fp32): {max(roof):.1f} GFLOP/s (runs: {', '.join(f'{g:.1f}' for g in roof)})")
-    cols = [("model", "model"), ("d_model", "d_model"), ("params", "params"), ("s_per_step", "s/step"), ("cells_per_s", "cells/s"),
-            ("gflop_per_step", "GFLOP/step"), ("achieved_gflops", "achieved GFLOP/s"), ("roofline_frac", "of roofline"),
-            ("vs_scgpt", "time / scGPT")]
+    cols = [("arm", "model, setting"), ("d_model", "d_model"), ("params", "params"), ("s_per_step", "s/step"),
+            ("cells_per_s", "cells/s"), ("gflop_per_step", "GFLOP/step"), ("achieved_gflops", "GFLOP/s"),
+            ("roofline_frac", "of roofline"), ("vs_fast_scgpt", "time / fast scGPT")]
     print(table(rows, cols))
-    print(f"BioFormer / scGPT time per step: {ratio:.2f} (target <= 2.0)")
-    print(f"BioFormer-linear / scGPT: {ratio_linear:.2f} (target <= 1.3); BioFormer-linear / BioFormer: {ratio_linear / ratio:.2f}")
-    path = write_results("train_step", {"device": args.device, "device_name": name, "r": R, "batch_size": B, "vocab_size": VOCAB,
-                                        "roofline_gflops": max(roof), "roofline_runs": roof, "rows": rows, "ratio": ratio,
-                                        "ratio_linear": ratio_linear, "prior_rows_frac": PRIOR_ROWS_FRAC, "step_times": times})
+    by = {row["arm"]: row["vs_fast_scgpt"] for row in rows}
+    target = 1.3 if r <= 512 else 2.0
+    if "bioformer-linear fast" in by:
+        print(f"BioFormer-linear (fast) / scGPT (fast): {by['bioformer-linear fast']:.2f} (target <= {target})")
+    path = write_results(f"train_step{'' if r == 512 else f'_r{r}'}",
+                         {"device": args.device, "device_name": name, "r": r, "batch_size": B, "vocab_size": VOCAB,
+                          "roofline_gflops": max(roof), "roofline_runs": roof, "rows": rows, "settings": SETTINGS,
+                          "prior_rows_frac": PRIOR_ROWS_FRAC, "before_src": args.before, "step_times": times})
     print(f"wrote {path}")
 
 

@@ -33,6 +33,8 @@ HELP = {
     "test_groups": "comma-separated values of --split-by that form the test set (e.g. stimulated); the rest is train/valid",
     "model": "model family: " + ", ".join(MODELS),
     "ff_factor": "transition / feed-forward width = ff_factor * d_model (scGPT paper: 1)",
+    "dropout": "dropout on residual branches, feed-forward and value embeddings",
+    "attention_dropout": "dropout on attention probabilities (0 keeps attention on the fused kernel; see docs/attention-dropout.md)",
     "d_z": "pair channels c_z",
     "d_opm": "outer-product hidden channels c_opm",
     "opm_chunk_size": "compute z updates in chunks of this many rows (saves memory)",

@@ -188,7 +188,8 @@ class ModelConfig:
     nhead: int = 4
     nlayers: int = 2
     ff_factor: int = 4  # transition / feed-forward width = ff_factor * d_model (scGPT paper: 1)
-    dropout: float = 0.1
+    dropout: float = 0.1  # residual, feed-forward and embedding dropout
+    attention_dropout: float = 0.0  # dropout on attention probabilities; 0 keeps SDPA on its fused kernel
     explicit_zero_prob: bool = False
     # BioFormer pair path
     pair_bias: bool = True
@@ -210,6 +211,7 @@ class ModelConfig:
         if self.d_model % self.nhead:
             raise BioformerError(f"--d-model {self.d_model} is not divisible by --nhead {self.nhead}; pick d_model a multiple of nhead")
         _need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+        _need(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "in [0, 1)", self.attention_dropout)
         _need(self.opm_chunk_size is None or self.opm_chunk_size >= 1, "opm_chunk_size", ">= 1 or none", self.opm_chunk_size)
         _need(self.attention_chunk_size is None or self.attention_chunk_size >= 1, "attention_chunk_size", ">= 1 or none", self.attention_chunk_size)
         _need(self.prior_direction in PRIOR_DIRECTIONS, "prior_direction", " or ".join(PRIOR_DIRECTIONS), self.prior_direction)

@@ -39,10 +39,15 @@ def count_parameters(model_cfg: ModelConfig, vocab_size: int) -> int:
     return count_config_parameters(model_cfg, vocab_size, use_prior=True)
 
 
-def _attention_is_math_path(device: str, dropout: float, training: bool) -> bool:
-    """On CPU, SDPA with dropout (and an older CPU without the flash kernel) runs the math path,
-    which keeps the [B, H, r, r] probabilities; CUDA's memory-efficient kernel keeps none."""
-    return device == "cpu" and training and dropout > 0
+def _attention_is_math_path(device: str, cfg: ModelConfig, training: bool) -> bool:
+    """Whether CPU training runs SDPA's math path, which keeps the [B, H, r, r] probabilities:
+    with attention dropout (no fused CPU kernel has it), or where the float mask needs a gradient
+    that no fused CPU kernel gives (the full pair mode's bias from z). Linear pair mode's prior
+    bias runs on the fused kernel (models/fused_bias.py); CUDA's kernels keep no probabilities."""
+    if device != "cpu" or not training:
+        return False
+    path = model_class(cfg.model).pair_path(cfg)
+    return cfg.attention_dropout > 0 or (path.reads_z and not path.linear)
 
 
 def estimate_memory(
@@ -74,12 +79,10 @@ def estimate_memory(
     pair_bias = path.reads_z
     n_opm = path.opm_blocks
     cz, co = path.d_z, path.d_opm
-    math_path = _attention_is_math_path(device, cfg.dropout, training)
+    math_path = _attention_is_math_path(device, cfg, training)
     parts = dict.fromkeys(CATEGORIES, 0.0)
     if path.linear:
-        # the prior's mask has a gradient: CPU has no fused kernel for that
-        math_path = math_path or (training and use_prior and device == "cpu")
-        parts.update(_linear_pair_parts(cfg, B, r, training, math_path, act, use_prior, n_opm))
+        parts.update(_linear_pair_parts(cfg, B, r, training, math_path, act, use_prior, n_opm, device))
         parts["parameters + optimizer state"] = (4.0 if training else 1.0) * P * 4
         return MemoryEstimate(n_genes=r, batch_size=B, n_params=P, parts=parts)
 
@@ -106,8 +109,9 @@ def estimate_memory(
             if ckpt and n_opm:
                 z_pairs += cz * 4  # the recomputed block writes its output z once more
             parts["OPM intermediates"] = n_kept_opm * (T * (co + 1) * cz * 2 + T * co * 6) * act
-        # attention kept per block: the math path (CPU with dropout) keeps probabilities, the
-        # float dropout mask and the dropped probabilities; fused kernels keep the float mask
+        # attention kept per block: the math path (CPU with attention dropout or a pair bias)
+        # keeps probabilities, the float dropout mask and the dropped probabilities; fused
+        # kernels keep the float mask
         per_block = 3 * H * act if math_path else (H * act if pair_bias else 0)
         attn_pairs = n_kept * per_block
         # backward transients (one block at a time, so the larger of the two counts): gradients
@@ -135,14 +139,20 @@ def estimate_memory(
     return MemoryEstimate(n_genes=r, batch_size=B, n_params=P, parts=parts)
 
 
-def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_path: bool, act: int, use_prior: bool, n_opm: int) -> dict[str, float]:
+REGULATOR_SHARE = 0.1  # regulator slots S per batch as a share of r, for the split prior path (models/fused_bias.py)
+
+
+def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_path: bool, act: int, use_prior: bool,
+                       n_opm: int, device: str = "cpu") -> dict[str, float]:
     """Linear pair mode (models/linear_pair.py): no z; per block the attention's queries, keys
     and values widen to d' = d_head + (earlier OPMs) * c_opm, padded to a multiple of 8. The
     prior is a float mask built per chunk of query rows (all r rows while B * H * r * r is at
     most BIAS_CHUNK_ELEMENTS, unless attention_chunk_size is set), from its regulators' codes
     (int8, O(B S r): small). The only [B, r, r] tensors are the int8 codes (the batch's and
-    the pair codes), and, on the math path (CPU training with dropout or a prior), the scores
-    of one chunk of query rows (kept for backward per block when the attention is not chunked)."""
+    the pair codes), the prior's float mask (kept for backward per block by the fused kernel,
+    one chunk at a time when chunked), and, on the math path (CPU training with attention
+    dropout), the scores of one chunk of query rows (kept per block when not chunked)."""
+    from bioformer.models.fused_bias import SPLIT_MIN_GENES
     from bioformer.models.linear_pair import BIAS_CHUNK_ELEMENTS
 
     c, H, N = cfg.d_model, cfg.nhead, cfg.nlayers
@@ -150,9 +160,13 @@ def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_pa
     T, pairs = B * r, B * r * r
     widths = [-(-(dh + min(block, n_opm) * co) // 8) * 8 for block in range(N)]  # d' per block
     ckpt = cfg.checkpoint_blocks and training
-    chunk = cfg.attention_chunk_size or (max(1, BIAS_CHUNK_ELEMENTS // (B * H * r)) if use_prior else r)
+    split = use_prior and device == "cpu" and cfg.attention_dropout == 0 and r >= SPLIT_MIN_GENES
+    chunk = cfg.attention_chunk_size or (max(1, BIAS_CHUNK_ELEMENTS // (B * H * r)) if use_prior and not split else r)
     chunk = min(chunk, r)
     mask = H * act * B * chunk * r if use_prior else 0.0  # one chunk's float mask
+    if split:  # no mask: a few of the regulators' scores, [B, H, chunk, S] (S ~ share * r) and
+        # [B, H, S_chunk, r] (the chunk's own regulators, S_chunk ~ share * chunk)
+        mask = 3 * H * act * B * REGULATOR_SHARE * 2 * chunk * r
     parts = dict.fromkeys(CATEGORIES, 0.0)
     z_pairs = 2.0 if use_prior else 0.0  # int8 codes of the batch + the pair codes
     if not training:
@@ -171,7 +185,7 @@ def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_pa
         # plus the scores/gradients (and the mask) of the block in backward; chunked: one chunk at a time
         scores = H * act * B * chunk * r
         parts["attention"] += 6 * scores if chunk < r else (2.75 * n_kept + 3) * scores
-    parts["attention"] += mask
+    parts["attention"] += mask * (n_kept if chunk >= r and not math_path else 1)
     parts["z activations"] = z_pairs * pairs
     return parts
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import bioformer.models.fused_bias as fused_bias
 import bioformer.models.linear_pair as linear_pair
 from bioformer.config import ModelConfig
 from bioformer.data.prior import pair_codes
@@ -60,7 +61,11 @@ def assert_same_forward_and_backward(model: BioFormer, gene_ids, values, pm, pri
         (False, True, False, None, 5, "both"),
     ],
 )
-def test_linear_mode_equals_materialised_reference(monkeypatch, use_prior, opm, gating, prior_path, chunk, direction):
+@pytest.mark.parametrize("split", [False, True])  # the prior split off the fused kernel (models/fused_bias.py) or a dense mask
+def test_linear_mode_equals_materialised_reference(monkeypatch, use_prior, opm, gating, prior_path, chunk, direction, split):
+    if split:
+        monkeypatch.setattr(fused_bias, "SPLIT_MIN_GENES", 1)
+        monkeypatch.setattr(fused_bias, "SPLIT_MAX_SHARE", 1.0)
     if prior_path == "chunked":  # the prior bias built per chunk of 3 query rows (chunk_size None)
         monkeypatch.setattr(linear_pair, "BIAS_CHUNK_ELEMENTS", 3 * 4 * 11 * 3)
     model = linear_model(use_prior=use_prior, opm=opm, gating=gating, attention_chunk_size=chunk,
@@ -111,7 +116,7 @@ def test_prior_bias_is_the_code_lookup_for_every_pair_and_chunk():
 def test_training_with_dropout_equals_reference_under_the_same_rng(direction):
     """Training mode, attention dropout on (CPU's math path, v not widened): the same random
     stream gives the same dropout masks in both paths, so outputs and gradients still agree."""
-    model = linear_model(dropout=0.2, prior_direction=direction).train()
+    model = linear_model(dropout=0.2, attention_dropout=0.2, prior_direction=direction).train()
     gene_ids, values, pm, prior = batch()
     prior = sparse_prior(prior)
     keep = ~pm
@@ -160,12 +165,15 @@ def test_linear_mode_on_a_real_fixture_batch(tmp_path):
     assert_same_forward_and_backward(model.eval(), gene_ids, values, pm, prior)
 
 
-def test_checkpointing_is_exact_in_linear_mode():
+@pytest.mark.parametrize("attention_dropout", [0.0, 0.1])  # split fused prior path / math path
+def test_checkpointing_is_exact_in_linear_mode(monkeypatch, attention_dropout):
+    monkeypatch.setattr(fused_bias, "SPLIT_MIN_GENES", 1)
+    monkeypatch.setattr(fused_bias, "SPLIT_MAX_SHARE", 1.0)
     gene_ids, values, pm, prior = batch()
     prior = sparse_prior(prior)
     grads = []
     for ckpt in (False, True):
-        model = linear_model(checkpoint_blocks=ckpt, dropout=0.1, attention_chunk_size=4).train()
+        model = linear_model(checkpoint_blocks=ckpt, dropout=0.1, attention_dropout=attention_dropout, attention_chunk_size=4).train()
         torch.manual_seed(3)
         out = model(gene_ids, values, pm, prior=prior)["pred"]
         (out[~pm] ** 2).mean().backward()

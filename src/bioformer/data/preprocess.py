@@ -179,7 +179,8 @@ def preprocess(
         sc.pp.log1p(adata)
 
     if gene_list is not None:
-        keep = [g for g in gene_list if g in set(adata.var_names)]
+        present = set(adata.var_names)  # once: a set per gene made this O(genes x input genes)
+        keep = [g for g in gene_list if g in present]
         if not keep:
             raise BioformerError("none of the model's genes are in this data set; check --gene-column")
         out = adata[:, keep].copy()

@@ -117,7 +117,7 @@ def same_attention(reference: ModelConfig, template: ModelConfig) -> ModelConfig
     attention and transition parameters equal the reference's; the extra is the pair path."""
     return dataclasses.replace(
         template, d_model=reference.d_model, nhead=reference.nhead, nlayers=reference.nlayers,
-        ff_factor=reference.ff_factor, dropout=reference.dropout, gating=False,
+        ff_factor=reference.ff_factor, dropout=reference.dropout, attention_dropout=reference.attention_dropout, gating=False,
     )
 
 

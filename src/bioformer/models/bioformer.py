@@ -25,10 +25,11 @@ class BioFormerBlock(nn.Module):
         self, d_model: int, nhead: int, d_z: int, d_opm: int, ff_factor: int = 4,
         dropout: float = 0.1, pair_bias: bool = True, gating: bool = True,
         update_z: bool = True, opm_chunk_size: int | None = None, linear: bool = False,
-        attention_chunk_size: int | None = None,
+        attention_chunk_size: int | None = None, attention_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.attention = PairBiasAttention(d_model, nhead, d_z, pair_bias=pair_bias, gating=gating, dropout=dropout, linear=linear)
+        self.attention = PairBiasAttention(d_model, nhead, d_z, pair_bias=pair_bias, gating=gating, dropout=dropout,
+                                           linear=linear, attention_dropout=attention_dropout)
         self.attention_chunk_size = attention_chunk_size
         self.transition = Transition(d_model, ff_factor, dropout)
         # linear mode: the OPM's output bias shifts z by a constant, which cancels in the softmax
@@ -139,7 +140,7 @@ class BioFormer(MaskedValueModel):
                 d_model, cfg.nhead, d_z, cfg.d_opm, cfg.ff_factor, cfg.dropout, pair_bias=self._block_reads_z(cfg, i),
                 gating=cfg.gating, update_z=(cfg.opm and cfg.pair_bias and i < cfg.nlayers - 1),
                 opm_chunk_size=cfg.opm_chunk_size, linear=(cfg.pair_mode == "linear"),
-                attention_chunk_size=cfg.attention_chunk_size,
+                attention_chunk_size=cfg.attention_chunk_size, attention_dropout=cfg.attention_dropout,
             )
             for i in range(cfg.nlayers)
         )

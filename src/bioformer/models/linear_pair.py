@@ -11,13 +11,16 @@ Terms constant over the key j cancel in the softmax (beta_k, the "no edge" code'
 * each earlier block's OPM becomes c_opm more query/key channels per head: q' = [q, s a_k M],
   k' = [k, b_k], with s = sqrt(d_head) so that SDPA's 1/sqrt(d_head) leaves the term exact;
 * the prior's code is "no edge" except on the rows and columns of the cell's regulators (genes
-  with an outgoing edge, S of them): their codes are gathered once (int8, O(B S r)), and each
-  chunk of query rows looks up and scatters only those into its float mask (one dense mask
-  while B * H * r * r is small, else chunks of BIAS_CHUNK_ELEMENTS / (B H r) rows unless
-  given). Its backward is a gather and a lookup backward over O(B S r) pairs, never over all
-  r * r (which, as an embedding of every pair's code, took 40% of a training step).
+  with an outgoing edge, S of them): their codes are gathered once (int8, O(B S r)). On CPU
+  without attention dropout, in sequences long enough that the split pays (`split_applies`),
+  the attention splits off those rows and columns and runs the rest on the fused kernel (`bioformer.models.fused_bias`: no [B, H, r, r] tensor at all, training
+  included). Elsewhere (the reference) each chunk of query rows looks up and scatters them into
+  its float mask (one dense mask while B * H * r * r is small, else chunks of
+  BIAS_CHUNK_ELEMENTS / (B H r) rows unless given); its backward is a gather and a lookup
+  backward over O(B S r) pairs, never over all r * r.
 
-Values are zero-padded to the query/key width where CPU's fused kernel runs (it wants equal head dims). With
+Values are zero-padded to the query/key width where CPU's fused kernel runs (it wants equal head
+dims; the split path one zero channel of v at least). With
 `chunk_size`, attention runs over chunks of query rows, each recomputed in backward, so even the
 math path (CPU with dropout) holds O(B H chunk r) at a time. See docs/linear-pair-mode.md.
 """
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from bioformer.models.fused_bias import coded_bias_attention, split_applies
 from bioformer.models.pair import OuterProductMean, PairBiasAttention, PriorCodes
 
 BIAS_CHUNK_ELEMENTS = 2**24  # without chunk_size: query rows per chunk so that a chunk's prior bias has at most this many elements
@@ -70,9 +74,8 @@ def _attend_rows(
 ) -> torch.Tensor:  # [B, H, rq, width of v]
     if prior is None:
         mask = ~padding_mask[:, None, None, :]  # [B, 1, 1, r] True = attend
-    else:
-        mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return coded_bias_attention(q, k, v, delta, prior, padding_mask, start, scale, dropout_p)
 
 
 def linear_pair_attention(
@@ -95,20 +98,21 @@ def linear_pair_attention(
         k_parts.append(t.b.to(q.dtype).unsqueeze(1).expand(B, H, r, -1))  # [B, H, r, c_opm]
     delta = code_bias(prior, w.to(prior.table.dtype)).to(q.dtype) if prior is not None else None  # [K, H]
     d = sum(p.shape[-1] for p in q_parts)
-    d_pad = (d + 7) // 8 * 8  # equal, aligned head dims for q, k and v: fused kernels apply
+    dropout_p = attn.attention_dropout()
+    # CPU's fused kernel (no attention dropout) wants v as wide as q and k, and the prior's split
+    # path (models/fused_bias.py, long sequences with few regulators) a zero last channel of v; the math path (CPU training with
+    # attention dropout) and CUDA's kernels do not, and there zero channels of v would only cost time
+    fused_cpu = q.device.type == "cpu" and dropout_p == 0
+    split = split_applies(q, dropout_p, prior, r)
+    d_pad = (max(d, dh + 1 if split else d) + 7) // 8 * 8  # aligned head dims
     if d_pad > d:
         q_parts.append(q.new_zeros(B, H, r, d_pad - d))
         k_parts.append(k.new_zeros(B, H, r, d_pad - d))
     q2 = torch.cat(q_parts, dim=-1) if len(q_parts) > 1 else q  # [B, H, r, d']
     k2 = torch.cat(k_parts, dim=-1) if len(k_parts) > 1 else k  # [B, H, r, d']
-    dropout_p = attn.attention_dropout()
-    # CPU's fused kernel (no dropout, no mask gradient) wants v as wide as q and k; the math path
-    # (CPU training with dropout or a prior bias) and CUDA's kernels do not, and there zero
-    # channels of v would only cost time
-    fused_cpu = q.device.type == "cpu" and dropout_p == 0 and (prior is None or not torch.is_grad_enabled())
     v2 = F.pad(v, (0, d_pad - dh)) if fused_cpu else v  # [B, H, r, d' or d_h]
     attend = partial(_attend_rows, padding_mask=padding_mask, prior=prior, scale=1 / s, dropout_p=dropout_p)
-    if chunk_size is None and prior is not None:  # a dense bias while it is small, else chunks of rows
+    if chunk_size is None and prior is not None and not split:  # a dense bias while it is small, else chunks of rows
         chunk_size = max(1, BIAS_CHUNK_ELEMENTS // (B * H * r))
     chunk = min(chunk_size or r, r)
     if chunk >= r:

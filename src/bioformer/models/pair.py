@@ -63,6 +63,7 @@ class PriorCodes:
     sources: torch.Tensor  # [B, S] the regulators' positions, ascending (0 for padding slots)
     row_codes: torch.Tensor  # [B, S, r] code(source_s, j)
     col_codes: torch.Tensor | None  # [B, r, S] code(i, source_s) for i not a regulator; None when all 0 ("outgoing")
+    valid: torch.Tensor | None = None  # [B, S] the slot holds a regulator (False: a padding slot)
 
     @classmethod
     def of(cls, codes: torch.Tensor, table: torch.Tensor) -> PriorCodes:
@@ -77,7 +78,7 @@ class PriorCodes:
         row_codes = torch.gather(codes, 1, sources[:, :, None].expand(B, S, r)) * valid[:, :, None]  # [B, S, r]
         col_codes = torch.gather(codes, 2, sources[:, None, :].expand(B, r, S))  # [B, r, S]
         col_codes = col_codes * (valid[:, None, :] & ~is_source[:, :, None])  # regulator rows are whole in row_codes
-        return cls(codes, table, sources, row_codes, col_codes if col_codes.any() else None)
+        return cls(codes, table, sources, row_codes, col_codes if col_codes.any() else None, valid)
 
     def add_(self, out: torch.Tensor, table: torch.Tensor, start: int = 0, heads_first: bool = True) -> torch.Tensor:
         """out += table[code(i, j)] in place, for the query rows [start, start + rq) that `out`
@@ -165,11 +166,13 @@ class PairBiasAttention(nn.Module):
 
     Parameter layout follows nn.MultiheadAttention (in_proj 3c x c, out_proj) so that, without
     bias and gate, it is exactly the attention of a pre-LN nn.TransformerEncoderLayer.
+    `dropout` acts on the output (residual branch), `attention_dropout` on the attention
+    probabilities (any value > 0 sends CPU training off the fused kernel).
     """
 
     def __init__(
         self, d_model: int, nhead: int, d_z: int, pair_bias: bool = True, gating: bool = True,
-        dropout: float = 0.1, linear: bool = False,
+        dropout: float = 0.1, linear: bool = False, attention_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if d_model % nhead:
@@ -187,7 +190,7 @@ class PairBiasAttention(nn.Module):
         self.norm_z = nn.LayerNorm(d_z) if (pair_bias and not linear) else None
         self.z_scale = nn.Parameter(torch.ones(d_z)) if (pair_bias and linear) else None
         self.bias_proj = nn.Linear(d_z, nhead, bias=False) if pair_bias else None
-        self.dropout = dropout
+        self.attention_dropout_p = attention_dropout
         self.dropout_out = nn.Dropout(dropout)
 
     def normalise_z(self, z: torch.Tensor) -> torch.Tensor:
@@ -235,7 +238,8 @@ class PairBiasAttention(nn.Module):
         return x, q, k, v
 
     def attention_dropout(self) -> float:
-        return self.dropout if self.training else 0.0
+        """The dropout probability on attention weights in this mode (0 in eval)."""
+        return self.attention_dropout_p if self.training else 0.0
 
     def output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Heads [B, H, r, c/H] -> gate (from LN(m) x [B, r, c]) -> out_proj -> dropout: [B, r, c]."""

@@ -1,0 +1,119 @@
+"""The prior's per-code bias on CPU's fused kernel: forward and backward equal the math-path
+reference (relative error < 1e-5 in fp32), whole and in chunks of query rows, with padding, both
+prior directions; the fused kernel really runs; and scGPT's training step runs on the fused
+kernel when attention dropout is 0 (and not when it is on)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import bioformer.models.fused_bias as fused_bias
+from bioformer.config import ModelConfig
+from bioformer.data.prior import pair_codes
+from bioformer.models import build_model
+from bioformer.models.fused_bias import coded_bias_attention
+from bioformer.models.pair import PriorCodes
+
+
+@pytest.fixture(autouse=True)
+def split_at_any_length(monkeypatch):
+    """The split path runs from r = 256 with few regulators; here at test sizes."""
+    monkeypatch.setattr(fused_bias, "SPLIT_MIN_GENES", 1)
+    monkeypatch.setattr(fused_bias, "SPLIT_MAX_SHARE", 1.0)
+
+
+FLASH = "aten::_scaled_dot_product_flash_attention_for_cpu"
+FLASH_BWD = "aten::_scaled_dot_product_flash_attention_for_cpu_backward"
+MATH = "aten::_scaled_dot_product_attention_math"
+
+
+def ops_run(fn) -> set[str]:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+def problem(direction: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    B, H, r, d = 3, 2, 17, 8
+    raw = torch.randint(0, 4, (B, r, r), generator=g, dtype=torch.int8)
+    raw *= (torch.rand(B, r, 1, generator=g) < torch.tensor([0.2, 0.4, 0.1]).view(B, 1, 1)).to(torch.int8)
+    raw[0, 3, 5] = 2  # at least one regulator per cell
+    raw[2, 16, 0] = 1
+    prior = PriorCodes.of(pair_codes(raw, direction), torch.randn(16, 4, generator=g))
+    pm = torch.zeros(B, r, dtype=torch.bool)
+    pm[1, -4:] = True
+    q, k, v = (torch.randn(B, H, r, d, generator=g, dtype=torch.float32) for _ in range(3))
+    v[..., -1] = 0  # the spare channel the fused path's backward needs (linear_pair pads v so)
+    per_code = torch.randn(16, H, generator=g) * 2
+    return q, k, v, per_code, prior, pm
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def run(q, k, v, per_code, prior, pm, chunk, fused: bool):
+    """Output and gradients of q, k, v and the per-code table through the relative delta."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, per_code)]
+    q_, k_, v_, pc = leaves
+    delta = pc - pc[:1]
+    r = q.shape[2]
+    outs = []
+    for start in range(0, r, chunk):
+        qc = q_[:, :, start:start + chunk]
+        if fused:
+            outs.append(coded_bias_attention(qc, k_, v_, delta, prior, pm, start))
+        else:  # the reference: SDPA with the same mask, which needs a gradient (math path)
+            mask = prior.mask(delta, start, start + qc.shape[2], pm)
+            outs.append(F.scaled_dot_product_attention(qc, k_, v_, attn_mask=mask))
+    out = torch.cat(outs, dim=2)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
+    w[..., -1] = 0  # the spare channel's output is never read
+    (out * w).sum().backward()
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("direction", ["both", "outgoing"])
+@pytest.mark.parametrize("chunk", [17, 5])
+def test_fused_prior_attention_equals_the_math_path(direction, chunk):
+    q, k, v, per_code, prior, pm = problem(direction)
+    got = run(q, k, v, per_code, prior, pm, chunk, fused=True)
+    want = run(q, k, v, per_code, prior, pm, chunk, fused=False)
+    names = ["out", "dq", "dk", "dv", "d per_code"]
+    for name, a, b in zip(names, got, want, strict=True):
+        assert rel(a, b) < 1e-5, (name, rel(a, b))
+    assert want[-1].abs().max() > 0.1  # the bias gradient is real, not a zero matched by a zero
+
+
+def test_fused_prior_attention_runs_the_flash_kernel():
+    q, k, v, per_code, prior, pm = problem("both")
+    ops = ops_run(lambda: run(q, k, v, per_code, prior, pm, 17, fused=True))
+    assert FLASH in ops and FLASH_BWD in ops and MATH not in ops
+
+
+def _train_step_ops(model_cfg: ModelConfig, use_prior: bool) -> set[str]:
+    torch.manual_seed(0)
+    model = build_model(model_cfg, 20, use_prior=use_prior).train()
+    B, r = 2, 9
+    gene_ids = torch.randint(3, 20, (B, r))
+    values = torch.rand(B, r)
+    pm = torch.zeros(B, r, dtype=torch.bool)
+    pm[0, -2:] = True
+    prior = torch.zeros(B, r, r, dtype=torch.int8)
+    prior[:, 2, 3:6] = 1
+    return ops_run(lambda: model(gene_ids, values, pm, prior=prior)["pred"].sum().backward())
+
+
+@pytest.mark.parametrize("model", ["scgpt", "bioformer-linear"])
+def test_training_step_is_fused_without_attention_dropout(model):
+    """The whole training step (residual dropout on): no math-path attention at all with
+    attention_dropout 0, and the math path (which dropout needs on CPU) with 0.1."""
+    kw = dict(model="bioformer", pair_mode="linear") if model == "bioformer-linear" else dict(model="scgpt")
+    for p_attn, fused in ((0.0, True), (0.1, False)):
+        cfg = ModelConfig(d_model=16, nhead=2, nlayers=2, d_z=4, d_opm=4, dropout=0.1, attention_dropout=p_attn, **kw)
+        ops = _train_step_ops(cfg, use_prior=True)
+        assert (FLASH_BWD in ops and MATH not in ops) == fused, (p_attn, sorted(o for o in ops if "attention" in o))
