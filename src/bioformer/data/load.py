@@ -11,7 +11,8 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from bioformer.data.datasets import DATASETS, fetch
+from bioformer.data.datasets import DATASETS, cache_dir, fetch
+from bioformer.data.simulate import cached_simulation, is_synthetic
 from bioformer.errors import BioformerError
 
 log = logging.getLogger("bioformer")
@@ -134,14 +135,17 @@ def load_anndata(
 ) -> ad.AnnData:
     """Read cells × genes with the expression matrix in `X` (CSR float32) and gene symbols as var_names.
 
-    `source` is a built-in dataset name or a path. `layer` picks `layers[layer]` ("raw" picks
+    `source` is a built-in dataset name, a `synthetic:...` spec (bioformer.data.simulate) or a path. `layer` picks `layers[layer]` ("raw" picks
     `adata.raw`); `gene_column` a `var` column holding gene symbols. `max_cells` subsamples
     cells with `seed`. Columns sharing a gene name are summed (with a warning). Raises
     BioformerError on missing/unreadable files, unknown layers or columns, no cells or genes,
     negative, NaN or infinite values and all-zero cells.
     """
     source = str(source)
-    path = fetch(source, quiet=quiet) if source in DATASETS else Path(source).expanduser()
+    if is_synthetic(source):  # planted truth: simulated into the cache on first use
+        path = cached_simulation(source, cache_dir()) / "counts.h5ad"
+    else:
+        path = fetch(source, quiet=quiet) if source in DATASETS else Path(source).expanduser()
     adata = _read_h5ad(path)
 
     if layer in (None, "X"):
