@@ -130,3 +130,19 @@ def test_synthetic_name_through_load_prior_and_pipeline():
     src, tgt, _ = data.prior.edge_index()
     names = np.asarray(data.vocab.tokens)
     assert not ({(names[s], names[t]) for s, t in zip(src, tgt, strict=True)} & expect)  # never in z
+
+
+def test_simulate_command_writes_the_files_and_refuses_bad_input(tmp_path, capsys):
+    from bioformer.cli import main
+
+    out = tmp_path / "sim"
+    assert main(["-q", "simulate", "--out", str(out), "--cells", "100", "--genes", "40", "--tfs", "6", "--recall", "0.5", "--precision", "0.5"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    given, truth = read_edge_file(out / "prior_given.csv"), pd.read_csv(out / "truth_edges.csv")
+    assert len(_pairs(given) & _pairs(truth)) == round(0.5 * len(truth))
+    assert "synthetic:" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    assert main(["-q", "simulate", "--out", str(bad), "--alpha", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "alpha" in err[0]
+    assert not bad.exists()

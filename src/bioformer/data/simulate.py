@@ -9,6 +9,8 @@ explain, with a knob `alpha` for how much. Every gene g has a standardised activ
                   o[g, c] = eta[g, c]                                                          (target)
     regulation    r[g, c] = sum_t w[t, g] * z[t, c], standardised over cells
     activity      z[g, c] = sqrt(alpha) * r[g, c] + sqrt(1 - alpha) * o[g, c]   (z = o without regulators)
+                  (a TF uses alpha * tf_coupling instead of alpha: it stays mostly its own factor,
+                  else at alpha = 1 every cell would be a function of TF000 alone)
     counts        y[g, c] ~ Poisson(l[c] * exp(x[g, c])),   log l[c] ~ N(0, library_sd)
 
 so `alpha` in [0, 1] is the share of a regulated gene's log-rate variance that its regulators
@@ -33,6 +35,7 @@ use into the cache and is accepted as `--data`; the same string as `--prior` is 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -48,6 +51,7 @@ import scipy.sparse as sp
 from bioformer.errors import BioformerError
 
 SYNTHETIC_PREFIX = "synthetic:"
+SIM_VERSION = 2  # bump when the generative model changes (names the cache directory)
 FILES = ("counts.h5ad", "truth_edges.csv", "prior_given.csv", "heldout_edges.csv", "config.json")
 
 
@@ -63,11 +67,12 @@ class SimConfig:
     in_degree: float = 3.0  # mean number of regulators of a target (at least 1 each)
     repress_frac: float = 0.3  # share of repressing edges
     state_share: float = 0.4  # share of a TF's own variance that is its state's activity b
+    tf_coupling: float = 0.3  # a regulated TF's variance share from its regulators is alpha * this
     tf_sd: float = 1.0  # sd of a TF's log-rate across cells
-    target_sd: float = 1.2  # sd of a target's log-rate across cells
+    target_sd: float = 1.5  # sd of a target's log-rate across cells
     library_sd: float = 0.43  # sd of log library size (PBMC3k: 0.43)
     tf_log_mean: float = 1.0  # mean of mu over TFs (log counts at the median library)
-    target_log_mean: float = -2.9  # mean of mu over targets
+    target_log_mean: float = -3.3  # mean of mu over targets
     log_mean_sd: float = 1.0  # sd of mu within each group
     recall: float = 0.8  # share of the true edges in the given prior
     precision: float = 1.0  # share of the given prior's edges that are true (the rest are decoys)
@@ -81,6 +86,7 @@ class SimConfig:
             (1 <= self.n_tfs < self.n_genes, "tfs", f">= 1 and < genes ({self.n_genes})", self.n_tfs),
             (0 <= self.alpha <= 1, "alpha", "in [0, 1]", self.alpha),
             (0 <= self.state_share <= 1, "state_share", "in [0, 1]", self.state_share),
+            (0 <= self.tf_coupling <= 1, "tf_coupling", "in [0, 1]", self.tf_coupling),
             (self.in_degree >= 1, "in_degree", ">= 1", self.in_degree),
             (0 <= self.repress_frac <= 1, "repress_frac", "in [0, 1]", self.repress_frac),
             (0 <= self.recall <= 1, "recall", "in [0, 1]", self.recall),
@@ -181,9 +187,10 @@ def _log_rates(cfg: SimConfig, rng: np.random.Generator, W: np.ndarray, state: n
     own = _standardise(own)
     regulated = (W != 0).any(0)  # [G]
     z = own.copy()
+    share = cfg.alpha * cfg.tf_coupling  # a TF keeps most of its own variance: independent factors
     for t in range(1, T):  # TF -> TF edges, in topological (index) order
         if regulated[t]:
-            z[:, t] = np.sqrt(cfg.alpha) * _standardise(z[:, :t] @ W[:t, t]) + np.sqrt(1 - cfg.alpha) * own[:, t]
+            z[:, t] = np.sqrt(share) * _standardise(z[:, :t] @ W[:t, t]) + np.sqrt(1 - share) * own[:, t]
     tg = np.flatnonzero(regulated[T:]) + T
     z[:, tg] = np.sqrt(cfg.alpha) * _standardise(z[:, :T] @ W[:T, tg]) + np.sqrt(1 - cfg.alpha) * own[:, tg]
     sd = np.where(np.arange(G) < T, cfg.tf_sd, cfg.target_sd)
@@ -270,7 +277,10 @@ def cached_simulation(name: str, root: Path) -> Path:
     simulated and written on first use (keyed by the canonical spec, so equal specs share it)."""
     cfg = parse_spec(name)
     key = canonical_spec(cfg)[len(SYNTHETIC_PREFIX):] or "default"
-    path = root / "synthetic" / key.replace("=", "-").replace(",", "_")
+    # the full config and the model's version name the directory too: a changed default or
+    # generative model never reuses an old simulation
+    digest = hashlib.sha256(json.dumps([SIM_VERSION, dataclasses.asdict(cfg)], sort_keys=True).encode()).hexdigest()[:10]
+    path = root / "synthetic" / (key.replace("=", "-").replace(",", "_") + "-" + digest)
     if not all((path / f).is_file() for f in FILES):
         write_simulation(simulate(cfg), path)
     return path
