@@ -349,13 +349,14 @@ def _check_inference_args(args: argparse.Namespace) -> list:
     from bioformer.config import check_inference_options
     from bioformer.data.datasets import DATASETS
     from bioformer.data.load import check_input_file
+    from bioformer.data.simulate import is_synthetic
     from bioformer.training.rundir import check_new_file
 
     check_inference_options(
         batch_size=args.batch_size, device=args.device, n_query=getattr(args, "n_query", None),
         top_k=getattr(args, "top_k", None), min_cells=getattr(args, "min_cells", None),
     )
-    inputs = [] if args.data in DATASETS else [check_input_file(args.data, "--data")]
+    inputs = [] if args.data in DATASETS or is_synthetic(args.data) else [check_input_file(args.data, "--data")]
     if getattr(args, "chip", None):
         inputs.append(_check_chip(check_input_file(args.chip, "--chip")))
     if not Path(args.out).suffix == ".h5ad":
@@ -372,12 +373,11 @@ def _inference_input(args: argparse.Namespace):
     """(Run, input AnnData, prepared cells, --out) for embed / impute / grn, after every check."""
     import anndata as ad
 
-    from bioformer.data.datasets import DATASETS, fetch
-    from bioformer.data.load import check_input_file
+    from bioformer.data.load import data_file
     from bioformer.inference.run import Run
 
     out = _check_inference_args(args)[0]
-    src = fetch(args.data) if args.data in DATASETS else check_input_file(args.data, "--data")
+    src = data_file(args.data)
     run = Run.load(args.run_dir, device=args.device, quiet=args.quiet)
     try:
         adata = ad.read_h5ad(src)

@@ -110,9 +110,19 @@ def check_input_file(path: str | Path, what: str) -> Path:
 
 
 def check_data_file(source: str) -> None:
-    """A --data that is not a built-in name must be a readable regular file (checked, not opened)."""
-    if source not in DATASETS:
+    """A --data that is not a built-in or synthetic name must be a readable regular file (checked, not opened)."""
+    if source not in DATASETS and not is_synthetic(source):
         check_input_file(source, "--data")
+
+
+def data_file(source: str, quiet: bool = False) -> Path:
+    """The .h5ad behind a --data value: a built-in name (fetched, verified), a `synthetic:` name
+    (simulated into the cache on first use) or a path (checked: an existing readable file)."""
+    if is_synthetic(source):
+        return cached_simulation(source, cache_dir()) / "counts.h5ad"
+    if source in DATASETS:
+        return fetch(source, quiet=quiet)
+    return check_input_file(source, "--data")
 
 
 def _read_h5ad(path: Path) -> ad.AnnData:
@@ -142,10 +152,8 @@ def load_anndata(
     negative, NaN or infinite values and all-zero cells.
     """
     source = str(source)
-    if is_synthetic(source):  # planted truth: simulated into the cache on first use
-        path = cached_simulation(source, cache_dir()) / "counts.h5ad"
-    else:
-        path = fetch(source, quiet=quiet) if source in DATASETS else Path(source).expanduser()
+    is_file = source not in DATASETS and not is_synthetic(source)
+    path = Path(source).expanduser() if is_file else data_file(source, quiet=quiet)
     adata = _read_h5ad(path)
 
     if layer in (None, "X"):

@@ -7,8 +7,8 @@ cells' masked positions, with the same fixed complementary masks the training fl
 the table are scored on exactly the same positions:
 
 - constant, per-gene mean, cell-aware (the training floors);
-- non-linear: one histogram gradient-boosted tree model on the gene's training mean and sd and
-  the cell's statistics (`cell_features`); gene-gene free, but not linear;
+- non-linear: the training floors' `TreeFloor` (gradient-boosted trees on the gene's training
+  statistics and the cell's statistics); gene-gene free, but not linear;
 - cell + state: per-gene ridge on the cell statistics and the simulated cell state (one-hot);
   an upper bound on what per-state statistics explain (no model is told the state);
 - oracle: per-gene ridge on the cell statistics plus the bins of the gene's true regulators as
@@ -29,7 +29,7 @@ import pandas as pd
 
 from bioformer.data.pipeline import PreparedData
 from bioformer.data.tokenize import collate
-from bioformer.training.floors import Floors, cell_features
+from bioformer.training.floors import Floors, TreeFloor, cell_features
 
 
 @dataclass
@@ -116,12 +116,14 @@ def _ridge_mse(train: tuple, test: tuple, n_genes: int) -> float:
     return float(np.mean(((A1 * w[g1]).sum(1) - y1) ** 2))
 
 
-def _trees_mse(train_X: np.ndarray, train_y: np.ndarray, test_X: np.ndarray, test_y: np.ndarray, seed: int) -> float:
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
-    hgb = HistGradientBoostingRegressor(max_iter=100, learning_rate=0.1, random_state=seed)
-    hgb.fit(train_X, train_y)
-    return float(np.mean((hgb.predict(test_X) - test_y) ** 2))
+def _trees_mse(tr: Positions, te: Positions, n_genes: int, extra: tuple[np.ndarray, np.ndarray] | None = None, seed: int = 0) -> float:
+    """Test MSE of the non-linear floor (`TreeFloor`: trees on the gene's training statistics and
+    the cell statistics), fitted on the training positions; with `extra` ([P_train, E], [P_test, E])
+    the same trees also get those columns (the oracle's regulator summary)."""
+    f_tr, f_te = (tr.feats, te.feats) if extra is None else (np.column_stack([tr.feats, extra[0]]), np.column_stack([te.feats, extra[1]]))
+    tree = TreeFloor.fit(tr.gene, f_tr, tr.target, n_bins=0, cls_id=0, vocab=n_genes, seed=seed)
+    X = np.concatenate([tree.gene_stats.numpy().astype(np.float64)[te.gene], f_te], axis=1)
+    return float(np.mean((tree.model.predict(X) - te.target) ** 2))
 
 
 def _drive(p: Positions, weights: np.ndarray, reg_mean: np.ndarray) -> np.ndarray:
@@ -145,18 +147,13 @@ def headroom(data: PreparedData, truth: pd.DataFrame, state: np.ndarray | None =
     tr, te = masked_positions(data, "train", regs), masked_positions(data, "test", regs)
     floors = Floors.fit(data.adata.X, np.arange(n), data.split["train"], n, data.config.include_zero_genes)
     gene_mean = floors.gene_mean.numpy().astype(np.float64)
-    sq = np.zeros(n)
-    np.add.at(sq, tr.gene, (tr.target - gene_mean[tr.gene]) ** 2)
-    gene_sd = np.sqrt(sq / np.maximum(np.bincount(tr.gene, minlength=n), 1))
     row = {
         "positions": float(len(te.target)),
         "const": float(np.mean((floors.const - te.target) ** 2)),
         "gene_mean": float(np.mean((gene_mean[te.gene] - te.target) ** 2)),
         "cell": _ridge_mse((tr.gene, tr.feats, tr.target), (te.gene, te.feats, te.target), n),
+        "nonlinear": _trees_mse(tr, te, n, seed=seed),
     }
-    base_tr = np.column_stack([gene_mean[tr.gene], gene_sd[tr.gene], tr.feats])
-    base_te = np.column_stack([gene_mean[te.gene], gene_sd[te.gene], te.feats])
-    row["nonlinear"] = _trees_mse(base_tr, tr.target, base_te, te.target, seed)
     if state is not None:
         codes = pd.Categorical(state).codes
         onehot = np.eye(codes.max() + 1)[codes][:, 1:]  # [cells, S - 1]
@@ -169,10 +166,7 @@ def headroom(data: PreparedData, truth: pd.DataFrame, state: np.ndarray | None =
         (te.gene, np.column_stack([te.feats, te.regs, te.regs > 0]), te.target), n,
     )
     reg_mean = np.where(regs >= 0, gene_mean[np.maximum(regs, 0)], 0.0)  # [n_genes, K]
-    row["oracle_trees"] = _trees_mse(
-        np.column_stack([base_tr, _drive(tr, weights, reg_mean)]), tr.target,
-        np.column_stack([base_te, _drive(te, weights, reg_mean)]), te.target, seed,
-    )
+    row["oracle_trees"] = _trees_mse(tr, te, n, (_drive(tr, weights, reg_mean), _drive(te, weights, reg_mean)), seed)
     return row
 
 
