@@ -131,6 +131,42 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bioformer.data.simulate import canonical_spec, parse_spec, simulate, write_simulation
+
+    cfg = parse_spec(args.spec)
+    knobs = {k: getattr(args, k) for k in ("alpha", "n_cells", "n_genes", "n_tfs", "n_states", "recall", "precision", "seed")}
+    cfg = replace(cfg, **{k: v for k, v in knobs.items() if v is not None})
+    cfg.validate()
+    if args.out is None and args.compare is None and args.headroom is None:
+        raise BioformerError("bioformer simulate: nothing to do; pass --out DIR, --compare pbmc3k and/or --headroom ALPHAS")
+    spec = canonical_spec(cfg)
+    print(f"spec: {spec} (pass it as --data and --prior to train on it)")
+    if args.out is not None or args.compare is not None:
+        sim = simulate(cfg)
+        print(f"{sim.adata.n_obs} cells x {sim.adata.n_vars} genes; {len(sim.truth)} true edges, "
+              f"{len(sim.given)} given ({len(sim.given) - (len(sim.truth) - len(sim.heldout))} decoys), {len(sim.heldout)} held out")
+    if args.out is not None:
+        print(f"wrote {write_simulation(sim, args.out)}")
+    if args.compare is not None:
+        from bioformer.experiments.headroom import compare_counts
+
+        print(compare_counts(sim.adata.X, args.compare, cfg.n_genes).to_string(float_format=lambda v: f"{v:.3f}"))
+    if args.headroom is not None:
+        from bioformer.experiments.headroom import format_table, headroom_table
+
+        try:
+            alphas = [float(a) for a in args.headroom.split(",") if a.strip()]
+        except ValueError:
+            raise BioformerError(f"--headroom takes comma-separated alphas in [0, 1], got {args.headroom!r}") from None
+        for a in alphas:
+            replace(cfg, alpha=a).validate()
+        print(format_table(headroom_table(spec, alphas, seed=cfg.seed)))
+    return 0
+
+
 def cmd_prior(args: argparse.Namespace) -> int:
     from bioformer.data.pipeline import coverage_warning, prepare_data
 
@@ -317,13 +353,14 @@ def _check_inference_args(args: argparse.Namespace) -> list:
     from bioformer.config import check_inference_options
     from bioformer.data.datasets import DATASETS
     from bioformer.data.load import check_input_file
+    from bioformer.data.simulate import is_synthetic
     from bioformer.training.rundir import check_new_file
 
     check_inference_options(
         batch_size=args.batch_size, device=args.device, n_query=getattr(args, "n_query", None),
         top_k=getattr(args, "top_k", None), min_cells=getattr(args, "min_cells", None),
     )
-    inputs = [] if args.data in DATASETS else [check_input_file(args.data, "--data")]
+    inputs = [] if args.data in DATASETS or is_synthetic(args.data) else [check_input_file(args.data, "--data")]
     if getattr(args, "chip", None):
         inputs.append(_check_chip(check_input_file(args.chip, "--chip")))
     if not Path(args.out).suffix == ".h5ad":
@@ -340,13 +377,12 @@ def _inference_input(args: argparse.Namespace):
     """(Run, input AnnData, prepared cells, --out) for embed / impute / grn, after every check."""
     import anndata as ad
 
-    from bioformer.data.datasets import DATASETS, fetch
-    from bioformer.data.load import check_input_file
+    from bioformer.data.load import data_file
     from bioformer.inference.run import Run
     from bioformer.training.rundir import check_heldout_edges
 
     out = _check_inference_args(args)[0]
-    src = fetch(args.data) if args.data in DATASETS else check_input_file(args.data, "--data")
+    src = data_file(args.data)
     run = Run.load(args.run_dir, device=args.device, quiet=args.quiet)
     check_heldout_edges(run.run_dir, run.summary)  # every model: grn --score reads them
     try:
@@ -435,6 +471,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action", nargs="?", choices=["list", "fetch"], default="list")
     d.add_argument("name", nargs="?")
     d.set_defaults(func=cmd_datasets)
+
+    sm = sub.add_parser("simulate", help="planted truth: counts from a known TF -> target network, its prior files, headroom")
+    sm.add_argument("--spec", default="synthetic:", help="a synthetic:KEY=VALUE,... name to start from (flags below override it)")
+    sm.add_argument("--out", default=None, help="write counts.h5ad, truth_edges.csv, prior_given.csv, heldout_edges.csv, config.json here")
+    sm.add_argument("--alpha", type=float, default=None, help="regulation strength in [0, 1]: share of a regulated gene's log-rate variance from its regulators")
+    sm.add_argument("--cells", dest="n_cells", type=int, default=None)
+    sm.add_argument("--genes", dest="n_genes", type=int, default=None)
+    sm.add_argument("--tfs", dest="n_tfs", type=int, default=None)
+    sm.add_argument("--states", dest="n_states", type=int, default=None)
+    sm.add_argument("--recall", type=float, default=None, help="share of the true edges in the given prior")
+    sm.add_argument("--precision", type=float, default=None, help="share of the given prior's edges that are true (the rest: decoys)")
+    sm.add_argument("--seed", type=int, default=None)
+    sm.add_argument("--compare", default=None, metavar="DATA", help="print sparsity and mean-variance beside a real data set (e.g. pbmc3k) over its top HVGs")
+    sm.add_argument("--headroom", default=None, metavar="ALPHAS", help="print oracle vs gene-gene-free floors at these alphas, e.g. 0,0.2,0.5,0.8")
+    sm.set_defaults(func=cmd_simulate)
 
     pr = sub.add_parser("prior", help="how much of the TF prior reaches the selected genes and each cell")
     add_config_args(pr, ("data",))

@@ -202,6 +202,11 @@ class ModelConfig:
     pair_mode: str = "full"  # full | linear (no LN on z before the bias; z never materialised)
     attention_chunk_size: int | None = None  # linear mode: query rows per attention chunk (memory O(r * chunk))
     prior_direction: str = "both"  # z codes both edge directions of a pair, or "outgoing" (i -> j only)
+    # value encoder input = bin * value_scale (bins 1..50 -> 0.04..2; mask -1 and pad -2 unscaled).
+    # At 1.0 (raw bins, runs before this field) Linear -> ReLU -> Linear -> LayerNorm maps every
+    # bin above a few to nearly the same vector: the model could not see how high a visible
+    # gene is (docs/planted-truth.md). Runs saved without the field load with 1.0.
+    value_scale: float = 0.04
 
     def validate(self) -> None:
         """Raise BioformerError on an architecture that cannot be built."""
@@ -212,6 +217,7 @@ class ModelConfig:
             raise BioformerError(f"--d-model {self.d_model} is not divisible by --nhead {self.nhead}; pick d_model a multiple of nhead")
         _need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
         _need(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "in [0, 1)", self.attention_dropout)
+        _need(math.isfinite(self.value_scale) and self.value_scale > 0, "value_scale", "a finite number > 0", self.value_scale)
         _need(self.opm_chunk_size is None or self.opm_chunk_size >= 1, "opm_chunk_size", ">= 1 or none", self.opm_chunk_size)
         _need(self.attention_chunk_size is None or self.attention_chunk_size >= 1, "attention_chunk_size", ">= 1 or none", self.attention_chunk_size)
         _need(self.prior_direction in PRIOR_DIRECTIONS, "prior_direction", " or ".join(PRIOR_DIRECTIONS), self.prior_direction)

@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
+from bioformer.data.prior import edge_overlap
 from bioformer.errors import BioformerError
 from bioformer.experiments import suite
 from bioformer.experiments.report import RESULT_COLUMNS, holm, paired_test, t_interval
@@ -108,7 +109,7 @@ def test_cli_lists_the_studies():
 
     args = build_parser().parse_args(["experiment", "prior", "--profile", "quick", "--seeds", "3", "--report-only"])
     assert args.study == "prior" and args.seeds == 3 and args.report_only
-    assert set(suite.STUDIES) == {"same-params", "same-attention", "ablation", "depth", "prior", "prior-transfer", "depth-recheck"}
+    assert set(suite.STUDIES) == {"same-params", "same-attention", "ablation", "depth", "prior", "prior-transfer", "depth-recheck", "planted"}
     assert {"quick", "standard", "full"} <= set(suite.PROFILES)
 
 
@@ -254,3 +255,24 @@ def test_never_sampled_cells_are_a_second_test_set(tiny_inputs, tmp_path):
     assert "never-sampled cells" in (tmp_path / "s" / "summary.md").read_text()
     assert suite.plan_study("prior", "standard").extra_test_cells == 4000
     assert suite.plan_study("prior-transfer", "standard").extra_test_cells == 0  # test = a condition, not a sample
+
+
+def test_planted_study_arms_and_controls(tmp_path):
+    from bioformer.data.simulate import parse_spec, simulate
+
+    spec = "synthetic:cells=300,genes=48,tfs=8"
+    plan = suite.plan_study("planted", "quick", out=tmp_path, seeds=1, epochs=1, overrides={"data": {"data": spec, "prior": spec, "n_hvg": 48}})
+    assert plan.arm_names() == ["planted-both-directions", "zero-z", "planted-rewired", "scgpt"]
+    assert ("planted-both-directions", "zero-z") in plan.pairs() and ("planted-both-directions", "planted-rewired") in plan.pairs()
+    sd = suite.seed_data(plan, 0)
+    truth = simulate(parse_spec(spec)).truth
+    held = set(zip(sd.prepared.heldout_edges["source"], sd.prepared.heldout_edges["target"], strict=True))
+    assert held and held <= set(zip(truth["source"], truth["target"], strict=True))  # true edges, not given
+    ctrl = sd.data_for(sd.arms["planted-rewired"])
+    s, t, _ = ctrl.prior.edge_index()
+    tokens = sd.prepared.vocab.tokens
+    edges = pd.DataFrame({"source": [tokens[i] for i in s], "target": [tokens[i] for i in t]})
+    assert ctrl.prior.n_edges == sd.prepared.prior.n_edges
+    assert edge_overlap(edges, truth) < 0.05  # the rewired prior carries (almost) no true edge
+    with pytest.raises(BioformerError, match="synthetic"):
+        suite.plan_study("planted", "quick", out=tmp_path, overrides={"data": {"prior": "collectri"}}).arms(100)

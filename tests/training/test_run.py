@@ -83,7 +83,8 @@ def test_training_learns(bioformer_run):
     (an optimizer that never steps, or a flipped loss, fails here)."""
     cfg, out, summary = bioformer_run
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert float(rows[-1]["train_loss"]) < 0.5 * float(rows[0]["train_loss"])  # measured: 702 -> 164
+    # measured: 191 -> 133 (the decoder starts at the mean bin; from 0 it was 702 -> 164)
+    assert float(rows[-1]["train_loss"]) < 0.8 * float(rows[0]["train_loss"])
     assert summary["test_mse"] < 0.9 * summary["floor_const_mse"]
 
 

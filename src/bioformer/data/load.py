@@ -11,7 +11,8 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from bioformer.data.datasets import DATASETS, fetch
+from bioformer.data.datasets import DATASETS, cache_dir, fetch
+from bioformer.data.simulate import cached_simulation, is_synthetic
 from bioformer.errors import BioformerError
 
 log = logging.getLogger("bioformer")
@@ -109,9 +110,19 @@ def check_input_file(path: str | Path, what: str) -> Path:
 
 
 def check_data_file(source: str) -> None:
-    """A --data that is not a built-in name must be a readable regular file (checked, not opened)."""
-    if source not in DATASETS:
+    """A --data that is not a built-in or synthetic name must be a readable regular file (checked, not opened)."""
+    if source not in DATASETS and not is_synthetic(source):
         check_input_file(source, "--data")
+
+
+def data_file(source: str, quiet: bool = False) -> Path:
+    """The .h5ad behind a --data value: a built-in name (fetched, verified), a `synthetic:` name
+    (simulated into the cache on first use) or a path (checked: an existing readable file)."""
+    if is_synthetic(source):
+        return cached_simulation(source, cache_dir()) / "counts.h5ad"
+    if source in DATASETS:
+        return fetch(source, quiet=quiet)
+    return check_input_file(source, "--data")
 
 
 def _read_h5ad(path: Path) -> ad.AnnData:
@@ -134,14 +145,15 @@ def load_anndata(
 ) -> ad.AnnData:
     """Read cells × genes with the expression matrix in `X` (CSR float32) and gene symbols as var_names.
 
-    `source` is a built-in dataset name or a path. `layer` picks `layers[layer]` ("raw" picks
+    `source` is a built-in dataset name, a `synthetic:...` spec (bioformer.data.simulate) or a path. `layer` picks `layers[layer]` ("raw" picks
     `adata.raw`); `gene_column` a `var` column holding gene symbols. `max_cells` subsamples
     cells with `seed`. Columns sharing a gene name are summed (with a warning). Raises
     BioformerError on missing/unreadable files, unknown layers or columns, no cells or genes,
     negative, NaN or infinite values and all-zero cells.
     """
     source = str(source)
-    path = fetch(source, quiet=quiet) if source in DATASETS else Path(source).expanduser()
+    is_file = source not in DATASETS and not is_synthetic(source)
+    path = Path(source).expanduser() if is_file else data_file(source, quiet=quiet)
     adata = _read_h5ad(path)
 
     if layer in (None, "X"):

@@ -13,10 +13,11 @@ import scipy.sparse as sp
 
 from bioformer.config import DataConfig, prior_enabled
 from bioformer.data.backed import BackedData, prepare_backed, use_backed
-from bioformer.data.datasets import DATASETS
+from bioformer.data.datasets import DATASETS, cache_dir
 from bioformer.data.load import check_cell_count, load_anndata, min_cells_for_split
 from bioformer.data.preprocess import preprocess
 from bioformer.data.prior import PriorMatrix, control_edges, load_edges, split_control
+from bioformer.data.simulate import cached_simulation, is_synthetic
 from bioformer.data.tokenize import (
     SPECIAL_TOKENS,
     CellDataset,
@@ -291,12 +292,17 @@ def _backed_path(cfg: DataConfig) -> Path | None:
 
 def _heldout(cfg: DataConfig, genes, seed: int, quiet: bool, given: pd.DataFrame | None = None) -> pd.DataFrame | None:
     """`given` (a run's own table) or a seeded `cfg.heldout_edge_frac` of the gene-selection
-    prior's edges among `genes` (None without a prior)."""
+    prior's edges among `genes` (None without a prior); for a `synthetic:` prior, the simulated
+    true edges among `genes` that its given prior leaves out (heldout_edge_frac is not used)."""
     if given is not None:
         return given
     truth_prior = _unshuffled(cfg.gene_prior or (cfg.prior if prior_enabled(cfg.prior) else None))
     if not prior_enabled(truth_prior):
         return None
+    if is_synthetic(truth_prior):  # the simulator's true edges left out of the given prior
+        held = pd.read_csv(cached_simulation(truth_prior, cache_dir()) / "heldout_edges.csv")
+        inside = held["source"].isin(list(genes)) & held["target"].isin(list(genes))
+        return held[inside].reset_index(drop=True)
     return hold_out_edges(load_edges(truth_prior, seed=seed, quiet=quiet), genes, cfg.heldout_edge_frac, seed)
 
 

@@ -32,7 +32,8 @@ import scipy.sparse as sp
 import torch
 
 from bioformer.config import PRIOR_DIRECTIONS, prior_enabled
-from bioformer.data.datasets import OMNIPATH, fetch
+from bioformer.data.datasets import OMNIPATH, cache_dir, fetch
+from bioformer.data.simulate import cached_simulation, is_synthetic
 from bioformer.errors import BioformerError
 
 NO_EDGE, ACTIVATES, REPRESSES, REGULATES = 0, 1, 2, 3
@@ -324,6 +325,8 @@ def load_edges(prior: str, seed: int = 0, quiet: bool = True) -> pd.DataFrame | 
         raise BioformerError(f"{prior}: a control prior is built for a gene set; use edges_for_genes")
     if prior in BUILTIN_PRIORS:
         return omnipath_edges(prior, quiet=quiet)
+    if is_synthetic(prior):  # the given prior (true edges + decoys) of that simulated data set
+        return read_edge_file(cached_simulation(prior, cache_dir()) / "prior_given.csv")
     return read_edge_file(prior)
 
 

@@ -95,7 +95,7 @@ def plan_study(
     o = overrides or {}
     data = {**p.data, **p.study_data.get(study, {}), **o.get("data", {})}
     if not prior_enabled(data.get("prior")):
-        if study in ("prior", "prior-transfer"):
+        if study in ("prior", "prior-transfer", "planted"):
             raise BioformerError("the prior study needs a prior (--prior collectri or a file)")
         data["genes"] = "hvg"
         data["prior"] = "none"

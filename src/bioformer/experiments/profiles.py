@@ -66,6 +66,11 @@ class Profile:
 #   trains at lr 1e-3 with 100 warm-up steps (112.6 at epoch 12, still falling); so every
 #   depth arm uses lr 1e-3 and 100 warm-up steps. Measured: 48 min with --jobs 2 on the idle
 #   2-core machine, every arm below the floor (0.88-0.97 of it).
+# Planted truth (bioformer.data.simulate): 2,000 cells x 256 genes at the strong alpha; data and
+# prior are the same synthetic name, every gene is selected (n_hvg >= 256), the held-out edges
+# are the simulator's true edges left out of the given prior. Change alpha with --data/--prior.
+PLANTED = {"data": "synthetic:alpha=0.8,cells=2000", "prior": "synthetic:alpha=0.8,cells=2000", "genes": "hvg", "n_hvg": 256, "max_len": 128}
+
 # Kang 2018: train on control cells, test on IFN-beta stimulated ones (obs "condition")
 TRANSFER = {"split_by": "condition", "test_groups": "stimulated"}
 
@@ -74,12 +79,13 @@ STANDARD = Profile(
     model=dict(d_model=32, nhead=4, nlayers=2, ff_factor=4, d_z=16, d_opm=16, dropout=0.1),
     train=dict(epochs=20, batch_size=16, lr=2e-3, warmup_steps=30, plateau_patience=2, num_threads=1),
     seeds=5,
-    study_data={"prior-transfer": TRANSFER},
+    study_data={"prior-transfer": TRANSFER, "planted": PLANTED},
     study_train={
         "depth": {"lr": 1e-3, "warmup_steps": 100},  # deep post-LN scGPT diverges at 2e-3
         "depth-recheck": {"lr": 1e-3, "warmup_steps": 100, "epochs": 40},
         "prior": {"epochs": 40},  # the 20-epoch prior curves were still falling
         "prior-transfer": {"epochs": 40},
+        "planted": {"epochs": 40},
     },
     study_seeds={"prior": 10},  # per arm: see Arm.seeds
     note="kang2018, 2,000 cells, 512 genes, max_len 64, d_model 32, 20 epochs (depth: lr 1e-3, 100 warm-up steps; "
@@ -94,7 +100,7 @@ PROFILES: dict[str, Profile] = {
         train=dict(epochs=2, batch_size=32, lr=3e-3, warmup_steps=5, num_threads=1),
         seeds=2,
         depths=(1, 2, 4),
-        study_data={"prior-transfer": TRANSFER},
+        study_data={"prior-transfer": TRANSFER, "planted": {**PLANTED, "data": "synthetic:cells=300,genes=64,tfs=12", "prior": "synthetic:cells=300,genes=64,tfs=12", "n_hvg": 64, "max_len": 32}},
         note="machinery check only: 300 cells, d_model 16, 2 epochs; numbers mean nothing",
     ),
     "standard": STANDARD,
@@ -103,7 +109,7 @@ PROFILES: dict[str, Profile] = {
         model=dict(d_model=128, nhead=8, nlayers=2, ff_factor=4, d_z=32, d_opm=32, dropout=0.1),
         train=dict(epochs=30, batch_size=32, lr=1e-3, warmup_steps=500, plateau_patience=3),
         seeds=5,
-        study_data={"prior-transfer": TRANSFER},
+        study_data={"prior-transfer": TRANSFER, "planted": {**PLANTED, "data": "synthetic:alpha=0.8", "prior": "synthetic:alpha=0.8"}},
         study_seeds={"prior": 10},
         note="GPU: all cells, 2,048 HVGs + prior genes, max_len 512, d_model 128, 30 epochs",
     ),

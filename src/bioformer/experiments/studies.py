@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bioformer.config import ModelConfig, prior_enabled
+from bioformer.data.simulate import is_synthetic
+from bioformer.errors import BioformerError
 from bioformer.experiments import sizing
 from bioformer.experiments.profiles import Profile
 from bioformer.models import BioFormer, ScGPT, count_config_parameters
@@ -106,6 +108,8 @@ def _depth_pairs(names: list[str]) -> list[tuple[str, str]]:
 
 
 def _prior_name(prior: str) -> str:
+    if is_synthetic(prior):  # a planted data set's given prior
+        return "planted"
     return Path(prior).stem if ("/" in prior or "." in prior) else prior
 
 
@@ -142,6 +146,16 @@ def _prior_transfer(base: ModelConfig, prior: str, vocab: int | None, profile: P
     return [dataclasses.replace(a, seeds=None) for a in _prior(base, prior, vocab, profile) if keep(a)]
 
 
+def _planted(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
+    """On a simulated data set with a known network (`synthetic:...` as data and prior): the
+    given prior, its rewiring (no true edge), zero z and scGPT, all on every seed. Run once per
+    alpha (`--data/--prior synthetic:alpha=A,...`); `scripts/planted_curve.py` draws the curve."""
+    if not is_synthetic(prior):
+        raise BioformerError(f"the planted study needs a synthetic data set as --data and --prior (synthetic:alpha=0.8,...), got --prior {prior}")
+    keep = lambda a: not a.name.endswith(("-one-direction", "-random"))  # noqa: E731
+    return [dataclasses.replace(a, seeds=None) for a in _prior(base, prior, vocab, profile) if keep(a)]
+
+
 def _depth_recheck(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
     """BioFormer at N = 8 against the same model without its pair path, once at the same d_model
     and once at the d_model (a multiple of nhead) whose total parameters are closest to BioFormer's."""
@@ -173,6 +187,10 @@ STUDIES: dict[str, Study] = {
     "prior-transfer": Study(
         "prior-transfer", "trained on control cells, tested on IFN-beta stimulated cells: does the prior help transfer?",
         _prior_transfer, _prior_pairs,
+    ),
+    "planted": Study(
+        "planted", "on planted truth (a known network, strength alpha): does the given prior beat zero z and its rewiring?",
+        _planted, _prior_pairs,
     ),
     "depth-recheck": Study(
         "depth-recheck", "at N = 8, does the pair path beat a no-pair-path model with the same total parameters?", _depth_recheck,

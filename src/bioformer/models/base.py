@@ -77,6 +77,12 @@ class MaskedValueModel(nn.Module):
             return "transition"
         return "other"
 
+    def start_at(self, mean_value: float) -> None:
+        """Start the expression decoder's output at `mean_value` (its last bias; e.g. the training
+        mean bin), so the first steps are not spent moving the output from 0 to ~25 bins."""
+        with torch.no_grad():
+            self.decoder.value[-1].bias.fill_(float(mean_value))
+
     def encode(self, gene_ids: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor,
                prior: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states the decoder reads, [B, L, c] (forward = decoder(encode(...))): embeddings."""

@@ -129,7 +129,7 @@ class BioFormer(MaskedValueModel):
         self.d_z = d_z
         self.checkpoint_blocks = cfg.checkpoint_blocks
         self.gene_encoder = GeneEncoder(vocab_size, d_model, pad_id)
-        self.value_encoder = ValueEncoder(d_model, cfg.dropout)
+        self.value_encoder = ValueEncoder(d_model, cfg.dropout, scale=cfg.value_scale)
         self.decoder = ExprDecoder(d_model, cfg.explicit_zero_prob)  # built before the stack, as in ScGPT
         self.prior_encoder = _prior_embedding(d_z) if self.uses_z else None
         if self.prior_encoder is not None and not self.needs_prior:

@@ -25,8 +25,9 @@ class ValueEncoder(nn.Module):
     unbinned inputs from blowing up. [B, L] -> [B, L, c]
     """
 
-    def __init__(self, d_model: int, dropout: float = 0.1, max_value: float = 512.0) -> None:
+    def __init__(self, d_model: int, dropout: float = 0.1, max_value: float = 512.0, scale: float = 1.0) -> None:
         super().__init__()
+        self.scale = scale  # bins are multiplied by it (not the mask / pad codes): see ModelConfig.value_scale
         self.linear1 = nn.Linear(1, d_model)
         self.linear2 = nn.Linear(d_model, d_model)
         self.norm = nn.LayerNorm(d_model)
@@ -34,7 +35,8 @@ class ValueEncoder(nn.Module):
         self.max_value = max_value
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        x = values.clamp(max=self.max_value).unsqueeze(-1)
+        x = values.clamp(max=self.max_value)
+        x = torch.where(x >= 0, x * self.scale, x).unsqueeze(-1)  # [B, L, 1]
         x = self.linear2(torch.relu(self.linear1(x)))
         return self.dropout(self.norm(x))
 

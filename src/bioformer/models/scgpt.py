@@ -38,7 +38,7 @@ class ScGPT(MaskedValueModel):
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 0, use_prior: bool = False) -> None:
         super().__init__()
         self.gene_encoder = GeneEncoder(vocab_size, cfg.d_model, pad_id)
-        self.value_encoder = ValueEncoder(cfg.d_model, cfg.dropout)
+        self.value_encoder = ValueEncoder(cfg.d_model, cfg.dropout, scale=cfg.value_scale)
         self.decoder = ExprDecoder(cfg.d_model, cfg.explicit_zero_prob)  # before the stack: init-matched with BioFormer
         layer = nn.TransformerEncoderLayer(
             cfg.d_model, cfg.nhead, dim_feedforward=cfg.ff_factor * cfg.d_model, dropout=cfg.dropout, batch_first=True,

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from bioformer.config import RunConfig, check_device, check_inference_options
 from bioformer.data.load import check_data_file
@@ -357,6 +358,7 @@ def _train_into(
     model = build_model(cfg.model, len(data.vocab), data.vocab.pad_id, use_prior=needs_prior)
     n_params = count_parameters(model)
     floors = Floors.for_data(data)
+    model.start_at(floors.const)  # the same start for every arm (resume then loads its weights)
     meta = {"config": json.dumps(cfg.to_dict())}
 
     def on_best(m, epoch, row):
@@ -416,6 +418,9 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
             f"{run_dir} is not a finished run directory (missing {', '.join(missing)}); pass a directory written by bioformer train"
         )
     cfg = RunConfig.load(run_dir / "config.yaml")
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    if "value_scale" not in (saved.get("model") or {}):  # trained before the field: raw bins
+        cfg.model = dataclasses.replace(cfg.model, value_scale=1.0)
     try:
         cfg.validate(check_hardware=False)
     except BioformerError as e:
