@@ -103,7 +103,7 @@ def test_grn_score_prints_the_table_of_the_written_scores(runs, small_input, tmp
     direct = score_run(runs["bioformer"], {"pair scores (all)": pairs.ranked()}, genes=pairs.genes, chip_path=chip)
     got = table[table["predictor"] == "pair scores (all)"].set_index("truth")["average_precision"]
     want = direct[direct["predictor"] == "pair scores (all)"].set_index("truth")["average_precision"]
-    assert set(got.index) == {"heldout prior edges", "chip"}
+    assert set(got.index) == {"heldout prior edges", "heldout prior edges, reverse not given", "chip"}
     assert got.to_dict() == pytest.approx(want.to_dict(), abs=1e-9)
     assert main(["-q", "grn", str(runs["bioformer"]), "--data", str(small_input), "--out", str(tmp_path / "h.h5ad"), "--score-csv", "x.csv"]) == 2
     assert not (tmp_path / "h.h5ad").exists()
