@@ -55,7 +55,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
             sub = sub.sort_values("alpha")
             ax.errorbar(sub["alpha"], sub["mean_diff"], yerr=[sub["mean_diff"] - sub["ci_low"], sub["ci_high"] - sub["mean_diff"]], marker="o", capsize=3, label=pair)
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel("alpha (share of a target's log-rate variance from its regulators)")
+        ax.set_xlabel("alpha (regulators' share of a target's log-rate variance)", fontsize=8)
         ax.set_title(label)
     axes[0].set_ylabel("test MSE difference (bins², 95% CI)")
     axes[0].legend(fontsize=8)
