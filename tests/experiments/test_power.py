@@ -36,3 +36,4 @@ def test_verdicts_are_worded_from_power():
     assert big.startswith("claimed +10.00 not replicated at 100% power")
     assert power_verdict({**res, "t_p": 0.001}, "A").startswith("**A better**")
     assert power_verdict({"n": 1, "t_p": math.nan}, "A") == "too few seeds"
+    assert power_verdict({**res, "n": 2}, "A").startswith("not significant; too few seeds")

@@ -61,6 +61,8 @@ def power_verdict(res: dict, better: str | None, claimed: float | None = None, d
         return "too few seeds"
     if p < ALPHA:
         return f"**{better} better** (MDE {m:.{digits}f})"
+    if n < 3:  # one degree of freedom: the sd, hence the MDE, is not estimable in any useful sense
+        return f"not significant; too few seeds for a power statement (n = {n})"
     if claimed is not None:
         pw = power_at(claimed, res.get("sd_diff", math.nan), n)
         if not pw >= POWER:
