@@ -24,9 +24,11 @@ from scipy import stats
 ARMS = {"attn0": 0.0, "attn0.1": 0.1}
 
 
-def train(out: Path, seed: int, p_attn: float, args: argparse.Namespace) -> dict:
+def train(out: Path, seed: int, p_attn: float, args: argparse.Namespace) -> dict | None:
     run = out / f"seed{seed}-attn{p_attn}"
     if not (run / "summary.json").exists():
+        if args.report_only:
+            return None
         cmd = [sys.executable, "-m", "bioformer.cli", "-q", "train", "--no-progress", "--num-threads", "1",
                "--seed", str(seed), "--attention-dropout", str(p_attn), "--dropout", "0.1",
                "--epochs", str(args.epochs), "--out", str(run), "--overwrite", *args.extra]
@@ -45,22 +47,26 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default="results/attention-dropout")
+    ap.add_argument("--csv", help="write the per-run table here (default OUT/results.csv)")
+    ap.add_argument("--report-only", action="store_true", help="only read the finished runs (pairs with both arms)")
     ap.add_argument("extra", nargs="*", help="more `bioformer train` flags after --, e.g. -- --pair-mode linear")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(s, p) for s in range(args.seeds) for p in ARMS.values()]
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda j: train(out, j[0], j[1], args), jobs))
-    with (out / "results.csv").open("w", newline="") as f:
+        rows = [r for r in pool.map(lambda j: train(out, j[0], j[1], args), jobs) if r is not None]
+    by = {(r["seed"], r["attention_dropout"]): r for r in rows}
+    seeds = [s for s in range(args.seeds) if (s, 0.0) in by and (s, 0.1) in by]
+    rows = [r for r in rows if r["seed"] in seeds]
+    with (Path(args.csv) if args.csv else out / "results.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    by = {(r["seed"], r["attention_dropout"]): r for r in rows}
-    diffs = [by[(s, 0.0)]["test_mse"] - by[(s, 0.1)]["test_mse"] for s in range(args.seeds)]
+    diffs = [by[(s, 0.0)]["test_mse"] - by[(s, 0.1)]["test_mse"] for s in seeds]
     print("| seed | test MSE, attention dropout 0 | 0.1 | difference | s/epoch 0 | s/epoch 0.1 |")
     print("|---|---|---|---|---|---|")
-    for s, d in enumerate(diffs):
+    for s, d in zip(seeds, diffs, strict=True):
         a, b = by[(s, 0.0)], by[(s, 0.1)]
         print(f"| {s} | {a['test_mse']:.3f} | {b['test_mse']:.3f} | {d:+.3f} | {a['seconds_per_epoch']:.1f} | {b['seconds_per_epoch']:.1f} |")
     n = len(diffs)
