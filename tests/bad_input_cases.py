@@ -192,10 +192,12 @@ def fifo(tmp: Path, name: str) -> Path:
     return p
 
 
-def _set(value: float) -> Callable[[ad.AnnData], ad.AnnData]:
+def _set(value: float, index: int = 11) -> Callable[[ad.AnnData], ad.AnnData]:
+    """An edit that sets stored value number `index` of X to `value`."""
+
     def edit(a: ad.AnnData) -> ad.AnnData:
         X = a.X.tocsr().copy()
-        X.data[11] = value
+        X.data[index] = value
         a.X = X
         return a
 

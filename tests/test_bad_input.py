@@ -23,7 +23,7 @@ import pytest
 import scipy.sparse as sp
 
 from bioformer.cli import main
-from tests.bad_input_cases import CASES_V3, Case, as_case
+from tests.bad_input_cases import CASES_V3, Case, _set, as_case
 from tests.conftest import H5AD
 
 # A run that would train in seconds if a check were missing (so a silent accept stays cheap).
@@ -48,13 +48,7 @@ def _h5ad(tmp: Path, name: str, edit: Callable[[ad.AnnData], ad.AnnData]) -> str
 
 
 def _with_value(value: float) -> Callable[[ad.AnnData], ad.AnnData]:
-    def edit(a: ad.AnnData) -> ad.AnnData:
-        X = a.X.tocsr().copy()
-        X.data[7] = value
-        a.X = X
-        return a
-
-    return edit
+    return _set(value, index=7)
 
 
 def _cells(n: int) -> Callable[[ad.AnnData], ad.AnnData]:

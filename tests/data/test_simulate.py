@@ -24,10 +24,7 @@ from bioformer.data.simulate import (
     write_simulation,
 )
 from bioformer.errors import BioformerError
-
-
-def _pairs(e: pd.DataFrame) -> set[tuple[str, str]]:
-    return set(zip(e["source"], e["target"], strict=True))
+from tests.data.test_prior_controls import _pairs
 
 
 def _within_state_link(sim, n_targets: int = 60) -> float:

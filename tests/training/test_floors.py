@@ -95,12 +95,17 @@ def _cell_driven_matrix(n_cells=120, n_genes=20, seed=0):
     return sp.csr_matrix(dense), np.arange(3, 3 + n_genes)
 
 
+def _floors_scored(X: sp.csr_matrix, ids: np.ndarray, n_train: int, n_test: int, vocab_size: int):
+    """Fit the floors on the first n_train cells, score them on the next n_test (every position)."""
+    train = CellDataset(X, ids, np.arange(n_train), seed=0)
+    floors = Floors.fit(X, ids, np.arange(n_train), vocab_size=vocab_size, train_set=train)
+    test = CellDataset(X, ids, np.arange(n_train, n_train + n_test), seed=0, fixed_masks=True)
+    return evaluate(_EchoModel(floors), test, None, batch_size=16, floors=floors, folds=5)
+
+
 def test_cell_floor_beats_the_per_gene_floor_when_cells_drive_the_bins():
     X, ids = _cell_driven_matrix()
-    train = CellDataset(X, ids, np.arange(80), seed=0)
-    floors = Floors.fit(X, ids, np.arange(80), vocab_size=30, train_set=train)
-    test = CellDataset(X, ids, np.arange(80, 120), seed=0, fixed_masks=True)
-    r = evaluate(_EchoModel(floors), test, None, batch_size=16, floors=floors, folds=5)
+    r = _floors_scored(X, ids, 80, 40, vocab_size=30)
     assert r.floors["cell"]["mse"] < 0.2 * r.floors["gene_mean"]["mse"]
     assert r.floors["cell"]["pearson_gene"] > 0.8
 
@@ -137,10 +142,7 @@ def _nonlinear_cell_matrix(n_cells=160, n_genes=16, seed=0):
 
 def test_tree_floor_beats_the_per_gene_floor_when_a_cell_statistic_matters():
     X, ids = _nonlinear_cell_matrix()
-    train = CellDataset(X, ids, np.arange(120), seed=0)
-    floors = Floors.fit(X, ids, np.arange(120), vocab_size=20, train_set=train)
-    test = CellDataset(X, ids, np.arange(120, 160), seed=0, fixed_masks=True)
-    r = evaluate(_EchoModel(floors), test, None, batch_size=16, floors=floors, folds=5)
+    r = _floors_scored(X, ids, 120, 40, vocab_size=20)
     assert r.floors["tree"]["mse"] < 0.2 * r.floors["gene_mean"]["mse"]
     assert r.floors["tree"]["mse"] < 0.3 * r.floors["cell"]["mse"]  # the V-shaped genes
     assert r.floors["tree"]["pearson_gene"] > 0.8
