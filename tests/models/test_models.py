@@ -3,18 +3,14 @@ pre-LN transformer layer; padding never leaks; checkpointing is exact; bf16 stay
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bioformer.config import ModelConfig  # noqa: E402
-from bioformer.models import BioFormer, ScGPT  # noqa: E402
-from bioformer.models.bioformer import BioFormerBlock  # noqa: E402
-from tests.reference_impl import naive_outer_product_mean, naive_pair_bias_attention  # noqa: E402
+from bioformer.config import ModelConfig
+from bioformer.models import BioFormer, ScGPT
+from bioformer.models.bioformer import BioFormerBlock
+from tests.reference_impl import naive_outer_product_mean, naive_pair_bias_attention
 
 V, B, R = 40, 3, 11
 

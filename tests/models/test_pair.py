@@ -3,23 +3,19 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bioformer.data.prior import pair_codes  # noqa: E402
-from bioformer.models.pair import (  # noqa: E402
+from bioformer.data.prior import pair_codes
+from bioformer.models.pair import (
     CodedPair,
     OuterProductMean,
     PairBiasAttention,
     PriorCodes,
     attention_mask,
 )
-from tests.reference_impl import (  # noqa: E402
+from tests.reference_impl import (
     naive_attention,
     naive_outer_product_mean,
     naive_pair_bias_attention,
