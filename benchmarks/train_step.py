@@ -27,7 +27,7 @@ import statistics
 from _common import device_name, run_worker, table, write_results
 
 from bioformer.config import ModelConfig
-from bioformer.estimate import count_parameters
+from bioformer.models import count_config_parameters
 
 B, VOCAB = 8, 1027  # 512 HVGs + up to 512 prior genes + 3 special tokens
 SCGPT = {"model": "scgpt", "d_model": 64, "nhead": 4, "nlayers": 2}
@@ -41,7 +41,7 @@ def equal_param_bioformer(target: int, nhead: int = 4, pair_mode: str = "full") 
     best = None
     for d in range(nhead * 4, 257, nhead):
         cfg = {"model": "bioformer", "d_model": d, "nhead": nhead, "nlayers": 2, "pair_mode": pair_mode}
-        n = count_parameters(ModelConfig(**cfg), VOCAB)
+        n = count_config_parameters(ModelConfig(**cfg), VOCAB, use_prior=True)
         if best is None or abs(n - target) < abs(best[0] - target):
             best = (n, cfg)
     return best[1]
@@ -49,7 +49,7 @@ def equal_param_bioformer(target: int, nhead: int = 4, pair_mode: str = "full") 
 
 def families() -> dict[str, dict]:
     """The model configs at equal parameter count (scGPT's)."""
-    n_scgpt = count_parameters(ModelConfig(**SCGPT), VOCAB)
+    n_scgpt = count_config_parameters(ModelConfig(**SCGPT), VOCAB, use_prior=True)
     return {"scgpt": SCGPT, "bioformer": equal_param_bioformer(n_scgpt),
             "bioformer-linear": equal_param_bioformer(n_scgpt, pair_mode="linear")}
 

@@ -268,7 +268,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     from bioformer.estimate import (
         N_SPECIAL_TOKENS,
-        count_parameters,
         estimate_memory,
         format_bytes,
         format_estimate,
@@ -276,7 +275,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         parse_bytes,
         sequence_length,
     )
-    from bioformer.models import model_class
+    from bioformer.models import count_config_parameters, model_class
 
     cfg = config_from_args(args).validate(check_hardware=False)  # the same checks as train (the device may be elsewhere)
     if args.n_genes is not None and args.n_genes < 1:
@@ -289,7 +288,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     use_prior = prior_enabled(cfg.data.prior)
     vocab = r + N_SPECIAL_TOKENS if args.n_genes is not None else cfg.data.n_hvg + cfg.data.max_prior_genes + N_SPECIAL_TOKENS
     kw = dict(device=device, amp=amp, vocab_size=vocab, use_prior=use_prior)
-    kw["n_params"] = count_parameters(cfg.model, vocab)
+    kw["n_params"] = count_config_parameters(cfg.model, vocab, use_prior=True)
     train = estimate_memory(cfg.model, r, B, training=True, **kw)
     infer = estimate_memory(cfg.model, r, B, training=False, **kw)
     m = cfg.model

@@ -34,11 +34,6 @@ class MemoryEstimate:
         return float(sum(self.parts.values()))
 
 
-def count_parameters(model_cfg: ModelConfig, vocab_size: int) -> int:
-    """Parameters of the model with its prior embedding (the largest configuration)."""
-    return count_config_parameters(model_cfg, vocab_size, use_prior=True)
-
-
 def _attention_is_math_path(device: str, cfg: ModelConfig, training: bool) -> bool:
     """Whether CPU training runs SDPA's math path, which keeps the [B, H, r, r] probabilities:
     with attention dropout (no fused CPU kernel has it), or where the float mask needs a gradient
@@ -69,7 +64,7 @@ def estimate_memory(
     cfg = model_cfg
     B, r = batch_size, n_genes
     vocab = vocab_size if vocab_size is not None else n_genes + N_SPECIAL_TOKENS
-    P = n_params if n_params is not None else count_parameters(cfg, vocab)
+    P = n_params if n_params is not None else count_config_parameters(cfg, vocab, use_prior=True)
     act = 2 if amp else 4  # bytes of an activation element
     T = B * r  # tokens
     pairs = B * r * r
