@@ -2,15 +2,14 @@
 a fresh process; prediction vs measured peak (CPU: VmHWM minus an idle torch process; CUDA:
 max_memory_allocated). Target: within +-25%.
 
-    python benchmarks/estimate_check.py [--device cuda]
+    python -m benchmarks.estimate_check [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from _common import baseline_rss, device_name, mib, run_worker, table, write_results
-
+from benchmarks._common import baseline_rss, device_name, mib, run_worker, table, write_results
 from bioformer.config import ModelConfig
 from bioformer.estimate import estimate_memory
 
@@ -34,7 +33,7 @@ def main() -> None:
     base = baseline_rss() if args.device == "cpu" else 0
     rows = []
     for label, over, B, r in CONFIGS:
-        cfg = ModelConfig(**over)
+        cfg = ModelConfig.of(**over)
         est = estimate_memory(cfg, r, B, training=True, device=args.device, amp=args.device == "cuda")
         frac = PRIOR_ROWS_FRAC if over.get("pair_mode") == "linear" else None
         res = run_worker({"task": "model_step", "model": over, "batch_size": B, "n_genes": r, "device": args.device,

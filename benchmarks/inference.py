@@ -3,7 +3,7 @@ first N cells of a data set (Kang 2018 by default), one torch thread unless told
 the extrapolated wall time for every cell of it. Preparation (mapping and binning the cells) is
 timed separately: it is shared by the three commands.
 
-    python benchmarks/inference.py RUN_DIR [RUN_DIR ...] [--data kang2018] [--cells 500]
+    python -m benchmarks.inference RUN_DIR [RUN_DIR ...] [--data kang2018] [--cells 500]
         [--impute-cells 50] [--threads 1] [--batch-size 64]
 """
 
@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import device_name, table, write_results
+from benchmarks._common import device_name, table, write_results
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     rows = []
     for run_dir in args.runs:
         run = Run.load(run_dir, device="cpu")
-        row = {"run": Path(run_dir).name, "model": run.config.model.model, "pair_mode": run.config.model.pair_mode}
+        row = {"run": Path(run_dir).name, "model": run.config.model.model, "pair_mode": run.config.model.bioformer.pair_mode}
         t0 = time.perf_counter()
         cells = run.prepare(adata[:args.cells].copy(), quiet=True)
         row["prepare_cells_per_s"] = args.cells / (time.perf_counter() - t0)

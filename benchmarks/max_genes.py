@@ -8,7 +8,7 @@ prior codes on 5% of the rows, a cell's TFs) targets r >= 16,384 with peak memor
 the exponent of a log-log fit of the peak over r = 1k..16k is reported (measured rows, and the
 estimate's, which extrapolates where rows were not run).
 
-    python benchmarks/max_genes.py [--device cuda] [--budget 24GB] [--pair-mode full linear] [--max-gib 4]
+    python -m benchmarks.max_genes [--device cuda] [--budget 24GB] [--pair-mode full linear] [--max-gib 4]
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _common import baseline_rss, device_name, mib, run_worker, table, write_results
 
+from benchmarks._common import baseline_rss, device_name, mib, run_worker, table, write_results
 from bioformer.config import ModelConfig
 from bioformer.estimate import estimate_memory, max_genes_for_budget, parse_bytes
 
@@ -61,7 +61,7 @@ def main() -> None:
     for mode, ckpt in series:
         model = dict(MODEL, checkpoint_blocks=ckpt, **(LINEAR if mode == "linear" else {}))
         for r in args.r or (R_VALUES_LINEAR if mode == "linear" else R_VALUES):
-            pred = estimate_memory(ModelConfig(**model), r, 1, training=True, device=args.device).total
+            pred = estimate_memory(ModelConfig.of(**model), r, 1, training=True, device=args.device).total
             row = {"pair_mode": mode, "checkpoint_blocks": ckpt, "r": r, "predicted_gib": pred / 2**30}
             free = available_bytes() - 2e9 if args.device == "cpu" else float("inf")
             if args.max_gib is not None:
@@ -94,7 +94,7 @@ def main() -> None:
     print(f"largest r that fits: {best.get(('full', False), 0)} (full), {best.get(('full', True), 0)} (full, checkpointing), "
           f"{best.get(('linear', False), 0)} (linear)")
     linear_rows = [r for r in rows if r["pair_mode"] == "linear"]
-    lin_cfg = ModelConfig(**MODEL, **LINEAR)
+    lin_cfg = ModelConfig.of(**MODEL, **LINEAR)
     predicted_rows = [{"r": r, "predicted_gib": estimate_memory(lin_cfg, r, 1, device=args.device).total / 2**30} for r in (1024, 2048, 4096, 8192, 16384)]
     exponents = {"measured": memory_exponent(linear_rows, "measured_gib"), "predicted": memory_exponent(predicted_rows, "predicted_gib")}
     r_pred = max_genes_for_budget(lin_cfg, 1, budget, device=args.device) if "linear" in args.pair_mode else None

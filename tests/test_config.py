@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bioformer.config import RunConfig, check_device
+from bioformer.checks import check_device
+from bioformer.config import RunConfig
 from bioformer.errors import BioformerError
 from bioformer.training.run import run_training
 from tests.conftest import tiny_config

@@ -90,7 +90,7 @@ def test_loss_is_the_mse_over_masked_positions_only():
     from bioformer.models import build_model
 
     for family in ("bioformer", "scgpt"):
-        model = build_model(ModelConfig(model=family, d_model=8, nhead=2, nlayers=1, d_z=4, d_opm=4), 20, use_prior=False)
+        model = build_model(ModelConfig.of(model=family, d_model=8, nhead=2, nlayers=1, d_z=4, d_opm=4), 20, use_prior=False)
         g = torch.Generator().manual_seed(0)
         pred, target = torch.rand(3, 7, generator=g) * 10, torch.rand(3, 7, generator=g) * 10
         mask = torch.rand(3, 7, generator=g) < 0.3

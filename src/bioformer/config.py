@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bioformer.checks import (
+    check_device,
+    check_inference_options,  # noqa: F401  (training/run.py, inference/run.py import it from here)
+    check_types,
+    need,
+    unknown_keys,
+)
 from bioformer.errors import BioformerError
 
 PRIOR_OFF = ("", "none")
@@ -29,94 +33,6 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 PRIOR_DIRECTIONS = ("both", "outgoing")  # how z codes a gene pair (bioformer.data.prior.pair_codes)
 MASK_STRATEGIES = ("random", "prior-targets")  # bioformer.data.tokenize.CellDataset
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _need(ok: bool, name: str, what: str, value: Any) -> None:
-    """One BioformerError naming the option, the rule and the value given."""
-    if not ok:
-        raise BioformerError(f"{_flag(name)} must be {what}, got {value!r}")
-
-
-def _check_types(section: str, obj: Any) -> None:
-    """Each field holds its annotated type (YAML gives strings where numbers belong); ints are
-    accepted for floats and numeric strings such as YAML's `1e-3` are converted."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        tp, value = hints[f.name], getattr(obj, f.name)
-        optional = isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union
-        if optional:
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        if value is None and optional:
-            continue
-        ok = False
-        if tp is bool:
-            ok = isinstance(value, bool)
-        elif tp is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif tp is float:
-            if isinstance(value, str):
-                try:
-                    value = float(value)
-                    setattr(obj, f.name, value)
-                except ValueError:
-                    pass
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if ok:
-                setattr(obj, f.name, float(value))
-        elif tp is str:
-            ok = isinstance(value, str)
-        else:  # nested sections are checked by their own validate()
-            ok = True
-        if not ok:
-            raise BioformerError(
-                f"{section}.{f.name} must be {'an int' if tp is int else 'a ' + tp.__name__}"
-                f"{' or null' if optional else ''}, got {value!r} ({type(value).__name__}); fix it in the --config "
-                f"file or pass {_flag(f.name)}"
-            )
-
-
-def check_device(device: str) -> None:
-    """`device` is auto, cpu, cuda, cuda:N or mps, and exists on this machine."""
-    import torch
-
-    if device in ("auto", "cpu"):
-        return
-    kind, _, index = device.partition(":")
-    if kind not in ("cuda", "mps") or (index and not index.isdigit()):
-        raise BioformerError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
-    if kind == "mps":
-        if not torch.backends.mps.is_available():
-            raise BioformerError("--device mps: no MPS device on this machine; use --device cpu or auto")
-        return
-    if not torch.cuda.is_available():
-        raise BioformerError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu or auto")
-    n = torch.cuda.device_count()
-    if index and int(index) >= n:
-        raise BioformerError(f"--device {device}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
-
-
-def check_inference_options(
-    batch_size: int = 64, device: str | None = None, n_query: int | None = None, top_k: int | None = None,
-    min_cells: int | None = None, folds: int | None = None, max_folds: int | None = None,
-) -> None:
-    """The options of embed / impute / grn / evaluate, shared by the CLI (before any data is read)
-    and the `Run` API: BioformerError naming the first bad one."""
-    def whole(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    _need(whole(batch_size) and batch_size >= 1, "batch_size", "an int >= 1", batch_size)
-    _need(n_query is None or (whole(n_query) and n_query >= 1), "n_query", "an int >= 1", n_query)
-    _need(top_k is None or (whole(top_k) and top_k >= 1), "top_k", "an int >= 1", top_k)
-    _need(min_cells is None or (whole(min_cells) and min_cells >= 1), "min_cells", "an int >= 1", min_cells)
-    if folds is not None:
-        bound = max_folds if max_folds is not None else folds
-        _need(whole(folds) and 1 <= folds <= bound, "folds", f"an int in [1, {bound}] (one fold per position of the longest sequence at most)", folds)
-    if device is not None:
-        check_device(device)
 
 
 @dataclass
@@ -152,46 +68,38 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise BioformerError on a value that cannot work (types first, then ranges)."""
-        _check_types("data", self)
-        _need(bool(self.data), "data", "a built-in data set name or an .h5ad path", self.data)
-        _need(self.max_cells is None or self.max_cells >= 1, "max_cells", ">= 1", self.max_cells)
-        _need(self.min_counts >= 0, "min_counts", ">= 0", self.min_counts)
-        _need(self.n_hvg >= 1, "n_hvg", ">= 1", self.n_hvg)
-        _need(self.hvg_flavor is None or self.hvg_flavor in HVG_FLAVORS, "hvg_flavor", " or ".join(HVG_FLAVORS), self.hvg_flavor)
-        _need(self.genes in ("hvg", "hvg+prior"), "genes", "hvg or hvg+prior", self.genes)
-        _need(0.0 <= self.min_cells_frac <= 1.0, "min_cells_frac", "in [0, 1]", self.min_cells_frac)
-        _need(self.max_prior_genes >= 0, "max_prior_genes", ">= 0", self.max_prior_genes)
-        _need(self.backed_hvg_cells >= 1, "backed_hvg_cells", ">= 1", self.backed_hvg_cells)
-        _need(self.n_bins >= 3, "n_bins", ">= 3 (bin 0 is zero; two or more bins for non-zero values)", self.n_bins)
-        _need(self.max_len >= 2, "max_len", ">= 2 (room for <cls> and one gene)", self.max_len)
-        _need(0.0 < self.mask_ratio < 1.0, "mask_ratio", "between 0 and 1 (exclusive)", self.mask_ratio)
-        _need(0.0 < self.valid_frac < 1.0, "valid_frac", "between 0 and 1 (exclusive)", self.valid_frac)
-        _need(0.0 < self.test_frac < 1.0, "test_frac", "between 0 and 1 (exclusive)", self.test_frac)
+        check_types("data", self)
+        need(bool(self.data), "data", "a built-in data set name or an .h5ad path", self.data)
+        need(self.max_cells is None or self.max_cells >= 1, "max_cells", ">= 1", self.max_cells)
+        need(self.min_counts >= 0, "min_counts", ">= 0", self.min_counts)
+        need(self.n_hvg >= 1, "n_hvg", ">= 1", self.n_hvg)
+        need(self.hvg_flavor is None or self.hvg_flavor in HVG_FLAVORS, "hvg_flavor", " or ".join(HVG_FLAVORS), self.hvg_flavor)
+        need(self.genes in ("hvg", "hvg+prior"), "genes", "hvg or hvg+prior", self.genes)
+        need(0.0 <= self.min_cells_frac <= 1.0, "min_cells_frac", "in [0, 1]", self.min_cells_frac)
+        need(self.max_prior_genes >= 0, "max_prior_genes", ">= 0", self.max_prior_genes)
+        need(self.backed_hvg_cells >= 1, "backed_hvg_cells", ">= 1", self.backed_hvg_cells)
+        need(self.n_bins >= 3, "n_bins", ">= 3 (bin 0 is zero; two or more bins for non-zero values)", self.n_bins)
+        need(self.max_len >= 2, "max_len", ">= 2 (room for <cls> and one gene)", self.max_len)
+        need(0.0 < self.mask_ratio < 1.0, "mask_ratio", "between 0 and 1 (exclusive)", self.mask_ratio)
+        need(0.0 < self.valid_frac < 1.0, "valid_frac", "between 0 and 1 (exclusive)", self.valid_frac)
+        need(0.0 < self.test_frac < 1.0, "test_frac", "between 0 and 1 (exclusive)", self.test_frac)
         if self.valid_frac + self.test_frac >= 1.0:
             raise BioformerError(
                 f"--valid-frac {self.valid_frac} + --test-frac {self.test_frac} leaves no training cells; keep their sum below 1"
             )
-        _need(self.mask_strategy in MASK_STRATEGIES, "mask_strategy", " or ".join(MASK_STRATEGIES), self.mask_strategy)
+        need(self.mask_strategy in MASK_STRATEGIES, "mask_strategy", " or ".join(MASK_STRATEGIES), self.mask_strategy)
         if (self.split_by is None) != (not self.test_groups):
             raise BioformerError("a transfer split needs both --split-by (an obs column) and --test-groups (its test values)")
         if self.genes == "hvg+prior" and not prior_enabled(self.gene_prior or self.prior):
             raise BioformerError("--genes hvg+prior needs a prior (not --prior none); pass --gene-prior collectri or use --genes hvg")
 
 
-@dataclass
-class ModelConfig:
-    """Architecture: the one place for model defaults. `model` names a registered family
-    (`bioformer.models.MODELS`); each family reads the fields it uses (scGPT ignores the pair path)."""
+@dataclass(slots=True)  # slots: setting a field that does not exist here raises
+class BioFormerConfig:
+    """BioFormer's own section of the model config: the gene-pair path z (its width, the outer
+    product mean that writes it, the pair bias that reads it), how z codes the prior, the pair
+    engine and its memory switches. Other families ignore it."""
 
-    model: str = "bioformer"
-    d_model: int = 64
-    nhead: int = 4
-    nlayers: int = 2
-    ff_factor: int = 4  # transition / feed-forward width = ff_factor * d_model (scGPT paper: 1)
-    dropout: float = 0.1  # residual, feed-forward and embedding dropout
-    attention_dropout: float = 0.0  # dropout on attention probabilities; 0 keeps SDPA on its fused kernel
-    explicit_zero_prob: bool = False
-    # BioFormer pair path
     pair_bias: bool = True
     opm: bool = True
     gating: bool = True
@@ -202,25 +110,122 @@ class ModelConfig:
     pair_mode: str = "full"  # full | linear (no LN on z before the bias; z never materialised)
     attention_chunk_size: int | None = None  # linear mode: query rows per attention chunk (memory O(r * chunk))
     prior_direction: str = "both"  # z codes both edge directions of a pair, or "outgoing" (i -> j only)
+
+    def validate(self) -> None:
+        """Raise BioformerError on a pair path that cannot be built (the pair mode is checked
+        where its engine is chosen: `bioformer.models.pair_modes.pair_engine`)."""
+        check_types("model.bioformer", self)
+        for name in ("d_z", "d_opm"):
+            need(getattr(self, name) >= 1, name, ">= 1", getattr(self, name))
+        need(self.opm_chunk_size is None or self.opm_chunk_size >= 1, "opm_chunk_size", ">= 1 or none", self.opm_chunk_size)
+        need(self.attention_chunk_size is None or self.attention_chunk_size >= 1, "attention_chunk_size", ">= 1 or none", self.attention_chunk_size)
+        need(self.prior_direction in PRIOR_DIRECTIONS, "prior_direction", " or ".join(PRIOR_DIRECTIONS), self.prior_direction)
+
+
+# family name -> its own section of ModelConfig (an attribute of that name); families without
+# own options (scgpt) have none
+FAMILY_SECTIONS: dict[str, type] = {"bioformer": BioFormerConfig}
+
+
+@dataclass(slots=True)  # slots: a family field set on the common part raises (use replace)
+class ModelConfig:
+    """Architecture: the one place for model defaults. `model` names a registered family
+    (`bioformer.models.MODELS`). The fields here are common to every family; a family's own
+    options live in its section (`bioformer`: `BioFormerConfig`), which only that family reads.
+
+    Build one from field names with `ModelConfig.of(d_model=32, d_z=4)` and change fields with
+    `cfg.replace(...)`: each name is routed to the common part or its family section."""
+
+    model: str = "bioformer"
+    d_model: int = 64
+    nhead: int = 4
+    nlayers: int = 2
+    ff_factor: int = 4  # transition / feed-forward width = ff_factor * d_model (scGPT paper: 1)
+    dropout: float = 0.1  # residual, feed-forward and embedding dropout
+    attention_dropout: float = 0.0  # dropout on attention probabilities; 0 keeps SDPA on its fused kernel
+    explicit_zero_prob: bool = False
     # value encoder input = bin * value_scale (bins 1..50 -> 0.04..2; mask -1 and pad -2 unscaled).
     # At 1.0 (raw bins, runs before this field) Linear -> ReLU -> Linear -> LayerNorm maps every
     # bin above a few to nearly the same vector: the model could not see how high a visible
     # gene is (docs/planted-truth.md). Runs saved without the field load with 1.0.
     value_scale: float = 0.04
+    bioformer: BioFormerConfig = field(default_factory=BioFormerConfig)
+
+    @classmethod
+    def of(cls, **values: Any) -> ModelConfig:
+        """A ModelConfig from field names: common fields, family sections as mappings
+        (`bioformer={"d_z": 4}`), or a family field given flat (`d_z=4`). Flat family fields are
+        how configs were written before the sections existed: this is the one migration of them."""
+        common = {f.name for f in dataclasses.fields(cls)} - set(FAMILY_SECTIONS)
+        sections = {name: _section_values(name, values.get(name)) for name in FAMILY_SECTIONS}
+        flat: dict[str, Any] = {}
+        unknown = set()
+        for key, value in values.items():
+            if key in common:
+                flat[key] = value
+            elif (owner := _section_of(key)) is not None:
+                if key in sections[owner]:
+                    raise BioformerError(f"model.{key} is given twice: flat and in model.{owner}; keep the one in model.{owner}")
+                sections[owner][key] = value
+            elif key not in FAMILY_SECTIONS:
+                unknown.add(key)
+        if unknown:
+            raise unknown_keys("ModelConfig", unknown, common | set(FAMILY_SECTIONS) | _family_fields())
+        for name, kind in FAMILY_SECTIONS.items():
+            known = {f.name for f in dataclasses.fields(kind)}
+            if unknown := set(sections[name]) - known:
+                raise unknown_keys(f"model.{name}", unknown, known)
+            flat[name] = kind(**sections[name])
+        return cls(**flat)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with fields changed by name (common or family fields, see `of`)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in [n for n in changes if _section_of(n) is not None]:
+            section = _section_of(name)
+            values[section] = dataclasses.replace(values[section], **{name: changes.pop(name)})
+        return ModelConfig.of(**{**values, **changes})
+
+    def get(self, name: str) -> Any:
+        """The value of a common or family field by name."""
+        section = _section_of(name)
+        return getattr(getattr(self, section) if section else self, name)
 
     def validate(self) -> None:
         """Raise BioformerError on an architecture that cannot be built."""
-        _check_types("model", self)  # the family name is checked by the registry (models.model_class)
-        for name in ("d_model", "nhead", "nlayers", "ff_factor", "d_z", "d_opm"):
-            _need(getattr(self, name) >= 1, name, ">= 1", getattr(self, name))
+        check_types("model", self)  # the family name is checked by the registry (models.model_class)
+        for name in ("d_model", "nhead", "nlayers", "ff_factor"):
+            need(getattr(self, name) >= 1, name, ">= 1", getattr(self, name))
         if self.d_model % self.nhead:
             raise BioformerError(f"--d-model {self.d_model} is not divisible by --nhead {self.nhead}; pick d_model a multiple of nhead")
-        _need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
-        _need(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "in [0, 1)", self.attention_dropout)
-        _need(math.isfinite(self.value_scale) and self.value_scale > 0, "value_scale", "a finite number > 0", self.value_scale)
-        _need(self.opm_chunk_size is None or self.opm_chunk_size >= 1, "opm_chunk_size", ">= 1 or none", self.opm_chunk_size)
-        _need(self.attention_chunk_size is None or self.attention_chunk_size >= 1, "attention_chunk_size", ">= 1 or none", self.attention_chunk_size)
-        _need(self.prior_direction in PRIOR_DIRECTIONS, "prior_direction", " or ".join(PRIOR_DIRECTIONS), self.prior_direction)
+        need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+        need(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "in [0, 1)", self.attention_dropout)
+        need(math.isfinite(self.value_scale) and self.value_scale > 0, "value_scale", "a finite number > 0", self.value_scale)
+        for name, kind in FAMILY_SECTIONS.items():
+            section = getattr(self, name)
+            if not isinstance(section, kind):
+                raise BioformerError(f"config section model.{name} must be a mapping of options, got {section!r}")
+            section.validate()
+
+
+def _section_values(name: str, value: Any) -> dict[str, Any]:
+    """A family section given as its dataclass, a mapping or nothing, as a new dict."""
+    if value is None:
+        return {}
+    if isinstance(value, FAMILY_SECTIONS[name]):
+        return dataclasses.asdict(value)
+    if not isinstance(value, dict):
+        raise BioformerError(f"config section model.{name} must be a mapping of options, got {value!r}")
+    return dict(value)
+
+
+def _family_fields() -> set[str]:
+    return {f.name for kind in FAMILY_SECTIONS.values() for f in dataclasses.fields(kind)}
+
+
+def _section_of(name: str) -> str | None:
+    """The family section that owns field `name`, or None (a common field or unknown)."""
+    return next((s for s, kind in FAMILY_SECTIONS.items() if name in {f.name for f in dataclasses.fields(kind)}), None)
 
 
 @dataclass
@@ -246,19 +251,19 @@ class TrainConfig:
     def validate(self, check_hardware: bool = True) -> None:
         """Raise BioformerError on a value that cannot work; `check_hardware` also checks that
         the device exists here (off when only reading a finished run's settings)."""
-        _check_types("train", self)
-        _need(self.epochs >= 1, "epochs", ">= 1", self.epochs)
-        _need(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
-        _need(math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
-        _need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0", self.weight_decay)
-        _need(self.warmup_steps >= 0, "warmup_steps", ">= 0", self.warmup_steps)
-        _need(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 = no clipping)", self.grad_clip)
-        _need(self.plateau_patience >= 0, "plateau_patience", ">= 0", self.plateau_patience)
-        _need(0.0 < self.plateau_factor < 1.0, "plateau_factor", "between 0 and 1 (exclusive)", self.plateau_factor)
-        _need(self.amp in AMP_MODES, "amp", " | ".join(AMP_MODES), self.amp)
-        _need(self.num_threads is None or self.num_threads >= 1, "num_threads", ">= 1", self.num_threads)
-        _need(self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1 or none", self.max_steps)
-        _need(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
+        check_types("train", self)
+        need(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        need(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        need(math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0", self.weight_decay)
+        need(self.warmup_steps >= 0, "warmup_steps", ">= 0", self.warmup_steps)
+        need(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 = no clipping)", self.grad_clip)
+        need(self.plateau_patience >= 0, "plateau_patience", ">= 0", self.plateau_patience)
+        need(0.0 < self.plateau_factor < 1.0, "plateau_factor", "between 0 and 1 (exclusive)", self.plateau_factor)
+        need(self.amp in AMP_MODES, "amp", " | ".join(AMP_MODES), self.amp)
+        need(self.num_threads is None or self.num_threads >= 1, "num_threads", ">= 1", self.num_threads)
+        need(self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1 or none", self.max_steps)
+        need(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
         if check_hardware:
             check_device(self.device)
 
@@ -281,7 +286,7 @@ class RunConfig:
             part = getattr(self, section)
             if not dataclasses.is_dataclass(part):
                 raise BioformerError(f"config section {section!r} must be a mapping of options, got {part!r}")
-        _check_types("run", self)
+        check_types("run", self)
         self.data.validate()
         self.model.validate()
         self.train.validate(check_hardware=check_hardware)
@@ -300,14 +305,11 @@ class RunConfig:
                 return kind()
             if not isinstance(values, dict):
                 raise BioformerError(f"config section for {kind.__name__} must be a mapping of options, got {values!r}")
+            if kind is ModelConfig:
+                return ModelConfig.of(**{str(k): v for k, v in values.items()})  # a YAML key may be a number
             known = {f.name for f in dataclasses.fields(kind)}
-            unknown = set(values) - known
-            if unknown:
-                hints = [f"{u} -> {m[0]}?" for u in sorted(unknown) if (m := difflib.get_close_matches(str(u), known, n=1))]
-                raise BioformerError(
-                    f"unknown config key(s) for {kind.__name__}: {sorted(unknown)}"
-                    + (f" (did you mean {', '.join(hints)})" if hints else "") + f"; known: {sorted(known)}"
-                )
+            if unknown := set(values) - known:
+                raise unknown_keys(kind.__name__, unknown, known)
             return kind(**values)
 
         return cls(

@@ -29,14 +29,14 @@ def test_same_params_within_two_percent(vocab, nlayers):
 
 
 def test_same_params_small_quick_sizes():
-    ref = ModelConfig(model="scgpt", d_model=16, nhead=2, d_z=4, d_opm=4)
+    ref = ModelConfig.of(model="scgpt", d_model=16, nhead=2, d_z=4, d_opm=4)
     bio = match_total_params(ref, dataclasses.replace(ref, model="bioformer"), 131)
     assert abs(count_parameters(bio, 131) - count_parameters(ref, 131)) / count_parameters(ref, 131) <= 0.02
 
 
 def test_same_attention_only_pair_path_differs():
     ref = ModelConfig(model="scgpt", d_model=32, nhead=4, nlayers=3, ff_factor=1)
-    bio = same_attention(ref, ModelConfig(model="bioformer", d_z=8, d_opm=8))
+    bio = same_attention(ref, ModelConfig.of(model="bioformer", d_z=8, d_opm=8))
     a, b = parameter_breakdown(ref, 200, use_prior=False), parameter_breakdown(bio, 200)
     assert attention_transition_params(ref, 200) == attention_transition_params(bio, 200)
     assert a["attention"] == b["attention"] and a["transition"] == b["transition"]
@@ -44,11 +44,11 @@ def test_same_attention_only_pair_path_differs():
     assert a["pair_path"] == 0 < b["pair_path"]
     assert b["decoder"] - a["decoder"] == 2 * ref.d_model  # BioFormer's final pre-LN LayerNorm
     # without the pair path it is the same size as scGPT up to that LayerNorm
-    plain = dataclasses.replace(bio, pair_bias=False, opm=False)
+    plain = bio.replace(pair_bias=False, opm=False)
     assert count_parameters(plain, 200) == count_parameters(ref, 200) + 2 * ref.d_model
 
 
-@pytest.mark.parametrize("cfg", [ModelConfig(model="scgpt"), ModelConfig(model="bioformer"), ModelConfig(model="bioformer", gating=False, opm=False)])
+@pytest.mark.parametrize("cfg", [ModelConfig(model="scgpt"), ModelConfig(model="bioformer"), ModelConfig.of(model="bioformer", gating=False, opm=False)])
 def test_breakdown_sums_to_the_real_model(cfg):
     b = parameter_breakdown(cfg, 77)
     real = sum(p.numel() for p in build_model(cfg, 77).parameters())

@@ -28,8 +28,8 @@ def test_z_grows_quadratically_and_scgpt_has_none():
 
 
 def test_checkpointing_and_budget():
-    plain = ModelConfig(nlayers=4, d_z=32)
-    ckpt = ModelConfig(nlayers=4, d_z=32, checkpoint_blocks=True)
+    plain = ModelConfig.of(nlayers=4, d_z=32)
+    ckpt = ModelConfig.of(nlayers=4, d_z=32, checkpoint_blocks=True)
     assert estimate_memory(ckpt, 1024, 1).total < estimate_memory(plain, 1024, 1).total
     r = max_genes_for_budget(plain, 1, 4e9)
     assert estimate_memory(plain, r, 1).total <= 4e9 < estimate_memory(plain, r + 1, 1).total
@@ -52,19 +52,19 @@ def test_linear_pair_mode_memory_is_about_linear_in_r(capsys):
     grows ~linearly (log-log slope over r = 1k..16k well below full mode's 2)."""
     import math
 
-    lin = ModelConfig(nlayers=4, d_z=32, d_opm=32, pair_mode="linear", attention_chunk_size=512)
-    full = ModelConfig(nlayers=4, d_z=32, d_opm=32)
+    lin = ModelConfig.of(nlayers=4, d_z=32, d_opm=32, pair_mode="linear", attention_chunk_size=512)
+    full = ModelConfig.of(nlayers=4, d_z=32, d_opm=32)
     t1, t2 = (estimate_memory(lin, r, 1).total for r in (1024, 16384))
     assert 1.0 <= math.log(t2 / t1) / math.log(16) < 1.2
     assert estimate_memory(lin, 4096, 1).total < estimate_memory(full, 4096, 1).total / 10
     # unchunked on CPU with attention dropout (and no prior), the math path keeps the attention
     # probabilities per block; a prior's mask is always built in chunks of rows
-    unchunked = ModelConfig(nlayers=4, d_z=32, d_opm=32, pair_mode="linear", attention_dropout=0.1)
+    unchunked = ModelConfig.of(nlayers=4, d_z=32, d_opm=32, pair_mode="linear", attention_dropout=0.1)
     lin_attention = estimate_memory(lin, 4096, 1).parts["attention"]
     assert estimate_memory(unchunked, 4096, 1, use_prior=False).parts["attention"] > 4 * lin_attention
     # the prior split off the fused kernel (CPU, no attention dropout) keeps O(S r) per block with
     # S ~ 10% of r regulators: well under one dense fp32 [B, H, r, r] mask per block
-    fused = ModelConfig(nlayers=4, d_z=32, d_opm=32, pair_mode="linear")
+    fused = ModelConfig.of(nlayers=4, d_z=32, d_opm=32, pair_mode="linear")
     assert lin_attention < estimate_memory(fused, 4096, 1).parts["attention"] < 0.7 * 4 * (4 * 4096**2 * 4)
     assert main(["estimate", "--pair-mode", "linear", "--n-genes", "20000", "--batch-size", "1", "--device", "cuda", "--budget", "80GB"]) == 0
     out = capsys.readouterr().out
@@ -75,7 +75,7 @@ def test_matches_a_hand_count_on_a_tiny_configuration():
     """B=2, r=10 (T=20 tokens, 200 pairs), c=8, H=2, N=2, ff=32, c_z=4, c_opm=3, fp32, given P=1000.
     Counted by hand from the rules in estimate.py's docstring comments: a dropped or doubled
     term changes a part."""
-    cfg = ModelConfig(d_model=8, nhead=2, nlayers=2, ff_factor=4, d_z=4, d_opm=3, dropout=0.0)
+    cfg = ModelConfig.of(d_model=8, nhead=2, nlayers=2, ff_factor=4, d_z=4, d_opm=3, dropout=0.0)
     infer = estimate_memory(cfg, 10, 2, training=False, n_params=1000).parts
     assert infer == {
         "parameters + optimizer state": 4 * 1000,  # fp32 weights

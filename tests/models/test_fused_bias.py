@@ -114,6 +114,6 @@ def test_training_step_is_fused_without_attention_dropout(model):
     attention_dropout 0, and the math path (which dropout needs on CPU) with 0.1."""
     kw = dict(model="bioformer", pair_mode="linear") if model == "bioformer-linear" else dict(model="scgpt")
     for p_attn, fused in ((0.0, True), (0.1, False)):
-        cfg = ModelConfig(d_model=16, nhead=2, nlayers=2, d_z=4, d_opm=4, dropout=0.1, attention_dropout=p_attn, **kw)
+        cfg = ModelConfig.of(d_model=16, nhead=2, nlayers=2, d_z=4, d_opm=4, dropout=0.1, attention_dropout=p_attn, **kw)
         ops = _train_step_ops(cfg, use_prior=True)
         assert (FLASH_BWD in ops and MATH not in ops) == fused, (p_attn, sorted(o for o in ops if "attention" in o))

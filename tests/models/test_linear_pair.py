@@ -159,7 +159,7 @@ def test_linear_mode_on_a_real_fixture_batch(tmp_path):
     prior = data.prior.prior_for(gene_ids)
     assert pm.any() and (prior != 0).any()  # padding and real edges in this batch
     torch.manual_seed(0)
-    model = build_model(ModelConfig(d_model=16, nhead=2, nlayers=3, d_z=4, d_opm=4, dropout=0.0, pair_mode="linear"), len(data.vocab), use_prior=True)
+    model = build_model(ModelConfig.of(d_model=16, nhead=2, nlayers=3, d_z=4, d_opm=4, dropout=0.0, pair_mode="linear"), len(data.vocab), use_prior=True)
     for p in model.parameters():
         p.data.normal_(0, 0.3)
     assert_same_forward_and_backward(model.eval(), gene_ids, values, pm, prior)
@@ -222,12 +222,12 @@ def test_pair_bias_logits_equal_the_materialised_bias(pair_mode):
 
 
 def test_pair_mode_config_and_errors(capsys):
-    cfg = ModelConfig(d_model=16, nhead=2, nlayers=2, d_z=4, d_opm=4, pair_mode="linear")
+    cfg = ModelConfig.of(d_model=16, nhead=2, nlayers=2, d_z=4, d_opm=4, pair_mode="linear")
     model = build_model(cfg, V)
     assert model.pair_mode == "linear"
     assert all(b.attention.norm_z is None and b.attention.z_scale is not None for b in model.blocks)
     with pytest.raises(BioformerError, match="pair_mode"):
-        build_model(ModelConfig(pair_mode="sparse"), V)
+        build_model(ModelConfig.of(pair_mode="sparse"), V)
     from bioformer.cli import main
     from tests.conftest import H5AD
 

@@ -33,7 +33,7 @@ def tiny_bioformer(**kw) -> BioFormer:
     args = dict(d_model=16, nhead=4, nlayers=3, ff_factor=2, dropout=0.0, d_z=6, d_opm=5)
     use_prior = kw.pop("use_prior", True)
     args.update(kw)
-    return BioFormer.from_config(ModelConfig(model="bioformer", **args), V, use_prior=use_prior)
+    return BioFormer.from_config(ModelConfig.of(model="bioformer", **args), V, use_prior=use_prior)
 
 
 def reference_forward(model: BioFormer, gene_ids, values, padding_mask, prior):

@@ -12,12 +12,12 @@ from bioformer.errors import BioformerError
 from bioformer.models import build_model
 
 V = 30
-CFG = ModelConfig(d_model=16, nhead=2, nlayers=2, d_z=4, d_opm=4, dropout=0.0)
+CFG = ModelConfig.of(d_model=16, nhead=2, nlayers=2, d_z=4, d_opm=4, dropout=0.0)
 
 
 def _build(seed: int, use_prior: bool, **changes):
     torch.manual_seed(seed)
-    cfg = ModelConfig(**{**CFG.__dict__, **changes})
+    cfg = CFG.replace(**changes)
     return build_model(cfg, V, use_prior=use_prior)
 
 

@@ -54,7 +54,7 @@ def toy_model():
 def test_the_registry_answers_what_models_need():
     bio, sc = ModelConfig(model="bioformer"), ModelConfig(model="scgpt")
     assert uses_prior(bio, "collectri") and not uses_prior(bio, "none") and not uses_prior(sc, "collectri")
-    assert not uses_prior(dataclasses.replace(bio, pair_bias=False), "collectri")  # nothing reads z
+    assert not uses_prior(bio.replace(pair_bias=False), "collectri")  # nothing reads z
     assert build_model(bio, 30, use_prior=True).needs_prior and not build_model(bio, 30, use_prior=False).needs_prior
     assert [prior_enabled(p) for p in (None, "", "none", "None", "collectri", "x.csv")] == [False, False, False, False, True, True]
     with pytest.raises(BioformerError, match="--model must be bioformer or scgpt, got 'gpt5'"):

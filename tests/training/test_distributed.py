@@ -110,7 +110,7 @@ def test_every_switch_uses_every_parameter(use_prior):
     pad[1, -1] = True
     prior = torch.randint(0, N_PRIOR_CODES, (B, r, r))
     for sw in SWITCHES:
-        cfg = ModelConfig(d_model=8, nhead=2, d_z=4, d_opm=4, dropout=0.0, **sw)
+        cfg = ModelConfig.of(d_model=8, nhead=2, d_z=4, d_opm=4, dropout=0.0, **sw)
         model = build_model(cfg, V, use_prior=use_prior)
         out = model(gene_ids, values.masked_fill(mask, -1.0), pad, prior=prior if model.needs_prior else None)
         model.loss(out, values, mask).backward()

@@ -27,7 +27,7 @@ def _check_inference_args(args: argparse.Namespace) -> list:
     output paths (--out first)."""
     from pathlib import Path
 
-    from bioformer.config import check_inference_options
+    from bioformer.checks import check_inference_options
     from bioformer.data.datasets import DATASETS
     from bioformer.data.load import check_input_file
     from bioformer.data.simulate import is_synthetic

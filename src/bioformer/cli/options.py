@@ -8,7 +8,7 @@ import types
 import typing
 from typing import Any
 
-from bioformer.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from bioformer.config import FAMILY_SECTIONS, DataConfig, ModelConfig, RunConfig, TrainConfig
 from bioformer.models import MODELS
 
 HELP = {
@@ -57,6 +57,18 @@ def _optional(kind):
     return parse
 
 
+def _field_groups(sections: tuple[str, ...]) -> list[tuple[str, str, type]]:
+    """(group title, config section, dataclass) per flag group: the model section's common
+    fields, then one group per family section (`model.bioformer`: BioFormer's options)."""
+    classes = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    groups = []
+    for section in sections:
+        groups.append((f"{section} options", section, classes[section]))
+        if section == "model":
+            groups += [(f"{name} options (model family {name})", "model", kind) for name, kind in FAMILY_SECTIONS.items()]
+    return groups
+
+
 def add_config_args(
     parser: argparse.ArgumentParser,
     sections: tuple[str, ...] = ("data", "model", "train"),
@@ -69,18 +81,16 @@ def add_config_args(
     out; `defaults_from`: say in the help where defaults come from instead (e.g. a profile)."""
     if config_file:
         parser.add_argument("--config", help="YAML config (as written to a run's config.yaml); flags override it")
-    classes = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-    hints_of = {k: typing.get_type_hints(v) for k, v in classes.items()}
-    for section in sections:
-        group = parser.add_argument_group(f"{section} options")
-        for f in dataclasses.fields(classes[section]):
-            if f.name in exclude:
+    for title, section, kind in _field_groups(sections):
+        group = parser.add_argument_group(title)
+        hints = typing.get_type_hints(kind)
+        for f in dataclasses.fields(kind):
+            if f.name in exclude or f.name in FAMILY_SECTIONS:
                 continue
-            tp, optional = _base_type(hints_of[section][f.name])
+            tp, optional = _base_type(hints[f.name])
             flag = "--" + f.name.replace("_", "-")
-            dest = f"{section}.{f.name}"
-            default = f.default
-            help_ = HELP.get(f.name, "") + f" (default: {defaults_from or default})"
+            dest = f"{section}.{f.name}"  # family fields too: ModelConfig.replace routes them
+            help_ = HELP.get(f.name, "") + f" (default: {defaults_from or f.default})"
             if tp is bool:
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
             else:
@@ -89,10 +99,12 @@ def add_config_args(
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """--config (or the defaults) with every config flag given on the command line applied."""
     cfg = RunConfig.load(args.config) if getattr(args, "config", None) else RunConfig()
-    for section, values in overrides_from_args(args).items():
-        for name, value in values.items():
-            setattr(getattr(cfg, section), name, value)
+    overrides = overrides_from_args(args)
+    cfg.data = dataclasses.replace(cfg.data, **overrides["data"])
+    cfg.model = cfg.model.replace(**overrides["model"])
+    cfg.train = dataclasses.replace(cfg.train, **overrides["train"])
     for attr in ("name", "out"):
         if getattr(args, attr, None) is not None:
             setattr(cfg, attr, getattr(args, attr))

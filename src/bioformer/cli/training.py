@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from bioformer.config import check_inference_options
+    from bioformer.checks import check_inference_options
     from bioformer.inference import Run
     from bioformer.training.run import format_test_table, load_run
 
@@ -115,7 +115,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     train = estimate_memory(cfg.model, r, B, training=True, **kw)
     infer = estimate_memory(cfg.model, r, B, training=False, **kw)
     m = cfg.model
-    pair = (f", d_z {m.d_z}, d_opm {m.d_opm}, opm {m.opm}, pair_bias {m.pair_bias}, pair_mode {m.pair_mode}"
+    p = m.bioformer
+    pair = (f", d_z {p.d_z}, d_opm {p.d_opm}, opm {p.opm}, pair_bias {p.pair_bias}, pair_mode {p.pair_mode}"
             if model_class(m.model).pair_path(m).reads_z else "")
     print(f"{m.model}: {kw['n_params']:,} parameters (d_model {m.d_model}, nhead {m.nhead}, nlayers {m.nlayers}{pair})")
     src = "--n-genes" if args.n_genes is not None else "upper bound from the data config"

@@ -104,7 +104,7 @@ def plan_study(
         train["epochs"] = epochs
     plan = StudyPlan(
         study=STUDIES[study], profile_name=profile, data=DataConfig(**data),
-        model=ModelConfig(**{**p.model, **o.get("model", {})}), train=TrainConfig(**train),
+        model=ModelConfig.of(**{**p.model, **o.get("model", {})}), train=TrainConfig(**train),
         seeds=list(range(first_seed, first_seed + (seeds if seeds is not None else p.study_seeds.get(study, p.seeds)))),
         out=Path(out) if out else Path("studies") / profile / study,
     )

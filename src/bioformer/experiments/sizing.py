@@ -21,8 +21,6 @@ attention and transition are identical and BioFormer's extra parameters are its 
 
 from __future__ import annotations
 
-import dataclasses
-
 from bioformer.config import ModelConfig
 from bioformer.errors import BioformerError
 from bioformer.models import build_model, count_config_parameters, count_parameters, model_class
@@ -48,6 +46,25 @@ def relative_difference(n: int, reference: int) -> float:
     return (n - reference) / reference
 
 
+def nearest_d_model(
+    template: ModelConfig, target: int, vocab_size: int, use_prior: bool = True, max_d_model: int | None = None,
+) -> tuple[int, float]:
+    """The equal-parameter search (the one every study and benchmark uses): the d_model, a
+    multiple of nhead up to `max_d_model` (default 4x the template's), whose model has the total
+    parameter count nearest `target`, and its relative difference. The count grows with
+    d_model, so the walk stops at the first size above the target."""
+    h = template.nhead
+    top = max_d_model if max_d_model is not None else 4 * max(template.d_model, h)
+    best_d, best_err = h, float("inf")
+    for d in range(h, top + 1, h):
+        err = relative_difference(count_config_parameters(template.replace(d_model=d), vocab_size, use_prior), target)
+        if abs(err) < abs(best_err):
+            best_d, best_err = d, err
+        if err > 0:
+            break
+    return best_d, best_err
+
+
 def match_total_params(
     reference: ModelConfig,
     template: ModelConfig,
@@ -66,23 +83,15 @@ def match_total_params(
     """
     target = count_config_parameters(reference, vocab_size, reference_uses_prior)
     fine = model_class(template.model).fine_size_field(template)
-    fine_default = getattr(template, fine) if fine else None
+    fine_default = template.get(fine) if fine else None
 
     def count(d_model: int, fine_value: int | None = None) -> int:
         changes = {"d_model": d_model, **({fine: fine_value if fine_value is not None else fine_default} if fine else {})}
-        return count_config_parameters(dataclasses.replace(template, **changes), vocab_size, use_prior)
+        return count_config_parameters(template.replace(**changes), vocab_size, use_prior)
 
     h = template.nhead
-    candidates = range(h, 4 * max(reference.d_model, h) + 1, h)
-    # the count grows with d_model: walk up until it passes the target
-    best_d, best_err = h, float("inf")
-    for d in candidates:
-        err = relative_difference(count(d), target)
-        if abs(err) < abs(best_err):
-            best_d, best_err = d, err
-        if err > 0:
-            break
-    best = dataclasses.replace(template, d_model=best_d)
+    best_d, best_err = nearest_d_model(template, target, vocab_size, use_prior, 4 * max(reference.d_model, h))
+    best = template.replace(d_model=best_d)
     if abs(best_err) <= tol:
         return best
     if fine:
@@ -105,7 +114,7 @@ def match_total_params(
                     options.append((abs(d - best_d), abs(v - fine_default), abs(err), d, v))
         if options:
             _, _, _, d, v = min(options)
-            return dataclasses.replace(template, d_model=d, **{fine: v})
+            return template.replace(d_model=d, **{fine: v})
     raise BioformerError(
         f"no {template.model} size within {tol:.0%} of {target:,} parameters (closest: d_model {best_d}, "
         f"{best_err:+.1%}); change nhead or size the other model"
@@ -115,8 +124,8 @@ def match_total_params(
 def same_attention(reference: ModelConfig, template: ModelConfig) -> ModelConfig:
     """`template` (BioFormer) with the reference's c, H, N, transition factor and dropout, gate off:
     attention and transition parameters equal the reference's; the extra is the pair path."""
-    return dataclasses.replace(
-        template, d_model=reference.d_model, nhead=reference.nhead, nlayers=reference.nlayers,
+    return template.replace(
+        d_model=reference.d_model, nhead=reference.nhead, nlayers=reference.nlayers,
         ff_factor=reference.ff_factor, dropout=reference.dropout, attention_dropout=reference.attention_dropout, gating=False,
     )
 

@@ -45,7 +45,7 @@ class Study:
 
 
 def _model(base: ModelConfig, **changes) -> ModelConfig:
-    return dataclasses.replace(base, **changes)
+    return base.replace(**changes)
 
 
 def _same_params(base: ModelConfig, prior: str, vocab: int | None, profile: Profile) -> list[Arm]:
@@ -166,8 +166,7 @@ def _depth_recheck(base: ModelConfig, prior: str, vocab: int | None, profile: Pr
         matched = plain
     else:  # the closest d_model (a multiple of nhead): within 5% on the standard profile
         target = count_config_parameters(bio, vocab, prior_enabled(prior))
-        sizes = range(base.nhead, 4 * base.d_model + 1, base.nhead)
-        matched = min((_model(plain, d_model=d) for d in sizes), key=lambda m: abs(count_config_parameters(m, vocab, False) - target))
+        matched = _model(plain, d_model=sizing.nearest_d_model(plain, target, vocab, False, 4 * base.d_model)[0])
     return [
         Arm(f"{BIOFORMER}-N{n}", bio, description=f"BioFormer, N {n}, d_model {bio.d_model}"),
         Arm(f"{BIOFORMER}-no-pair-path-N{n}-matched", matched, description=f"no pair bias and OPM, d_model {matched.d_model}: the closest to BioFormer's total parameters"),

@@ -289,7 +289,7 @@ def _header(plan: StudyPlan) -> str:
         f"Profile **{plan.profile_name}** ({plan.profile.note}). Data {d.data}: max_cells {d.max_cells}, "
         f"genes {d.genes} (n_hvg {d.n_hvg}, max_prior_genes {d.max_prior_genes}, prior {d.prior}), max_len {d.max_len}, "
         f"split valid {d.valid_frac} / test {d.test_frac} by cell. Reference model: d_model {m.d_model}, nhead {m.nhead}, N {m.nlayers}, "
-        f"ff_factor {m.ff_factor}, c_z {m.d_z}, c_opm {m.d_opm}. Training: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
+        f"ff_factor {m.ff_factor}, c_z {m.bioformer.d_z}, c_opm {m.bioformer.d_opm}. Training: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
         f"warm-up {t.warmup_steps} steps, plateau patience {t.plateau_patience}; best epoch by validation MSE. Seeds {plan.seeds}"
         + _fewer_seeds(plan) + ".",
         "",

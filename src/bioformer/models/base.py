@@ -26,6 +26,7 @@ class PairPath:
     d_z: int = 0
     d_opm: int = 0
     linear: bool = False  # linear pair mode: z is never materialised (models/linear_pair.py)
+    attention_chunk_size: int | None = None  # linear mode: query rows per attention chunk
 
 
 class MaskedValueModel(nn.Module):

@@ -11,11 +11,10 @@ from bioformer.data.prior import N_PAIR_CODES, PRIOR_DIRECTIONS, pair_codes
 from bioformer.errors import BioformerError
 from bioformer.models.base import MaskedValueModel, PairPath
 from bioformer.models.layers import ExprDecoder, GeneEncoder, Transition, ValueEncoder
-from bioformer.models.linear_pair import OPMTerm, linear_pair_attention, linear_pair_bias
+from bioformer.models.linear_pair import OPMTerm, linear_pair_attention
 from bioformer.models.pair import CodedPair, OuterProductMean, PairBiasAttention, PriorCodes
+from bioformer.models.pair_modes import FullPair, pair_engine
 from bioformer.models.registry import register_model
-
-PAIR_MODES = ("full", "linear")
 
 
 class BioFormerBlock(nn.Module):
@@ -95,22 +94,18 @@ class BioFormer(MaskedValueModel):
     """
 
     @classmethod
-    def check_pair_mode(cls, cfg: ModelConfig) -> None:
-        if cfg.pair_mode not in PAIR_MODES:
-            raise BioformerError(f"unknown pair_mode {cfg.pair_mode!r}; use one of {', '.join(PAIR_MODES)}")
-
-    @classmethod
     def reads_prior(cls, cfg: ModelConfig) -> bool:
-        cls.check_pair_mode(cfg)  # asked before any data is loaded: a typo fails fast
-        return cfg.pair_bias  # without pair bias nothing reads z
+        pair_engine(cfg.bioformer.pair_mode)  # asked before any data is loaded: a typo fails fast
+        return cfg.bioformer.pair_bias  # without pair bias nothing reads z
 
     @classmethod
     def pair_path(cls, cfg: ModelConfig) -> PairPath:
-        cls.check_pair_mode(cfg)
-        opm_blocks = (cfg.nlayers - 1) if (cfg.pair_bias and cfg.opm) else 0  # the last block skips its OPM
-        return PairPath(reads_z=cfg.pair_bias, opm_blocks=opm_blocks, gating=cfg.gating,
-                        checkpoint=cfg.checkpoint_blocks, d_z=cfg.d_z, d_opm=cfg.d_opm,
-                        linear=cfg.pair_bias and cfg.pair_mode == "linear")
+        p = cfg.bioformer
+        engine = pair_engine(p.pair_mode)
+        opm_blocks = (cfg.nlayers - 1) if (p.pair_bias and p.opm) else 0  # the last block skips its OPM
+        return PairPath(reads_z=p.pair_bias, opm_blocks=opm_blocks, gating=p.gating,
+                        checkpoint=p.checkpoint_blocks, d_z=p.d_z, d_opm=p.d_opm,
+                        linear=p.pair_bias and engine.linear, attention_chunk_size=p.attention_chunk_size)
 
     @classmethod
     def fine_size_field(cls, cfg: ModelConfig) -> str | None:
@@ -118,16 +113,17 @@ class BioFormer(MaskedValueModel):
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 0, use_prior: bool = True) -> None:
         super().__init__()
-        self.check_pair_mode(cfg)
-        if cfg.prior_direction not in PRIOR_DIRECTIONS:
-            raise BioformerError(f"unknown prior_direction {cfg.prior_direction!r}; use one of {', '.join(PRIOR_DIRECTIONS)}")
-        self.prior_direction = cfg.prior_direction
-        self.pair_mode = cfg.pair_mode
-        d_model, d_z = cfg.d_model, cfg.d_z
-        self.uses_z = cfg.pair_bias
-        self.needs_prior = bool(use_prior and cfg.pair_bias)
+        p = cfg.bioformer  # this family's own section of the config
+        self.engine = pair_engine(p.pair_mode)  # chosen once: nothing below branches on the mode
+        if p.prior_direction not in PRIOR_DIRECTIONS:
+            raise BioformerError(f"unknown prior_direction {p.prior_direction!r}; use one of {', '.join(PRIOR_DIRECTIONS)}")
+        self.prior_direction = p.prior_direction
+        self.pair_mode = self.engine.name
+        d_model, d_z = cfg.d_model, p.d_z
+        self.uses_z = p.pair_bias
+        self.needs_prior = bool(use_prior and p.pair_bias)
         self.d_z = d_z
-        self.checkpoint_blocks = cfg.checkpoint_blocks
+        self.checkpoint_blocks = p.checkpoint_blocks
         self.gene_encoder = GeneEncoder(vocab_size, d_model, pad_id)
         self.value_encoder = ValueEncoder(d_model, cfg.dropout, scale=cfg.value_scale)
         self.decoder = ExprDecoder(d_model, cfg.explicit_zero_prob)  # built before the stack, as in ScGPT
@@ -137,31 +133,28 @@ class BioFormer(MaskedValueModel):
         self.register_buffer("zero_z", torch.zeros(1, d_z), persistent=False)  # the table of zero z
         self.blocks = nn.ModuleList(
             BioFormerBlock(
-                d_model, cfg.nhead, d_z, cfg.d_opm, cfg.ff_factor, cfg.dropout, pair_bias=self._block_reads_z(cfg, i),
-                gating=cfg.gating, update_z=(cfg.opm and cfg.pair_bias and i < cfg.nlayers - 1),
-                opm_chunk_size=cfg.opm_chunk_size, linear=(cfg.pair_mode == "linear"),
-                attention_chunk_size=cfg.attention_chunk_size, attention_dropout=cfg.attention_dropout,
+                d_model, cfg.nhead, d_z, p.d_opm, cfg.ff_factor, cfg.dropout,
+                pair_bias=p.pair_bias and self.engine.block_has_bias(self.needs_prior, p.opm, i),
+                gating=p.gating, update_z=(p.opm and p.pair_bias and i < cfg.nlayers - 1),
+                opm_chunk_size=p.opm_chunk_size, linear=self.engine.linear,
+                attention_chunk_size=p.attention_chunk_size, attention_dropout=cfg.attention_dropout,
             )
             for i in range(cfg.nlayers)
         )
         self.norm = nn.LayerNorm(d_model)
 
-    def _block_reads_z(self, cfg: ModelConfig, i: int) -> bool:
-        """Whether block i has a pair bias. In linear mode a bias that is constant over pairs (zero
-        z and no earlier OPM) is left out: it cancels in the softmax, and its weights would get no
-        gradient (which DistributedDataParallel cannot have)."""
-        if not cfg.pair_bias:
-            return False
-        return cfg.pair_mode != "linear" or self.needs_prior or (cfg.opm and i > 0)
+    def require_prior(self, prior: torch.Tensor | None) -> torch.Tensor:
+        """`prior` [B, r, r], which a BioFormer built with a prior cannot do without."""
+        if prior is None:
+            raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
+        return prior
 
     def initial_z(self, gene_ids: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor | None:
         """[B, r, r, c_z] from the prior codes [B, r, r], or zeros; None when nothing reads z."""
         if not self.uses_z:
             return None
         if self.needs_prior:
-            if prior is None:
-                raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
-            return self.prior_encoder(pair_codes(prior, self.prior_direction).long())
+            return self.prior_encoder(pair_codes(self.require_prior(prior), self.prior_direction).long())
         B, r = gene_ids.shape
         return torch.zeros(B, r, r, self.d_z, device=gene_ids.device, dtype=self.norm.weight.dtype)
 
@@ -171,9 +164,7 @@ class BioFormer(MaskedValueModel):
             return None
         if not self.needs_prior:
             return CodedPair(None, self.zero_z)
-        if prior is None:
-            raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
-        return CodedPair(self.prior_codes(prior), self.prior_encoder.weight)
+        return CodedPair(self.prior_codes(self.require_prior(prior)), self.prior_encoder.weight)
 
     def prior_codes(self, prior: torch.Tensor) -> PriorCodes:
         """The batch's edge codes [B, r, r] as the pair codes z embeds, by regulator rows/columns."""
@@ -196,10 +187,7 @@ class BioFormer(MaskedValueModel):
         prior: torch.Tensor | None = None,  # [B, r, r] edge codes
     ) -> torch.Tensor:  # [B, r, c]
         """Hidden states after the final LayerNorm, i.e. what the decoder reads (cell embeddings)."""
-        if self.pair_mode == "linear":
-            m, _, _ = self._trunk_linear(gene_ids, values, padding_mask, prior, len(self.blocks))
-        else:
-            m, _ = self._trunk(gene_ids, values, padding_mask, prior, len(self.blocks))
+        m, _ = self.engine.trunk(self, gene_ids, values, padding_mask, prior, len(self.blocks))
         return self.norm(m)
 
     def pair_scores(
@@ -222,7 +210,7 @@ class BioFormer(MaskedValueModel):
         self, gene_ids: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor, prior: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The forward of either pair mode with z materialised (the linear mode's reference)."""
-        m, _ = self._trunk(gene_ids, values, padding_mask, prior, len(self.blocks))
+        m, _ = FullPair().trunk(self, gene_ids, values, padding_mask, prior, len(self.blocks))
         return self.decoder(self.norm(m))
 
     def pair_bias_logits(
@@ -245,39 +233,12 @@ class BioFormer(MaskedValueModel):
         attn = self.blocks[k].attention
         if attn.bias_proj is None:  # linear mode, zero z and no OPM: z_k = 0, so is its bias
             return gene_ids.new_zeros(B, attn.nhead, r, r, dtype=self.norm.weight.dtype)
-        if self.pair_mode == "linear":
-            _, terms, codes = self._trunk_linear(gene_ids, values, padding_mask, prior, k)
-            bias = linear_pair_bias(attn, terms, codes, r, chunk_size)
-        else:
-            _, z = self._trunk(gene_ids, values, padding_mask, prior, k)
-            bias = attn.pair_bias(z)
-        return bias.expand(B, -1, r, r)
+        _, state = self.engine.trunk(self, gene_ids, values, padding_mask, prior, k)
+        return self.engine.pair_bias(attn, state, r, chunk_size).expand(B, -1, r, r)
 
-    def _run_block(self, fn, *args):
+    def run_block(self, fn, *args):
+        """fn(*args) (a block or its linear-mode forward), recomputed in backward with
+        activation checkpointing when switched on."""
         if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
-
-    def _trunk(self, gene_ids, values, padding_mask, prior, n_blocks: int):
-        """Encoders and the first n_blocks blocks with z materialised: m [B, r, c], z."""
-        m = self.gene_encoder(gene_ids) + self.value_encoder(values)  # [B, r, c]
-        z = self.initial_z_coded(prior)  # implicit [B, r, r, c_z], or None
-        for block in self.blocks[:n_blocks]:
-            m, z = self._run_block(block, m, z, padding_mask)
-        return m, z
-
-    def _trunk_linear(self, gene_ids, values, padding_mask, prior, n_blocks: int):
-        """Encoders and the first n_blocks blocks in linear pair mode: m [B, r, c], the OPM terms
-        written so far, and the prior codes (None for a zero z, whose bias is constant)."""
-        m = self.gene_encoder(gene_ids) + self.value_encoder(values)  # [B, r, c]
-        codes = None
-        if self.uses_z and self.needs_prior:
-            if prior is None:
-                raise ValueError("this BioFormer was built with a prior: pass prior=PriorMatrix.prior_for(gene_ids)")
-            codes = self.prior_codes(prior)
-        terms: list[OPMTerm] = []
-        for block in self.blocks[:n_blocks]:
-            m, term = self._run_block(block.forward_linear, m, terms, codes, padding_mask)
-            if term is not None:
-                terms = [*terms, term]
-        return m, terms, codes
