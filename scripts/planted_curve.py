@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bioformer.experiments.report import paired_test
+from bioformer.experiments.stats import paired_test
 
 PRIOR, ZERO, REWIRED, SCGPT = "planted-both-directions", "zero-z", "planted-rewired", "scgpt"
 METRICS = (("test_mse", "all masked"), ("test_mse_role_target", "masked targets of given edges"))

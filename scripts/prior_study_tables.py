@@ -36,7 +36,7 @@ def _fmt_diff(test: dict) -> str:
 
 
 def role_table(runs: dict[str, dict[int, Path]], reference: str) -> str:
-    from bioformer.experiments.report import paired_test
+    from bioformer.experiments.stats import paired_test
 
     summary = {arm: {s: json.loads((d / "summary.json").read_text()) for s, d in seeds.items()} for arm, seeds in runs.items()}
     lines = ["| arm | n | " + " | ".join(f"MSE {r} (cell floor)" for r in ROLES) + " | " + " | ".join(f"{r}: arm − {reference}" for r in ROLES) + " |",
@@ -80,7 +80,7 @@ def grn_rows(runs: dict[str, dict[int, Path]], seeds: list[int], genie3: bool = 
 
 
 def _mean_ci(x: pd.Series, digits: int) -> str:
-    from bioformer.experiments.report import t_interval
+    from bioformer.experiments.stats import t_interval
 
     mean, lo, hi = t_interval(x.to_numpy(dtype=float))
     return f"{mean:.{digits}f}" if np.isnan(lo) else f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"

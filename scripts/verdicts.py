@@ -29,7 +29,7 @@ def study_rows(study_dir: Path) -> list[dict]:
     """One row per (A, B) pair of the study: n, mean difference [95% CI], Holm p, sd, MDE, power
     at the claimed effect and the verdict."""
     from bioformer.experiments.power import paired_power, power_at, power_verdict
-    from bioformer.experiments.report import paired_test
+    from bioformer.experiments.stats import paired_test
 
     df = pd.read_csv(study_dir / "results.csv")
     pairs = pd.read_csv(study_dir / "pairs.csv")

@@ -13,7 +13,8 @@ from scipy import stats
 from bioformer.data.prior import edge_overlap
 from bioformer.errors import BioformerError
 from bioformer.experiments import suite
-from bioformer.experiments.report import RESULT_COLUMNS, holm, paired_test, t_interval
+from bioformer.experiments.report import RESULT_COLUMNS
+from bioformer.experiments.stats import holm, paired_test, t_interval
 
 
 def test_t_interval_matches_scipy():
@@ -123,8 +124,8 @@ def test_prior_study_end_to_end_with_init_paired_arms_and_controls(tiny_inputs, 
     assert ("prior-both-directions", "zero-z") in plan.pairs() and ("prior-both-directions", "prior-rewired") in plan.pairs()
     sd = suite.seed_data(plan, 0)
     prepared, arms = sd.prepared, sd.arms
-    assert arms["prior-both-directions"].model.prior_direction == "both" and arms["prior-one-direction"].model.prior_direction == "outgoing"
-    assert dataclasses.replace(arms["prior-one-direction"].model, prior_direction="both") == arms["zero-z"].model == arms["prior-rewired"].model
+    assert arms["prior-both-directions"].model.bioformer.prior_direction == "both" and arms["prior-one-direction"].model.bioformer.prior_direction == "outgoing"
+    assert arms["prior-one-direction"].model.replace(prior_direction="both") == arms["zero-z"].model == arms["prior-rewired"].model
     real = read_edge_file(tiny_inputs / "prior.csv")
     for name in ("prior-rewired", "prior-random"):
         ctrl = sd.data_for(arms[name])
@@ -161,7 +162,7 @@ def test_per_arm_seeds_and_study_profiles():
     assert (recheck.train.epochs, recheck.train.lr) == (40, 1e-3)
     arms = {a.name: a.model for a in recheck.arms(vocab_size=515)}
     bio, matched = arms["bioformer-N8"], arms["bioformer-no-pair-path-N8-matched"]
-    assert not matched.pair_bias and not matched.opm and matched.nlayers == bio.nlayers == 8
+    assert not matched.bioformer.pair_bias and not matched.bioformer.opm and matched.nlayers == bio.nlayers == 8
     from bioformer.models import count_config_parameters
 
     n_bio, n_matched = count_config_parameters(bio, 515, True), count_config_parameters(matched, 515, False)
@@ -217,7 +218,7 @@ def test_depth_arms_separate_the_pair_path_from_depth():
     plan = suite.plan_study("depth", "standard", out="x")
     arms = {a.name: a.model for a in plan.arms(vocab_size=515)}
     bio, plain = arms["bioformer-N8"], arms["bioformer-no-pair-path-N8"]
-    assert dataclasses.replace(bio, pair_bias=False, opm=False) == plain  # the pair path is the only difference
+    assert bio.replace(pair_bias=False, opm=False) == plain  # the pair path is the only difference
     assert ("bioformer-N8", "bioformer-no-pair-path-N8") in plan.pairs()
     assert ("bioformer-N8", "bioformer-N2") in plan.pairs() and ("bioformer-small-N8", "scgpt-large-N2") in plan.pairs()
     assert arms["scgpt-N8"].nlayers == 8 and arms["scgpt-large-N2"].d_model == 2 * arms["scgpt-N2"].d_model
@@ -227,7 +228,7 @@ def test_ablation_has_a_linear_pair_mode_arm_that_runs(tiny_inputs, tmp_path):
     """The `linear` arm is the full BioFormer with only the pair mode changed, paired with `full`."""
     standard = suite.plan_study("ablation", "standard", out="x")
     arms = {a.name: a.model for a in standard.arms(vocab_size=515)}
-    assert arms["linear"].pair_mode == "linear" and dataclasses.replace(arms["linear"], pair_mode="full") == arms["full"]
+    assert arms["linear"].bioformer.pair_mode == "linear" and arms["linear"].replace(pair_mode="full") == arms["full"]
     assert ("full", "linear") in standard.pairs()
     out = tmp_path / "ablation"
     plan = suite.plan_study("ablation", "quick", out=out, seeds=2, epochs=1, overrides=_overrides(tiny_inputs), arms=["full", "linear"])

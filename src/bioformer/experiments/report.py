@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from bioformer.config import ModelConfig
+from bioformer.experiments.plots import plot_comparison, plot_curves
 from bioformer.experiments.power import paired_power, power_verdict
-from bioformer.training.checkpoint import atomic_write_text, save_figure
+from bioformer.experiments.stats import holm, paired_test, t_interval
+from bioformer.training.checkpoint import atomic_write_text
 from bioformer.training.metrics import EvalResult
 
 # per-gene Pearson (across cells) and per-cell Spearman separate gene-gene skill from gene
@@ -42,51 +43,6 @@ RESULT_COLUMNS = (
     "seconds_per_epoch", "wall_seconds", "run_dir",
 )
 COVERAGE_KEYS = ("genes", "tfs", "edges", "edges_per_cell_median", "edges_per_cell_mean", "cells_without_edges_frac", "heldout_edges_in_prior")
-
-
-def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of the t-based confidence interval for the mean; NaN bounds for n < 2."""
-    x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
-    if x.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return mean, mean - half, mean + half
-
-
-def paired_test(a, b, confidence: float = 0.95) -> dict[str, float]:
-    """Paired comparison of a and b (same seeds, same order): mean of a - b with its t interval,
-    the paired t-test p-value and (n >= 5) the Wilcoxon signed-rank p-value."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples need equal length ({a.shape} vs {b.shape})")
-    d = a - b
-    mean, lo, hi = t_interval(d, confidence)
-    out = {"n": int(d.size), "mean_diff": mean, "ci_low": lo, "ci_high": hi, "t_p": math.nan, "wilcoxon_p": math.nan}
-    if d.size >= 2:
-        if np.all(d == d[0]):  # no variance: the t statistic is undefined
-            out["t_p"] = 1.0 if d[0] == 0 else 0.0
-        else:
-            out["t_p"] = float(stats.ttest_rel(a, b).pvalue)
-    if d.size >= 5 and np.any(d != 0):
-        out["wilcoxon_p"] = float(stats.wilcoxon(a, b).pvalue)
-    return out
-
-
-def holm(pvalues) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (NaN stays NaN)."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    order = ok[np.argsort(p[ok])]
-    m, running = len(order), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
 
 
 # ----------------------------------------------------------------------------------- collect
@@ -135,7 +91,7 @@ def _reads_prior(cfg: dict[str, Any]) -> bool:
 
     if not cfg.get("model"):
         return False
-    model_cfg = ModelConfig(**cfg["model"])
+    model_cfg = ModelConfig.of(**cfg["model"])
     return model_class(model_cfg.model).reads_prior(model_cfg)
 
 
@@ -309,88 +265,6 @@ def coverage_table(df: pd.DataFrame, arms: list[str]) -> str:
     return "\n".join(lines) if any_row else ""
 
 
-# ----------------------------------------------------------------------------------- plots
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_comparison(path: Path, df: pd.DataFrame, arms: list[str], title: str) -> None:
-    """Mean ± 95% CI per model, one panel per metric, seeds as dots, per-gene floor dashed."""
-    plt = _plt()
-    arms = [a for a in arms if (df["arm"] == a).any()]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS) + 1, 3.2 + 0.12 * max(map(len, arms or ["x"]))))
-    x = np.arange(len(arms))
-    for ax, m in zip(axes, METRICS, strict=True):
-        for i, arm in enumerate(arms):
-            v = df.loc[df["arm"] == arm, f"test_{m}"].to_numpy(dtype=float)
-            mean, lo, hi = t_interval(v)
-            err = [[mean - lo], [hi - mean]] if not math.isnan(lo) else None
-            ax.errorbar(i, mean, yerr=err, fmt="o", color=f"C{i % 10}", capsize=4, ms=7)
-            ax.scatter(np.full(v.size, i) + 0.15, v, s=10, color=f"C{i % 10}", alpha=0.5)
-        for kind, color, ls in (("gene_mean", "k", "--"), ("cell", "C3", "-.")):
-            floor = df[f"floor_{kind}_{m}"].mean()
-            if not math.isnan(floor):
-                ax.axhline(floor, color=color, ls=ls, lw=1, label="per-gene-mean floor" if kind == "gene_mean" else "cell-aware floor")
-        ax.set_xticks(x, arms, rotation=40, ha="right", fontsize=8)
-        ax.set_title(f"test {LABELS[m]}")
-        ax.set_xlim(-0.6, len(arms) - 0.4)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title + " — mean ± 95% CI over seeds")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_curves(path: Path, curves: dict[str, list[pd.DataFrame]], arms: list[str], title: str) -> None:
-    """Validation MSE (and Pearson) per epoch: mean over seeds with a 95% CI band."""
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    floors, cell_floors, last = [], [], []
-    for i, arm in enumerate(a for a in arms if a in curves):
-        runs = curves[arm]
-        n_ep = min(len(r) for r in runs)
-        for ax, col in ((ax1, "valid_mse"), (ax2, "valid_pearson")):
-            Y = np.stack([r[col].to_numpy(dtype=float)[:n_ep] for r in runs])  # [seeds, epochs]
-            ep = runs[0]["epoch"].to_numpy()[:n_ep]
-            band = np.array([t_interval(Y[:, e]) for e in range(n_ep)])
-            if col == "valid_pearson":
-                band = band.clip(-1, 1)
-            else:
-                last.append(band[-1, 0])
-            ax.plot(ep, band[:, 0], "o-", ms=3, color=f"C{i % 10}", label=f"{arm} (n={len(runs)})")
-            if len(runs) > 1:
-                ax.fill_between(ep, band[:, 1], band[:, 2], color=f"C{i % 10}", alpha=0.2)
-        if "valid_floor_gene_mean_mse" in runs[0]:
-            floors.append(np.mean([r["valid_floor_gene_mean_mse"].iloc[0] for r in runs]))
-        if "valid_floor_cell_mse" in runs[0]:
-            cell_floors.append(np.mean([r["valid_floor_cell_mse"].iloc[0] for r in runs]))
-    if cell_floors:
-        ax1.axhline(float(np.mean(cell_floors)), color="C3", ls="-.", lw=1, label="cell-aware floor")
-    if floors:
-        ax1.axhline(float(np.mean(floors)), color="k", ls="--", lw=1, label="per-gene-mean floor")
-        lo = min(floors + cell_floors)
-        # the first epochs are far above; keep the floor and the final values readable
-        ax1.set_ylim(min(lo * 0.8, min(last) * 0.95), max(lo * 1.6, max(last) * 1.1))
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("validation MSE (bins²)")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation Pearson r")
-    ax1.legend(fontsize=7)
-    fig.suptitle(title + " — mean over seeds, 95% CI band")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
 # ----------------------------------------------------------------------------------- report
 
 
@@ -434,6 +308,6 @@ def write_report(
     atomic_write_text(study_dir / "summary.md", "\n".join(md))
     if n_runs:
         title = f"{study} ({df['seed'].nunique()} seeds)"
-        plot_comparison(study_dir / "comparison.png", df, arms, title)
+        plot_comparison(study_dir / "comparison.png", df, arms, title, {m: LABELS[m] for m in METRICS})
         plot_curves(study_dir / "curves.png", collect_curves(study_dir, arms), arms, title)
     return df
