@@ -4,7 +4,7 @@ Peak memory on CPU is the peak resident set (VmHWM from /proc/self/status) of a 
 subprocess that runs one measured configuration, minus the VmHWM of an idle fresh process that
 has imported torch and bioformer and run one tiny (r = 8) training step, so that library code,
 kernels and thread pools are resident in both (the baseline). On CUDA it is torch.cuda.max_memory_allocated
-in that subprocess. Run a worker directly: `python benchmarks/_common.py '{"task": ...}'`.
+in that subprocess. Run a worker directly: `python -m benchmarks._common '{"task": ...}'`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(ROOT))  # for tests.reference_impl (the naive versions live in tests/)
 
 
 def vm_hwm() -> int:
@@ -44,7 +43,7 @@ def run_worker(spec: dict, timeout: float = 900) -> dict:
     env = None
     if spec.get("src"):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([spec["src"], os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, __file__, json.dumps(spec)], capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks._common", json.dumps(spec)], capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["killed"]
         return {"error": f"rc {proc.returncode}: {tail[0][:200]}"}
@@ -121,7 +120,7 @@ def _model_step(spec: dict) -> dict:
     from bioformer.models import build_model
 
     device = spec.get("device", "cpu")
-    cfg = ModelConfig(**spec["model"])
+    cfg = ModelConfig.of(**spec["model"])
     B, r = spec["batch_size"], spec["n_genes"]
     vocab = spec.get("vocab_size", r + 3)
     torch.manual_seed(0)

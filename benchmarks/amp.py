@@ -3,7 +3,7 @@ backward, AdamW) at r genes and batch B, both precisions alternated in the same 
 where `--amp auto` may turn bf16 on for the CPU (`bioformer.training.loop.autocast_dtype`): only
 where bf16 measured faster here.
 
-    python benchmarks/amp.py [--widths 64,256,512] [--n-genes 256] [--steps 3] [--rounds 2]
+    python -m benchmarks.amp [--widths 64,256,512] [--n-genes 256] [--steps 3] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from _common import device_name, run_worker, table, write_results
+from benchmarks._common import device_name, run_worker, table, write_results
 
 FAMILIES = {
     "scgpt": {"model": "scgpt"},

@@ -1,7 +1,7 @@
 """Training throughput on 1 and N processes (DDP via torchrun): cells/s and efficiency.
 
-    python benchmarks/ddp.py                        # CPU: 1 and 2 processes, 1 thread each
-    python benchmarks/ddp.py --device cuda          # GPU: 1 .. all visible cards, one row each
+    python -m benchmarks.ddp                        # CPU: 1 and 2 processes, 1 thread each
+    python -m benchmarks.ddp --device cuda          # GPU: 1 .. all visible cards, one row each
 
 Each row is `bioformer train --nproc K` (torchrun) of the same BioFormer on kang2018 for
 --max-steps optimiser steps with per-process batch --batch-size (weak scaling: K processes
@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name, table, write_results  # noqa: E402
+from benchmarks._common import device_name, table, write_results
 
 
 def run(k: int, args: argparse.Namespace) -> dict:

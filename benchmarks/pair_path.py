@@ -4,14 +4,14 @@ Peak memory per run in a fresh process (CPU: VmHWM minus that of the same op at 
 only what grows with r counts), and time (best of the repeats after a warm-up).
 Targets at r = 256: >= 30x less peak memory and >= 20x faster OPM.
 
-    python benchmarks/pair_path.py [--device cuda] [--r 128 256 512]
+    python -m benchmarks.pair_path [--device cuda] [--r 128 256 512]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from _common import device_name, mib, run_worker, table, write_results
+from benchmarks._common import device_name, mib, run_worker, table, write_results
 
 B, C, CZ, COPM, H = 2, 64, 32, 32, 4
 NAIVE_OPM_LIMIT = 6e9  # bytes: skip the naive OPM where its outer product (x4 with backward) won't fit

@@ -1,8 +1,8 @@
 """Data larger than memory: peak RSS of one (step-capped) training epoch in memory vs backed, and
 the data pipeline's cells/s.
 
-    python benchmarks/scale_data.py                      # 1,000,000 cells x 20,000 genes
-    python benchmarks/scale_data.py --n-cells 100000     # what fits a 4 GiB budget in memory
+    python -m benchmarks.scale_data                      # 1,000,000 cells x 20,000 genes
+    python -m benchmarks.scale_data --n-cells 100000     # what fits a 4 GiB budget in memory
 
 The synthetic .h5ad (not committed; default benchmarks/data/) is generated from the real Kang
 2018 PBMCs (13,576 cells x 14,053 genes): each synthetic cell draws Poisson(--umis) UMIs
@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, table, vm_hwm, write_results  # noqa: E402
+from benchmarks._common import ROOT, table, vm_hwm, write_results
 
 DATA = ROOT / "benchmarks" / "data"
 
@@ -124,7 +123,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     cfg = RunConfig(
         data=DataConfig(data=str(args.file), n_hvg=512, genes="hvg", prior="none", max_len=128,
                         valid_frac=args.eval_frac, test_frac=args.eval_frac, backed=(mode == "backed")),
-        model=ModelConfig(d_model=32, nhead=4, nlayers=2, d_z=8, d_opm=8),
+        model=ModelConfig.of(d_model=32, nhead=4, nlayers=2, d_z=8, d_opm=8),
         train=TrainConfig(epochs=1, batch_size=args.batch_size, max_steps=args.max_steps, progress=False,
                           num_threads=args.threads, warmup_steps=10),
         out=str(args.out / mode),
@@ -185,7 +184,7 @@ def main() -> None:
         print(f"wrote {args.file} ({args.file.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f} s")
     rows = []
     for mode in args.modes.split(","):
-        cmd = [sys.executable, __file__, "--child", mode, *sys.argv[1:]]
+        cmd = [sys.executable, "-m", "benchmarks.scale_data", "--child", mode, *sys.argv[1:]]
         if "--file" not in sys.argv:
             cmd += ["--file", str(args.file)]
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -15,7 +15,7 @@ Targets: BioFormer-linear / fast scGPT <= 1.3 at r = 512 and <= 2 at r = 2048.
 then `--before /tmp/old/src`) at its defaults, alternated with the others in the same run: the
 before/after table.
 
-    python benchmarks/train_step.py [--device cuda] [--steps 4] [--rounds 2] [--n-genes 512]
+    python -m benchmarks.train_step [--device cuda] [--steps 4] [--rounds 2] [--n-genes 512]
         [--families scgpt,bioformer-linear] [--settings fast] [--before /tmp/old/src]
 """
 
@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from _common import device_name, run_worker, table, write_results
-
+from benchmarks._common import device_name, run_worker, table, write_results
 from bioformer.config import ModelConfig
+from bioformer.experiments.sizing import nearest_d_model
 from bioformer.models import count_config_parameters
 
 B, VOCAB = 8, 1027  # 512 HVGs + up to 512 prior genes + 3 special tokens
@@ -37,19 +37,16 @@ SETTINGS = {"fast": {"dropout": 0.1, "attention_dropout": 0.0}, "slow": {"dropou
 
 
 def equal_param_bioformer(target: int, nhead: int = 4, pair_mode: str = "full") -> dict:
-    """The BioFormer whose d_model gives the parameter count nearest `target`."""
-    best = None
-    for d in range(nhead * 4, 257, nhead):
-        cfg = {"model": "bioformer", "d_model": d, "nhead": nhead, "nlayers": 2, "pair_mode": pair_mode}
-        n = count_config_parameters(ModelConfig(**cfg), VOCAB, use_prior=True)
-        if best is None or abs(n - target) < abs(best[0] - target):
-            best = (n, cfg)
-    return best[1]
+    """The BioFormer whose d_model gives the parameter count nearest `target` (the package's one
+    equal-parameter search, `sizing.nearest_d_model`)."""
+    cfg = {"model": "bioformer", "nhead": nhead, "nlayers": 2, "pair_mode": pair_mode}
+    d_model, _ = nearest_d_model(ModelConfig.of(**cfg), target, VOCAB, use_prior=True, max_d_model=256)
+    return {**cfg, "d_model": d_model}
 
 
 def families() -> dict[str, dict]:
     """The model configs at equal parameter count (scGPT's)."""
-    n_scgpt = count_config_parameters(ModelConfig(**SCGPT), VOCAB, use_prior=True)
+    n_scgpt = count_config_parameters(ModelConfig.of(**SCGPT), VOCAB, use_prior=True)
     return {"scgpt": SCGPT, "bioformer": equal_param_bioformer(n_scgpt),
             "bioformer-linear": equal_param_bioformer(n_scgpt, pair_mode="linear")}
 

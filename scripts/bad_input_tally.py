@@ -5,10 +5,10 @@ files and environment the test builds. Outcome per case, worst first: code execu
 case's marker file appeared: a file ran code), data lost (a user file it must keep changed or
 vanished), hang (no exit within --timeout seconds), crash (killed by a signal), traceback,
 silent (exit 0), other, clear (exit 2, exactly one `error:` line, no traceback); separately,
-leftover (its --out changed). Run from the repo root:
+leftover (its --out changed). Run from the repo root (it imports the cases from tests/):
 
-    python scripts/bad_input_tally.py [--json results/bad_input/after.json] [--timeout 90]
-    python scripts/bad_input_tally.py --table results/bad_input/before_v3.json results/bad_input/after.json
+    python -m scripts.bad_input_tally [--json results/bad_input/after.json] [--timeout 90]
+    python -m scripts.bad_input_tally --table results/bad_input/before_v3.json results/bad_input/after.json
 
 The second form runs nothing: it prints the markdown table of the cases in the first file, with
 their outcome in each file (the table of results/bad_input/README.md).
@@ -25,12 +25,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pytest
 
-import pytest  # noqa: E402
-
-from tests.bad_input_cases import as_case  # noqa: E402
-from tests.test_bad_input import CASES, snapshot  # noqa: E402
+from tests.bad_input_cases import as_case
+from tests.test_bad_input import CASES, snapshot
 
 OUTCOMES = ("clear", "traceback", "hang", "silent", "data lost", "code execution", "crash", "other")
 
