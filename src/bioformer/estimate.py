@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from bioformer.config import DataConfig, ModelConfig
 from bioformer.errors import BioformerError
-from bioformer.models import count_config_parameters, model_class
+from bioformer.models import PairPath, count_config_parameters, model_class
 
 N_SPECIAL_TOKENS = 3  # <pad>, <cls>, <mask>
 CATEGORIES = ("parameters + optimizer state", "m activations", "z activations", "attention", "OPM intermediates")
@@ -66,79 +66,89 @@ def estimate_memory(
     vocab = vocab_size if vocab_size is not None else n_genes + N_SPECIAL_TOKENS
     P = n_params if n_params is not None else count_config_parameters(cfg, vocab, use_prior=True)
     act = 2 if amp else 4  # bytes of an activation element
-    T = B * r  # tokens
-    pairs = B * r * r
-    c, H, N = cfg.d_model, cfg.nhead, cfg.nlayers
-    ff = cfg.ff_factor * c
-    path = model_class(cfg.model).pair_path(cfg)
-    pair_bias = path.reads_z
-    n_opm = path.opm_blocks
-    cz, co = path.d_z, path.d_opm
+    path = model_class(cfg.model).pair_path(cfg)  # the family's pair path decides the [B, r, r] terms
     math_path = _attention_is_math_path(device, cfg, training)
     parts = dict.fromkeys(CATEGORIES, 0.0)
     if path.linear:
-        parts.update(_linear_pair_parts(cfg, B, r, training, math_path, act, use_prior, n_opm, device))
-        parts["parameters + optimizer state"] = (4.0 if training else 1.0) * P * 4
-        return MemoryEstimate(n_genes=r, batch_size=B, n_params=P, parts=parts)
-
-    if training:
-        # with checkpointing only each block's inputs are kept, plus one block recomputed in backward
-        ckpt = path.checkpoint
-        n_kept = 1 if ckpt else N  # blocks whose internals are alive at the peak
-        n_kept_opm = min(n_opm, 1) if ckpt else n_opm
-        parts["parameters + optimizer state"] = 4.0 * P * 4  # weights, grads, AdamW exp_avg, exp_avg_sq
-        # tensors kept per token per block: LN outs, q/k/v, attention out, gate, out_proj,
-        # transition hidden (twice: pre/post ReLU) and dropout masks; plus encoders/decoder
-        per_token = n_kept * (12 * c + (3 * c if path.gating else 0) + 2.5 * ff) + 12 * c
-        if ckpt:
-            per_token += N * c  # block inputs m
-        parts["m activations"] = per_token * T * act
-        z_pairs = 0.0
-        if pair_bias:
-            z_pairs = 1.0  # int8 prior codes
-            if use_prior:
-                z_pairs += 1  # the pair codes (int8; block 0 reads them by regulator rows/columns)
-            # each OPM writes a new z (fp32, kept also under checkpointing: it is a block input);
-            # a block that reads it keeps LN(z) and its mean/rstd
-            z_pairs += n_opm * cz * 4 + n_kept_opm * (cz * act + 2 * 4)
-            if ckpt and n_opm:
-                z_pairs += cz * 4  # the recomputed block writes its output z once more
-            parts["OPM intermediates"] = n_kept_opm * (T * (co + 1) * cz * 2 + T * co * 6) * act
-        # attention kept per block: the math path (CPU with attention dropout or a pair bias)
-        # keeps probabilities, the float dropout mask and the dropped probabilities; fused
-        # kernels keep the float mask
-        per_block = 3 * H * act if math_path else (H * act if pair_bias else 0)
-        attn_pairs = n_kept * per_block
-        # backward transients (one block at a time, so the larger of the two counts): gradients
-        # of the probabilities / mask, or grad z and grad LN(z) of the block reading the newest z
-        # (by then that block's attention tensors are freed)
-        attn_transient = (3 if math_path else 2) * H * act if (math_path or pair_bias) else 0
-        z_transient = max(2 * cz * 4 - per_block, 0) if n_opm else 0
-        if z_transient >= attn_transient:
-            z_pairs += z_transient
-        else:
-            attn_pairs += attn_transient
-        parts["z activations"] = z_pairs * pairs
-        parts["attention"] = attn_pairs * pairs
+        parts.update(_linear_pair_parts(cfg, path, B, r, training, math_path, act, use_prior, device))
+    elif training:
+        parts.update(_training_parts(cfg, path, B, r, math_path, act, use_prior))
     else:
-        parts["parameters + optimizer state"] = 4.0 * P
-        parts["m activations"] = (4 * c + ff) * T * act
-        if pair_bias:
-            z_pairs = 1.0 + (1 if use_prior else 0)  # int8 prior codes and pair codes
-            # live at once: z, LN(z) (transient), and the next z written by the OPM
-            z_pairs += (3 * cz * 4) if n_opm else 0
-            parts["z activations"] = z_pairs * pairs
-            parts["OPM intermediates"] = (T * (co + 1) * cz + T * co * 3) * act if n_opm else 0.0
-        # mask, bias and (math path / CPU) scores and probabilities of one block
-        parts["attention"] = H * (2 + (2 if pair_bias else 0)) * act * pairs
+        parts.update(_inference_parts(cfg, path, B, r, act, use_prior))
+    # weights; in training also grads, AdamW exp_avg and exp_avg_sq (fp32)
+    parts["parameters + optimizer state"] = (4.0 if training else 1.0) * P * 4
     return MemoryEstimate(n_genes=r, batch_size=B, n_params=P, parts=parts)
+
+def _training_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, math_path: bool, act: int,
+                    use_prior: bool) -> dict[str, float]:
+    """Bytes kept at the peak of a training step with z materialised (or no z at all)."""
+    c, H, N = cfg.d_model, cfg.nhead, cfg.nlayers
+    ff, T, pairs = cfg.ff_factor * c, B * r, B * r * r
+    pair_bias, n_opm, cz, co = path.reads_z, path.opm_blocks, path.d_z, path.d_opm
+    parts: dict[str, float] = {}
+    # with checkpointing only each block's inputs are kept, plus one block recomputed in backward
+    ckpt = path.checkpoint
+    n_kept = 1 if ckpt else N  # blocks whose internals are alive at the peak
+    n_kept_opm = min(n_opm, 1) if ckpt else n_opm
+    # tensors kept per token per block: LN outs, q/k/v, attention out, gate, out_proj,
+    # transition hidden (twice: pre/post ReLU) and dropout masks; plus encoders/decoder
+    per_token = n_kept * (12 * c + (3 * c if path.gating else 0) + 2.5 * ff) + 12 * c
+    if ckpt:
+        per_token += N * c  # block inputs m
+    parts["m activations"] = per_token * T * act
+    z_pairs = 0.0
+    if pair_bias:
+        z_pairs = 1.0  # int8 prior codes
+        if use_prior:
+            z_pairs += 1  # the pair codes (int8; block 0 reads them by regulator rows/columns)
+        # each OPM writes a new z (fp32, kept also under checkpointing: it is a block input);
+        # a block that reads it keeps LN(z) and its mean/rstd
+        z_pairs += n_opm * cz * 4 + n_kept_opm * (cz * act + 2 * 4)
+        if ckpt and n_opm:
+            z_pairs += cz * 4  # the recomputed block writes its output z once more
+        parts["OPM intermediates"] = n_kept_opm * (T * (co + 1) * cz * 2 + T * co * 6) * act
+    # attention kept per block: the math path (CPU with attention dropout or a pair bias)
+    # keeps probabilities, the float dropout mask and the dropped probabilities; fused
+    # kernels keep the float mask
+    per_block = 3 * H * act if math_path else (H * act if pair_bias else 0)
+    attn_pairs = n_kept * per_block
+    # backward transients (one block at a time, so the larger of the two counts): gradients
+    # of the probabilities / mask, or grad z and grad LN(z) of the block reading the newest z
+    # (by then that block's attention tensors are freed)
+    attn_transient = (3 if math_path else 2) * H * act if (math_path or pair_bias) else 0
+    z_transient = max(2 * cz * 4 - per_block, 0) if n_opm else 0
+    if z_transient >= attn_transient:
+        z_pairs += z_transient
+    else:
+        attn_pairs += attn_transient
+    parts["z activations"] = z_pairs * pairs
+    parts["attention"] = attn_pairs * pairs
+    return parts
+
+
+def _inference_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, act: int, use_prior: bool) -> dict[str, float]:
+    """Bytes alive at once in one inference forward with z materialised (or no z at all)."""
+    c, H = cfg.d_model, cfg.nhead
+    ff, T, pairs = cfg.ff_factor * c, B * r, B * r * r
+    pair_bias, n_opm, cz, co = path.reads_z, path.opm_blocks, path.d_z, path.d_opm
+    parts: dict[str, float] = {}
+    parts["m activations"] = (4 * c + ff) * T * act
+    if pair_bias:
+        z_pairs = 1.0 + (1 if use_prior else 0)  # int8 prior codes and pair codes
+        # live at once: z, LN(z) (transient), and the next z written by the OPM
+        z_pairs += (3 * cz * 4) if n_opm else 0
+        parts["z activations"] = z_pairs * pairs
+        parts["OPM intermediates"] = (T * (co + 1) * cz + T * co * 3) * act if n_opm else 0.0
+    # mask, bias and (math path / CPU) scores and probabilities of one block
+    parts["attention"] = H * (2 + (2 if pair_bias else 0)) * act * pairs
+    return parts
 
 
 REGULATOR_SHARE = 0.1  # regulator slots S per batch as a share of r, for the split prior path (models/fused_bias.py)
 
 
-def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_path: bool, act: int, use_prior: bool,
-                       n_opm: int, device: str = "cpu") -> dict[str, float]:
+def _linear_pair_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, training: bool, math_path: bool, act: int,
+                       use_prior: bool, device: str = "cpu") -> dict[str, float]:
     """Linear pair mode (models/linear_pair.py): no z; per block the attention's queries, keys
     and values widen to d' = d_head + (earlier OPMs) * c_opm, padded to a multiple of 8. The
     prior is a float mask built per chunk of query rows (all r rows while B * H * r * r is at
@@ -151,12 +161,12 @@ def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_pa
     from bioformer.models.linear_pair import BIAS_CHUNK_ELEMENTS
 
     c, H, N = cfg.d_model, cfg.nhead, cfg.nlayers
-    ff, co, dh = cfg.ff_factor * c, cfg.d_opm, c // cfg.nhead
+    ff, co, dh, n_opm = cfg.ff_factor * c, path.d_opm, c // cfg.nhead, path.opm_blocks
     T, pairs = B * r, B * r * r
     widths = [-(-(dh + min(block, n_opm) * co) // 8) * 8 for block in range(N)]  # d' per block
-    ckpt = cfg.checkpoint_blocks and training
+    ckpt = path.checkpoint and training
     split = use_prior and device == "cpu" and cfg.attention_dropout == 0 and r >= SPLIT_MIN_GENES
-    chunk = cfg.attention_chunk_size or (max(1, BIAS_CHUNK_ELEMENTS // (B * H * r)) if use_prior and not split else r)
+    chunk = path.attention_chunk_size or (max(1, BIAS_CHUNK_ELEMENTS // (B * H * r)) if use_prior and not split else r)
     chunk = min(chunk, r)
     mask = H * act * B * chunk * r if use_prior else 0.0  # one chunk's float mask
     if split:  # no mask: a few of the regulators' scores, [B, H, chunk, S] (S ~ share * r) and
@@ -171,7 +181,7 @@ def _linear_pair_parts(cfg: ModelConfig, B: int, r: int, training: bool, math_pa
         parts["z activations"] = z_pairs * pairs
         return parts
     n_kept = 1 if ckpt else N
-    per_token = n_kept * (12 * c + (3 * c if cfg.gating else 0) + 2.5 * ff) + 12 * c + (N * c if ckpt else 0)
+    per_token = n_kept * (12 * c + (3 * c if path.gating else 0) + 2.5 * ff) + 12 * c + (N * c if ckpt else 0)
     parts["m activations"] = per_token * T * act
     kept_widths = widths[-1:] if ckpt else widths  # q', k', v' and the output at width d' (kept for backward)
     parts["attention"] = sum(4 * H * w for w in kept_widths) * T * act
