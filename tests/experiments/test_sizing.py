@@ -10,6 +10,7 @@ from bioformer.experiments.sizing import (
     attention_transition_params,
     format_breakdown,
     match_total_params,
+    nearest_d_model,
     parameter_breakdown,
     same_attention,
 )
@@ -26,6 +27,16 @@ def test_same_params_within_two_percent(vocab, nlayers):
     n_ref, n_bio = count_parameters(ref, vocab, use_prior=False), count_parameters(bio, vocab)
     assert abs(n_bio - n_ref) / n_ref <= 0.02
     assert bio.d_model < ref.d_model  # the pair path and gate cost BioFormer width
+
+
+@pytest.mark.parametrize("template", [ModelConfig(model="scgpt", nhead=4), ModelConfig.of(nhead=2, nlayers=3, d_z=4, d_opm=4, pair_mode="linear")])
+def test_nearest_d_model_is_the_brute_force_nearest(template):
+    """The one equal-parameter search against the obvious reference: every multiple of nhead."""
+    vocab, target = 97, count_parameters(ModelConfig(model="scgpt", d_model=40, nhead=4), 97, use_prior=False)
+    counts = {d: count_parameters(template.replace(d_model=d), vocab) for d in range(template.nhead, 129, template.nhead)}
+    best = min(counts, key=lambda d: abs(counts[d] - target))
+    d_model, err = nearest_d_model(template, target, vocab, max_d_model=128)
+    assert d_model == best and err == pytest.approx((counts[best] - target) / target)
 
 
 def test_same_params_small_quick_sizes():

@@ -230,7 +230,6 @@ def prepare_backed(
     """Gene selection on a subsample, lengths and split over all cells, floors over the training
     cells, all without loading the matrix. Returns (obs/var-only AnnData over the kept cells and
     selected genes, vocabulary, split, BackedData)."""
-    say = (lambda *a: None) if quiet else log.info
     m = BackedMatrix(path, cfg.layer)
     n_obs, n_vars = m.shape
     gene_names = pd.Index(m.names("var", cfg.gene_column))
@@ -241,31 +240,14 @@ def prepare_backed(
     universe = np.arange(n_obs)
     if cfg.max_cells is not None and cfg.max_cells < n_obs:
         universe = np.sort(np.random.default_rng(seed).choice(n_obs, size=cfg.max_cells, replace=False))
-    n_sub = min(cfg.backed_hvg_cells, len(universe))
-    sub_cells = np.sort(np.random.default_rng([seed, 13]).choice(universe, size=n_sub, replace=False))
-    sub_X = m.take(sub_cells)
-    _check_chunk(sub_X, path.name)
-    sub = ad.AnnData(X=sub_X, var=pd.DataFrame(index=gene_names))
-    say("backed mode: %d cells x %d genes in %s; gene selection on %d cells (seeded subsample)", len(universe), n_vars, path.name, n_sub)
-    selected = preprocess(
-        sub, n_hvg=cfg.n_hvg, n_bins=cfg.n_bins, min_counts=cfg.min_counts, hvg_flavor=cfg.hvg_flavor,
-        genes=cfg.genes, prior_edges=selection_edges, min_cells_frac=cfg.min_cells_frac,
-        max_prior_genes=cfg.max_prior_genes, gene_list=gene_list, quiet=quiet,
-    )
+    selected = _select_genes(m, cfg, path, gene_names, universe, seed, gene_list, selection_edges, quiet)
     genes = list(selected.var_names)
     positions = np.full(n_vars, -1, dtype=np.int64)
     positions[gene_names.get_indexer(genes)] = np.arange(len(genes))
     vocab = GeneVocab.from_genes(genes)
 
-    # pass 1: expressed selected genes per cell (column indices only), contiguous chunks of rows
-    rank, world = _rank_world()
     chunks = [(i, min(i + CHUNK_CELLS, n_obs)) for i in range(0, n_obs, CHUNK_CELLS)]
-    selected_col = positions >= 0
-    expressed_all = np.zeros(n_obs, dtype=np.float64)
-    for lo, hi in chunks[rank::world]:
-        X = m.rows(lo, hi, values=False)
-        expressed_all[lo:hi] = np.add.reduceat(selected_col[X.indices].astype(np.int64), X.indptr[:-1]) if X.nnz else 0
-    expressed_all = _sum_over_ranks(expressed_all).astype(np.int64)
+    expressed_all = _expressed_per_cell(m, positions, chunks)
     expressed = expressed_all[universe]
     keep = np.ones(len(universe), dtype=bool) if cfg.include_zero_genes else expressed > 0
     kept, n_expr = universe[keep], expressed[keep]
@@ -273,31 +255,68 @@ def prepare_backed(
         log.warning("dropping %d cell(s) with no expressed selected genes", len(universe) - len(kept))
     split = split_cells(len(kept), cfg.valid_frac, cfg.test_frac, seed)  # positions among kept cells, as in memory
 
-    # pass 2: per-gene floor sums over the training cells, binned on the fly
     is_train = np.zeros(n_obs, dtype=bool)
     is_train[kept[split["train"]]] = True
-    col_sum = np.zeros(len(genes), dtype=np.float64)
-    col_n = np.zeros(len(genes), dtype=np.float64)
-    for lo, hi in chunks[rank::world]:
-        rows = np.flatnonzero(is_train[lo:hi])
-        if rows.size == 0:
-            continue
-        X = m.rows(lo, hi)
-        _check_chunk(X, path.name)
-        for k in rows:
-            idx, val = X.indices[X.indptr[k]:X.indptr[k + 1]], X.data[X.indptr[k]:X.indptr[k + 1]]
-            pos = positions[idx]
-            ok = (pos >= 0) & (val > 0)
-            np.add.at(col_sum, pos[ok], bin_values(val[ok], cfg.n_bins))
-            np.add.at(col_n, pos[ok], 1.0)
-    col_sum = _sum_over_ranks(col_sum)
-    col_n = np.full(len(genes), float(len(split["train"]))) if cfg.include_zero_genes else _sum_over_ranks(col_n)
+    col_sum, col_n = _floor_sums(m, positions, is_train, len(genes), cfg.n_bins, chunks, path.name)
+    if cfg.include_zero_genes:
+        col_n = np.full(len(genes), float(len(split["train"])))
 
     obs_names = pd.Index(ad.utils.make_index_unique(pd.Index(m.names("obs"))))[kept]
     frame = ad.AnnData(obs=pd.DataFrame(index=obs_names), var=selected.var.copy())
     frame.uns["input_kind"] = selected.uns.get("input_kind")
     backed = BackedData(m, positions, len(genes), cfg.n_bins, kept, n_expr, col_sum, col_n, selected)
     return frame, vocab, split, backed
+
+
+def _select_genes(m: BackedMatrix, cfg: DataConfig, path: Path, gene_names: pd.Index, universe: np.ndarray, seed: int,
+                  gene_list: list[str] | None, selection_edges: pd.DataFrame | None, quiet: bool) -> ad.AnnData:
+    """Gene selection (`preprocess`) on a seeded subsample of backed_hvg_cells of the cells."""
+    n_sub = min(cfg.backed_hvg_cells, len(universe))
+    sub_cells = np.sort(np.random.default_rng([seed, 13]).choice(universe, size=n_sub, replace=False))
+    sub_X = m.take(sub_cells)
+    _check_chunk(sub_X, path.name)
+    sub = ad.AnnData(X=sub_X, var=pd.DataFrame(index=gene_names))
+    if not quiet:
+        log.info("backed mode: %d cells x %d genes in %s; gene selection on %d cells (seeded subsample)", len(universe), m.shape[1], path.name, n_sub)
+    return preprocess(
+        sub, n_hvg=cfg.n_hvg, n_bins=cfg.n_bins, min_counts=cfg.min_counts, hvg_flavor=cfg.hvg_flavor,
+        genes=cfg.genes, prior_edges=selection_edges, min_cells_frac=cfg.min_cells_frac,
+        max_prior_genes=cfg.max_prior_genes, gene_list=gene_list, quiet=quiet,
+    )
+
+
+def _expressed_per_cell(m: BackedMatrix, positions: np.ndarray, chunks: list[tuple[int, int]]) -> np.ndarray:
+    """Pass 1: expressed selected genes of every file row (column indices only, this rank's
+    contiguous chunks of rows, summed over ranks): [n_obs] int64."""
+    rank, world = _rank_world()
+    selected_col = positions >= 0
+    expressed_all = np.zeros(m.shape[0], dtype=np.float64)
+    for lo, hi in chunks[rank::world]:
+        X = m.rows(lo, hi, values=False)
+        expressed_all[lo:hi] = np.add.reduceat(selected_col[X.indices].astype(np.int64), X.indptr[:-1]) if X.nnz else 0
+    return _sum_over_ranks(expressed_all).astype(np.int64)
+
+
+def _floor_sums(m: BackedMatrix, positions: np.ndarray, is_train: np.ndarray, n_genes: int, n_bins: int,
+                chunks: list[tuple[int, int]], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 2: per-gene floor sums over the training cells, binned on the fly: (sum of bins,
+    number of cells expressing the gene), each [n_genes], summed over ranks."""
+    rank, world = _rank_world()
+    col_sum = np.zeros(n_genes, dtype=np.float64)
+    col_n = np.zeros(n_genes, dtype=np.float64)
+    for lo, hi in chunks[rank::world]:
+        rows = np.flatnonzero(is_train[lo:hi])
+        if rows.size == 0:
+            continue
+        X = m.rows(lo, hi)
+        _check_chunk(X, name)
+        for k in rows:
+            idx, val = X.indices[X.indptr[k]:X.indptr[k + 1]], X.data[X.indptr[k]:X.indptr[k + 1]]
+            pos = positions[idx]
+            ok = (pos >= 0) & (val > 0)
+            np.add.at(col_sum, pos[ok], bin_values(val[ok], n_bins))
+            np.add.at(col_n, pos[ok], 1.0)
+    return _sum_over_ranks(col_sum), _sum_over_ranks(col_n)
 
 
 @dataclass

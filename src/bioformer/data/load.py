@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from bioformer.data.datasets import DATASETS, cache_dir, fetch
@@ -135,6 +136,36 @@ def _read_h5ad(path: Path) -> ad.AnnData:
         raise BioformerError(f"{path} is not a readable .h5ad file ({type(e).__name__}); write it with adata.write_h5ad()") from None
 
 
+def _layer(adata: ad.AnnData, layer: str | None, path: Path) -> tuple:
+    """The expression matrix `layer` names (None / "X": X, "raw": adata.raw) and its var frame."""
+    if layer in (None, "X"):
+        X, var = adata.X, adata.var
+    elif layer == "raw":
+        if adata.raw is None:
+            raise BioformerError(f"{path.name} has no .raw; available layers: {sorted(adata.layers.keys()) or 'none'} (or omit --layer to use X)")
+        X, var = adata.raw.X, adata.raw.var
+    elif layer in adata.layers:
+        X, var = adata.layers[layer], adata.var
+    else:
+        avail = sorted(adata.layers.keys())
+        raise BioformerError(
+            f"layer {layer!r} not found in {path.name}; available layers: {avail or 'none'}"
+            + (" and 'raw'" if adata.raw is not None else "") + " (omit --layer to use X)"
+        )
+    if X is None:
+        raise BioformerError(f"{path.name} has no expression matrix in X; pass --layer NAME")
+    return X, var
+
+
+def _gene_names(var: pd.DataFrame, gene_column: str | None) -> np.ndarray:
+    """Gene symbols: the `gene_column` of var, or var_names."""
+    if gene_column is not None:
+        if gene_column not in var.columns:
+            raise BioformerError(f"gene column {gene_column!r} not in var; available: {list(var.columns) or 'none'} (omit --gene-column to use var_names)")
+        return var[gene_column].astype(str).to_numpy()
+    return np.asarray(var.index, dtype=str)
+
+
 def load_anndata(
     source: str | Path,
     layer: str | None = None,
@@ -156,29 +187,8 @@ def load_anndata(
     path = Path(source).expanduser() if is_file else data_file(source, quiet=quiet)
     adata = _read_h5ad(path)
 
-    if layer in (None, "X"):
-        X, var = adata.X, adata.var
-    elif layer == "raw":
-        if adata.raw is None:
-            raise BioformerError(f"{path.name} has no .raw; available layers: {sorted(adata.layers.keys()) or 'none'} (or omit --layer to use X)")
-        X, var = adata.raw.X, adata.raw.var
-    elif layer in adata.layers:
-        X, var = adata.layers[layer], adata.var
-    else:
-        avail = sorted(adata.layers.keys())
-        raise BioformerError(
-            f"layer {layer!r} not found in {path.name}; available layers: {avail or 'none'}"
-            + (" and 'raw'" if adata.raw is not None else "") + " (omit --layer to use X)"
-        )
-    if X is None:
-        raise BioformerError(f"{path.name} has no expression matrix in X; pass --layer NAME")
-
-    if gene_column is not None:
-        if gene_column not in var.columns:
-            raise BioformerError(f"gene column {gene_column!r} not in var; available: {list(var.columns) or 'none'} (omit --gene-column to use var_names)")
-        names = var[gene_column].astype(str).to_numpy()
-    else:
-        names = np.asarray(var.index, dtype=str)
+    X, var = _layer(adata, layer, path)
+    names = _gene_names(var, gene_column)
 
     if adata.n_obs == 0:
         raise BioformerError(f"{path.name} has no cells (0 rows); pass a file with cells")

@@ -152,40 +152,11 @@ def preprocess(
         check_cell_count(adata.n_obs, MIN_CELLS, "data")
     kind = detect_input_kind(adata.X)
     adata = adata.copy()
-    counts = None
     if gene_list is None:
-        # Genes never (or too rarely) seen carry nothing and break HVG binning ("Bin edges must
-        # be unique"); on logged input the count threshold has no meaning, so keep genes seen once.
-        n_before = adata.n_vars
-        if kind == "counts":
-            sc.pp.filter_genes(adata, min_counts=max(min_counts, 1))
-            rule = f"with fewer than {min_counts} counts"
-            fix = "lower --min-counts or check the input" if min_counts > 1 else "check the input"
-        else:
-            sc.pp.filter_genes(adata, min_cells=1)
-            rule, fix = "that are zero in every cell", "check the input"
-        if adata.n_vars == 0:
-            raise BioformerError(f"no genes left after removing the {n_before} genes {rule}; {fix}")
-        if adata.n_vars < n_before:
-            say("removed %d genes %s", n_before - adata.n_vars, rule)
-    if kind == "counts":
-        counts = adata.X.copy()
-        sc.pp.normalize_total(adata, target_sum=1e4)
-        sc.pp.log1p(adata)
-    elif kind == "logged":
-        say("input looks log-normalised already (non-integer values, max <= %.0f): skipping normalize_total/log1p", LOGGED_MAX)
-    else:
-        say("input looks normalised but not logged (non-integer values, max > %.0f): applying log1p only", LOGGED_MAX)
-        sc.pp.log1p(adata)
-
+        _filter_genes(adata, kind, min_counts, say)
+    counts = _normalise(adata, kind, say)
     if gene_list is not None:
-        present = set(adata.var_names)  # once: a set per gene made this O(genes x input genes)
-        keep = [g for g in gene_list if g in present]
-        if not keep:
-            raise BioformerError("none of the model's genes are in this data set; check --gene-column")
-        out = adata[:, keep].copy()
-        hvg_mask = np.ones(out.n_vars, dtype=bool)
-        prior_mask = np.zeros(out.n_vars, dtype=bool)
+        out, hvg_mask, prior_mask = _keep_genes(adata, gene_list)
     else:
         flavor = hvg_flavor or ("seurat_v3" if kind == "counts" else "cell_ranger")
         hvg_mask = _hvg(adata, n_hvg, flavor, counts)
@@ -209,3 +180,47 @@ def preprocess(
     out.var["source"] = np.where(prior_mask, "prior", "hvg")
     out.uns["input_kind"] = kind
     return out
+
+
+def _filter_genes(adata: ad.AnnData, kind: str, min_counts: int, say) -> None:
+    """Drop (in place) genes never or too rarely seen: they carry nothing and break HVG binning
+    ("Bin edges must be unique"); on logged input the count threshold has no meaning, so keep
+    genes seen once."""
+    n_before = adata.n_vars
+    if kind == "counts":
+        sc.pp.filter_genes(adata, min_counts=max(min_counts, 1))
+        rule = f"with fewer than {min_counts} counts"
+        fix = "lower --min-counts or check the input" if min_counts > 1 else "check the input"
+    else:
+        sc.pp.filter_genes(adata, min_cells=1)
+        rule, fix = "that are zero in every cell", "check the input"
+    if adata.n_vars == 0:
+        raise BioformerError(f"no genes left after removing the {n_before} genes {rule}; {fix}")
+    if adata.n_vars < n_before:
+        say("removed %d genes %s", n_before - adata.n_vars, rule)
+
+
+def _normalise(adata: ad.AnnData, kind: str, say):
+    """normalize_total(1e4) + log1p in place, as far as the input `kind` still needs; returns the
+    raw counts (for seurat_v3 HVGs) when the input was counts, else None."""
+    if kind == "counts":
+        counts = adata.X.copy()
+        sc.pp.normalize_total(adata, target_sum=1e4)
+        sc.pp.log1p(adata)
+        return counts
+    if kind == "logged":
+        say("input looks log-normalised already (non-integer values, max <= %.0f): skipping normalize_total/log1p", LOGGED_MAX)
+    else:
+        say("input looks normalised but not logged (non-integer values, max > %.0f): applying log1p only", LOGGED_MAX)
+        sc.pp.log1p(adata)
+    return None
+
+
+def _keep_genes(adata: ad.AnnData, gene_list: list[str]) -> tuple[ad.AnnData, np.ndarray, np.ndarray]:
+    """`adata` over the genes of `gene_list` it has (in that order), all marked HVG."""
+    present = set(adata.var_names)  # once: a set per gene made this O(genes x input genes)
+    keep = [g for g in gene_list if g in present]
+    if not keep:
+        raise BioformerError("none of the model's genes are in this data set; check --gene-column")
+    out = adata[:, keep].copy()
+    return out, np.ones(out.n_vars, dtype=bool), np.zeros(out.n_vars, dtype=bool)

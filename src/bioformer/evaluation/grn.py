@@ -34,8 +34,6 @@ import pandas as pd
 
 from bioformer.errors import BioformerError
 
-RANKING_METRICS = ("auprc", "average_precision", "epr", "precision_at_100")
-PER_TF_METRICS = ("per_tf_auroc", "per_tf_auprc")
 REVERSE_FREE = "heldout prior edges, reverse not given"
 MIN_TF_TARGETS = 5  # a TF's row is scored per TF when it has at least this many true candidate targets
 

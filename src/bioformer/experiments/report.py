@@ -21,7 +21,7 @@ from bioformer.experiments.plots import plot_comparison, plot_curves
 from bioformer.experiments.power import paired_power, power_verdict
 from bioformer.experiments.stats import holm, paired_test, t_interval
 from bioformer.training.checkpoint import atomic_write_text
-from bioformer.training.metrics import EvalResult
+from bioformer.training.metrics import FLOOR_NAMES, EvalResult
 
 # per-gene Pearson (across cells) and per-cell Spearman separate gene-gene skill from gene
 # identity; pooled Pearson and MRE are kept for continuity (see bioformer.training.metrics)
@@ -30,8 +30,7 @@ METRICS = ("mse", "pearson_gene", "spearman_cell", "mre", "mae", "pearson")
 EXTRA_METRICS = ("prior_targets_mse", "unsampled_mse")
 LOWER_IS_BETTER = {"mse": True, "mre": True, "mae": True, "pearson": False, "pearson_gene": False, "spearman_cell": False, "prior_targets_mse": True, "unsampled_mse": True}
 LABELS = {"mse": "MSE", "mre": "MRE", "mae": "MAE", "pearson": "pooled Pearson", "pearson_gene": "per-gene Pearson", "spearman_cell": "per-cell Spearman", "prior_targets_mse": "MSE, prior-targets masks", "unsampled_mse": "MSE, never-sampled cells"}
-FLOORS = ("const", "gene_mean", "cell", "tree")
-FLOOR_COLUMNS = tuple(f"floor_{kind}_{m}" for kind in FLOORS for m in (*METRICS, "mse_log"))
+FLOOR_COLUMNS = tuple(f"floor_{kind}_{m}" for kind in FLOOR_NAMES for m in (*METRICS, "mse_log"))
 RESULT_COLUMNS = (
     "study", "arm", "model", "seed",
     *(f"test_{m}" for m in (*METRICS, "mse_log", "pearson_gene_log", "mse_role_tf", "mse_role_target", "mse_role_neither")),

@@ -246,11 +246,3 @@ def fit_cell_floor(train_set, fallback: np.ndarray, n_bins: int, positions: tupl
         w[:, 0] = fallback
         return CellFloor(torch.from_numpy(w), torch.zeros(4), torch.ones(4), n_bins, train_set.cls_id)
     return CellFloor.fit(genes, feats, targets, fallback.astype(np.float64), n_bins, train_set.cls_id)
-
-
-def floor_names(floors: Floors | None) -> list[str]:
-    """The floors a Floors object predicts, in table order (weakest first)."""
-    if floors is None:
-        return []
-    return ["const", "gene_mean"] + (["cell"] if floors.cell is not None else []) + (["tree"] if floors.tree is not None else [])
-

@@ -23,38 +23,7 @@ from bioformer.training import distributed
 from bioformer.training.checkpoint import rng_state, save_training_state, set_rng_state
 from bioformer.training.floors import Floors
 from bioformer.training.metrics import EvalResult, score_positions
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and in what precision a run computes; resolved once per run from its TrainConfig."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None  # autocast dtype, None = fp32
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig) -> Runtime:
-        device = resolve_device(cfg.device)
-        return cls(device, autocast_dtype(cfg.amp, device))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on GPUs that support it (fp16 otherwise) when amp="auto"; nothing on CPU unless asked."""
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+from bioformer.training.runtime import Runtime, autocast_dtype, resolve_device  # noqa: F401  (training/run.py, inference/run.py import them from here)
 
 
 def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], prior: PriorMatrix | None, device: torch.device) -> dict[str, torch.Tensor]:
@@ -102,37 +71,22 @@ def evaluate(
     model = unwrap(model)
     model.eval()
     ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    cells, genes, targets, is_tf, is_target = [], [], [], [], []
-    preds: dict[str, list[np.ndarray]] = {"model": []}
-    order: list[tuple[int, int]] = []  # (fold, batch index) of each scored batch
+    scored = _Scored()
     old = (dataset.fold, dataset.n_folds)
     try:
         for fold in range(folds):
-            dataset.set_fold(fold, folds)
-            batches = length_grouped_batches(dataset.lengths(), batch_size, 0, shuffle=False)
-            mine = range(distributed.rank(), len(batches), distributed.world_size())
-            order += [(fold, b) for b in mine]  # this rank's batches in single-process order
-            batches = [batches[b] for b in mine]
+            batches = _rank_batches(dataset, batch_size, fold, folds, scored.order)
             batch_iter = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0)
             for batch in tqdm(batch_iter, desc=desc, leave=False, disable=not progress):
                 with ctx:
                     out = forward_batch(model, batch, prior, device)
-                mask = batch["mask"]  # [B, L]
-                cells.append(batch["cell"][:, None].expand_as(mask)[mask].numpy())
-                genes.append(batch["gene_ids"][mask].numpy())
-                targets.append(batch["target_values"][mask].numpy())
-                preds["model"].append(out["pred"].float().cpu()[mask].numpy())
-                if floors is not None:
-                    for name, pred in floors.predict(batch["gene_ids"], batch).items():
-                        preds.setdefault(name, []).append(pred[mask].numpy())
-                if roles is not None:
-                    edge = roles.prior_for(batch["gene_ids"]) != 0  # [B, L, L], i regulates j
-                    is_tf.append(edge.any(2)[mask].numpy())
-                    is_target.append(edge.any(1)[mask].numpy())
+                scored.add(batch, out["pred"], floors, roles)
     finally:
         dataset.set_fold(*old)
+    parts = (scored.cells, scored.genes, scored.targets, scored.preds, scored.is_tf, scored.is_target)
     if distributed.world_size() > 1:  # every rank gets every position (metrics are not sums)
-        cells, genes, targets, preds, is_tf, is_target = _gather_batches(cells, genes, targets, preds, is_tf, is_target, order)
+        parts = _gather_batches(*parts, scored.order)
+    cells, genes, targets, preds, is_tf, is_target = parts
 
     def cat(chunks: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(chunks) if chunks else np.zeros(0)
@@ -142,6 +96,45 @@ def evaluate(
         bin_edges=bin_edges, roles={"tf": cat(is_tf), "target": cat(is_target)} if roles is not None else None,
         by_zero=dataset.include_zero_genes, n_boot=n_boot, seed=seed, n_folds=folds,
     )
+
+
+def _rank_batches(dataset: CellDataset, batch_size: int, fold: int, folds: int, order: list[tuple[int, int]]) -> list:
+    """This rank's evaluation batches of mask fold `fold` (every world_size-th batch of the
+    single-process order); appends their (fold, batch index) to `order`."""
+    dataset.set_fold(fold, folds)
+    batches = length_grouped_batches(dataset.lengths(), batch_size, 0, shuffle=False)
+    mine = range(distributed.rank(), len(batches), distributed.world_size())
+    order += [(fold, b) for b in mine]  # this rank's batches in single-process order
+    return [batches[b] for b in mine]
+
+
+@dataclass
+class _Scored:
+    """The masked positions this rank scored, as per-batch arrays: cell, gene, target, the
+    model's and each floor's prediction, and (with roles) whether the gene is a TF / a target."""
+
+    cells: list[np.ndarray] = field(default_factory=list)
+    genes: list[np.ndarray] = field(default_factory=list)
+    targets: list[np.ndarray] = field(default_factory=list)
+    preds: dict[str, list[np.ndarray]] = field(default_factory=lambda: {"model": []})
+    is_tf: list[np.ndarray] = field(default_factory=list)
+    is_target: list[np.ndarray] = field(default_factory=list)
+    order: list[tuple[int, int]] = field(default_factory=list)  # (fold, batch index) of each scored batch
+
+    def add(self, batch: dict[str, torch.Tensor], pred: torch.Tensor, floors: Floors | None, roles: PriorMatrix | None) -> None:
+        """Record one batch's masked positions; pred [B, L] is the model's prediction."""
+        mask = batch["mask"]  # [B, L]
+        self.cells.append(batch["cell"][:, None].expand_as(mask)[mask].numpy())
+        self.genes.append(batch["gene_ids"][mask].numpy())
+        self.targets.append(batch["target_values"][mask].numpy())
+        self.preds["model"].append(pred.float().cpu()[mask].numpy())
+        if floors is not None:
+            for name, floor_pred in floors.predict(batch["gene_ids"], batch).items():
+                self.preds.setdefault(name, []).append(floor_pred[mask].numpy())
+        if roles is not None:
+            edge = roles.prior_for(batch["gene_ids"]) != 0  # [B, L, L], i regulates j
+            self.is_tf.append(edge.any(2)[mask].numpy())
+            self.is_target.append(edge.any(1)[mask].numpy())
 
 
 def _gather_batches(cells: list, genes: list, targets: list, preds: dict[str, list], is_tf: list, is_target: list,
@@ -170,6 +163,14 @@ class TrainResult:
     best_valid_mse: float = math.inf
     best_state: dict[str, torch.Tensor] | None = None
 
+    def keep_if_best(self, model: torch.nn.Module, valid_mse: float, epoch: int) -> bool:
+        """Keep a copy of the weights when `valid_mse` is the best so far; returns whether it was."""
+        if not valid_mse < self.best_valid_mse:
+            return False
+        self.best_valid_mse, self.best_epoch = valid_mse, epoch
+        self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return True
+
 
 def train(
     model: torch.nn.Module,
@@ -192,110 +193,152 @@ def train(
     (e.g. to rewrite metrics.csv, so a long run shows progress on disk); with `state_path`, the
     full training state (see `training_state`) is written there atomically. `resume_state`
     (such a state, read back) continues a run exactly where that epoch ended. Returns the
-    per-epoch history and the best weights.
-
-    In a process group (torchrun) the model is wrapped in DDP, each global batch of
-    world_size * batch_size cells is cut into one shard per rank, and every rank's loss is
-    scaled so that the gradient is that of the masked MSE over the global batch's masked
-    positions (not a mean of per-rank means). Only rank 0 calls `on_best` / `on_epoch` and
-    writes the state.
+    per-epoch history and the best weights. In a process group (torchrun) the model is wrapped
+    in DDP (see `train_step`); only rank 0 calls `on_best` / `on_epoch` and writes the state.
     """
     device, amp_dtype = runtime.device, runtime.amp_dtype
     model.to(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=(amp_dtype == torch.float16))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    optim = Optimiser.build(model, cfg, device, amp_dtype)
     result = TrainResult()
-    step, start_epoch = 0, 1
-    rank, world = distributed.rank(), distributed.world_size()
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        opt.load_state_dict(resume_state["optimizer"])
-        plateau.load_state_dict(resume_state["plateau"])
-        scaler.load_state_dict(resume_state["scaler"])
-        step, start_epoch = resume_state["step"], resume_state["epoch"] + 1
-        result.history = list(resume_state["history"])
-        result.best_epoch, result.best_valid_mse = resume_state["best_epoch"], resume_state["best_valid_mse"]
-        result.best_state = resume_state["best_state"] or None
-        rngs = resume_state["rng"]
-        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    step, start_epoch = _restore(model, optim, result, resume_state) if resume_state is not None else (0, 1)
     core = model
     model = distributed.wrap(model, device)
     for epoch in range(start_epoch, cfg.epochs + 1):
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
-        model.train()
-        train_set.set_epoch(epoch)
         t0 = time.perf_counter()
-        global_batches = length_grouped_batches(train_set.lengths(), cfg.batch_size * world, cfg.seed * 1000 + epoch, True)
-        shards = [distributed.shard(b, rank, world) for b in global_batches]
-        batches = DataLoader(train_set, batch_sampler=[idx for idx, _ in shards], collate_fn=collate, num_workers=cfg.num_workers)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not (cfg.progress and rank == 0))
-        loss_sum = torch.zeros((), dtype=torch.float64)  # sum over steps of this rank's share of the global loss
-        n_steps = 0
-        for (_, weight), batch in zip(shards, bar, strict=True):
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                break
-            if step < cfg.warmup_steps:
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr * (step + 1) / cfg.warmup_steps
-            ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-            mask = batch["mask"].to(device)
-            with ctx:
-                out = forward_batch(model, batch, prior, device)
-                loss = core.loss(out, batch["target_values"].to(device), mask)
-            if world > 1:
-                # mean over this shard's masked positions -> its share of the global mean; DDP
-                # averages gradients over ranks, hence the factor world
-                n_local = mask.sum().to(torch.float64) * weight
-                n_global = distributed.all_reduce_sum(n_local)
-                loss = loss * (n_local * world / n_global).to(loss.dtype)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            loss_sum += loss.detach().double().cpu() / world
-            n_steps += 1
-            step += 1
-            bar.set_postfix(loss=f"{loss.item():.2f}")
+        train_loss, step = train_epoch(model, core, train_set, prior, optim, cfg, runtime, epoch, step)
         train_seconds = time.perf_counter() - t0
-        train_loss = float(distributed.all_reduce_sum(loss_sum)) / n_steps if n_steps else math.nan
         valid = evaluate(core, valid_set, prior, cfg.batch_size * 2, device, floors=floors, amp_dtype=amp_dtype)
         if step >= cfg.warmup_steps:
-            plateau.step(valid["mse"])
+            optim.plateau.step(valid["mse"])
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
             **valid.flat("valid_", "valid_"),
-            "lr": opt.param_groups[0]["lr"],
+            "lr": optim.opt.param_groups[0]["lr"],
             "seconds": time.perf_counter() - t0,
             "train_seconds": train_seconds,
         }
         result.history.append(row)
-        main = distributed.is_main()
-        if valid["mse"] < result.best_valid_mse:
-            result.best_valid_mse = valid["mse"]
-            result.best_epoch = epoch
-            result.best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
-            if on_best is not None and main:
-                on_best(core, epoch, row)
-        if on_epoch is not None and main:
+        if result.keep_if_best(core, valid["mse"], epoch) and on_best is not None and distributed.is_main():
+            on_best(core, epoch, row)
+        if on_epoch is not None and distributed.is_main():
             on_epoch(result.history)
         if state_path is not None:
-            rngs = distributed.all_gather_object(rng_state())
-            if main:
-                state = training_state(core, opt, plateau, scaler, epoch, step, result, rngs)
-                save_training_state(state_path, {**state, **(state_meta or {})})
-        if cfg.progress and main:
-            floor = "".join(f", {name} floor {m['mse']:.2f}" for name, m in valid.floors.items() if name != "const")
-            floor = f" ({floor[2:]})" if floor else ""
-            tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.2f}  valid MSE {valid['mse']:.2f}{floor}  Pearson {valid['pearson']:.3f}  {row['seconds']:.1f}s")
+            _save_state(state_path, core, optim, epoch, step, result, state_meta)
+        if cfg.progress and distributed.is_main():
+            _print_epoch(epoch, row, valid)
     if result.best_state is not None:
         core.load_state_dict(result.best_state)
     return result
+
+
+@dataclass
+class Optimiser:
+    """What a step changes besides the weights: AdamW, the plateau LR schedule, the fp16 scaler."""
+
+    opt: torch.optim.Optimizer
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def build(cls, model: torch.nn.Module, cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> Optimiser:
+        scaler = torch.amp.GradScaler(device.type, enabled=(amp_dtype == torch.float16))
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+        return cls(opt, plateau, scaler)
+
+
+def _restore(model: torch.nn.Module, optim: Optimiser, result: TrainResult, state: dict[str, Any]) -> tuple[int, int]:
+    """Load a training state (see `training_state`) into the model, optimiser, result and RNGs;
+    returns (global step, first epoch to run)."""
+    model.load_state_dict(state["model"])
+    optim.opt.load_state_dict(state["optimizer"])
+    optim.plateau.load_state_dict(state["plateau"])
+    optim.scaler.load_state_dict(state["scaler"])
+    result.history = list(state["history"])
+    result.best_epoch, result.best_valid_mse = state["best_epoch"], state["best_valid_mse"]
+    result.best_state = state["best_state"] or None
+    rngs, rank = state["rng"], distributed.rank()
+    set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    return state["step"], state["epoch"] + 1
+
+
+def train_epoch(
+    model: torch.nn.Module, core: torch.nn.Module, train_set: CellDataset, prior: PriorMatrix | None,
+    optim: Optimiser, cfg: TrainConfig, runtime: Runtime, epoch: int, step: int,
+) -> tuple[float, int]:
+    """One pass over the training cells in length-grouped global batches (stopping at
+    cfg.max_steps): the mean training loss over its steps (all ranks) and the global step after
+    it. `model` is what runs (DDP-wrapped in a process group), `core` the model itself."""
+    rank, world = distributed.rank(), distributed.world_size()
+    model.train()
+    train_set.set_epoch(epoch)
+    global_batches = length_grouped_batches(train_set.lengths(), cfg.batch_size * world, cfg.seed * 1000 + epoch, True)
+    shards = [distributed.shard(b, rank, world) for b in global_batches]
+    batches = DataLoader(train_set, batch_sampler=[idx for idx, _ in shards], collate_fn=collate, num_workers=cfg.num_workers)
+    bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not (cfg.progress and rank == 0))
+    loss_sum = torch.zeros((), dtype=torch.float64)  # sum over steps of this rank's share of the global loss
+    n_steps = 0
+    for (_, weight), batch in zip(shards, bar, strict=True):
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+        if step < cfg.warmup_steps:
+            for group in optim.opt.param_groups:
+                group["lr"] = cfg.lr * (step + 1) / cfg.warmup_steps
+        loss = train_step(model, core, batch, weight, prior, optim, cfg, runtime)
+        loss_sum += loss.detach().double().cpu() / world
+        n_steps += 1
+        step += 1
+        bar.set_postfix(loss=f"{loss.item():.2f}")
+    return (float(distributed.all_reduce_sum(loss_sum)) / n_steps if n_steps else math.nan), step
+
+
+def train_step(
+    model: torch.nn.Module, core: torch.nn.Module, batch: dict[str, torch.Tensor], weight: float,
+    prior: PriorMatrix | None, optim: Optimiser, cfg: TrainConfig, runtime: Runtime,
+) -> torch.Tensor:
+    """One optimiser step on this rank's shard of a global batch (`weight`: the shard's share of
+    it); returns the loss it stepped on. In a process group each global batch of world_size *
+    batch_size cells is cut into one shard per rank, and every rank's loss is scaled so that the
+    gradient is that of the masked loss over the global batch's masked positions (not a mean of
+    per-rank means)."""
+    device, amp_dtype, world = runtime.device, runtime.amp_dtype, distributed.world_size()
+    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    mask = batch["mask"].to(device)
+    with ctx:
+        out = forward_batch(model, batch, prior, device)
+        loss = core.loss(out, batch["target_values"].to(device), mask)
+    if world > 1:
+        # mean over this shard's masked positions -> its share of the global mean; DDP
+        # averages gradients over ranks, hence the factor world
+        n_local = mask.sum().to(torch.float64) * weight
+        n_global = distributed.all_reduce_sum(n_local)
+        loss = loss * (n_local * world / n_global).to(loss.dtype)
+    optim.opt.zero_grad(set_to_none=True)
+    optim.scaler.scale(loss).backward()
+    if cfg.grad_clip:
+        optim.scaler.unscale_(optim.opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optim.scaler.step(optim.opt)
+    optim.scaler.update()
+    return loss
+
+
+def _save_state(path: str | Path, core: torch.nn.Module, optim: Optimiser, epoch: int, step: int, result: TrainResult,
+                meta: dict[str, Any] | None) -> None:
+    """Rank 0 writes the training state after `epoch` (every rank's RNG streams gathered)."""
+    rngs = distributed.all_gather_object(rng_state())
+    if distributed.is_main():
+        state = training_state(core, optim.opt, optim.plateau, optim.scaler, epoch, step, result, rngs)
+        save_training_state(path, {**state, **(meta or {})})
+
+
+def _print_epoch(epoch: int, row: dict[str, float], valid: EvalResult) -> None:
+    floor = "".join(f", {name} floor {m['mse']:.2f}" for name, m in valid.floors.items() if name != "const")
+    floor = f" ({floor[2:]})" if floor else ""
+    tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.2f}  valid MSE {valid['mse']:.2f}{floor}  Pearson {valid['pearson']:.3f}  {row['seconds']:.1f}s")
 
 
 def training_state(
