@@ -209,7 +209,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from bioformer.training import distributed
     from bioformer.training.metrics import EvalResult
-    from bioformer.training.run import RESUMABLE_CHANGES, format_test_table, run_training
+    from bioformer.training.run import RESUMABLE_CHANGES, run_training
+    from bioformer.training.summary import format_test_table
 
     if args.nproc is not None and args.nproc < 1:
         raise BioformerError(f"--nproc must be >= 1 (1 = one process, no torchrun), got {args.nproc}")
@@ -247,9 +248,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bioformer.config import check_inference_options
     from bioformer.inference import Run
-    from bioformer.training.run import format_test_table, load_run
+    from bioformer.training.reader import RunReader
+    from bioformer.training.summary import format_test_table
 
-    cfg, _ = load_run(args.run_dir)  # config only: options are checked before the model is loaded
+    cfg = RunReader(args.run_dir).config()  # config only: options are checked before the model is loaded
     check_inference_options(folds=args.folds, max_folds=cfg.data.max_len)
     if args.eval_cells is not None and args.eval_cells < 1:
         raise BioformerError(f"--eval-cells must be >= 1, got {args.eval_cells}")
@@ -378,12 +380,11 @@ def _inference_input(args: argparse.Namespace):
 
     from bioformer.data.load import data_file
     from bioformer.inference.run import Run
-    from bioformer.training.rundir import check_heldout_edges
 
     out = _check_inference_args(args)[0]
     src = data_file(args.data)
     run = Run.load(args.run_dir, device=args.device, quiet=args.quiet)
-    check_heldout_edges(run.run_dir, run.summary)  # every model: grn --score reads them
+    run.reader.heldout_edges()  # every model: grn --score reads them
     try:
         adata = ad.read_h5ad(src)
     except Exception as e:
@@ -437,10 +438,11 @@ def cmd_grn(args: argparse.Namespace) -> int:
     if args.score:
         import pandas as pd
 
-        from bioformer.evaluation.grn import format_grn_table, score_run
+        from bioformer.evaluation.grn import format_grn_table, run_truth, score_run
 
         # one matrix per group is scored too: a condition-specific network against the same truth
-        table = pd.concat([score_run(run.run_dir, {f"pair scores ({name})": ps.ranked()}, genes=ps.genes, chip_path=args.chip).assign(group=name)
+        truth = run_truth(run.reader, run.genes, chip_path=args.chip)  # the run's own cells, preprocessed once
+        table = pd.concat([score_run(truth, {f"pair scores ({name})": ps.ranked()}).assign(group=name)
                            for name, ps in result.items()], ignore_index=True)
         print(format_grn_table(table))
         if args.score_csv:
