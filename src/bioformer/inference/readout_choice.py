@@ -1,8 +1,9 @@
 """Which gene-pair readout of a model to trust: a positive control on the edges it was given.
 
 A z readout that cannot find the prior edges that were in the model's input says nothing about
-held-out ones. So every candidate readout (`bioformer.inference.readouts.candidate_readouts`:
-each block's pair bias per head and as signed mean / L2 / max over heads; scGPT's attention) is
+held-out ones. So every candidate readout (`bioformer.inference.readouts.candidates`: every
+registered grn readout that applies to the model: each block's pair bias per head and as signed
+mean / L2 / max over heads, scGPT's attention, and any readout registered later) is
 first scored on the GIVEN prior edges over the validation cells (`choose_readout`); the default
 readout is the one that recovers them best (average precision), chosen there and never on
 held-out edges; only then is every candidate scored on the held-out edges and ChIP targets,
@@ -23,7 +24,8 @@ import pandas as pd
 import torch
 
 from bioformer.evaluation.grn import TruthSet, edge_truth, score_matrix
-from bioformer.inference.readouts import CandidateAccumulator, candidate_readouts
+from bioformer.inference.pairs import CandidateAccumulator
+from bioformer.inference.readouts import candidate_readouts, candidates
 
 CONTROL = "given prior edges (positive control)"
 CONTROL_AP_FACTOR = 2.0  # pass: AP >= 2 x random level and per-TF AUROC CI above 0.5
@@ -62,10 +64,9 @@ def candidate_pair_scores(run, adata, batch_size: int = 64, progress: bool = Fal
     hold both genes: (name -> [G, G] with NaN where no cell does, [G, G] cell counts)."""
     cells = run.prepare(adata, quiet=True)
     acc = CandidateAccumulator(len(run.genes))
-    for chunk in run._cell_chunks(cells.n_cells, batch_size, progress, "readouts"):
-        seqs = [run._sequence(*run._visible(cells, i)[:2]) for i in chunk]
-        for _, batch in run._batches(seqs, batch_size):
-            acc.add(candidate_readouts(run.model, *run._model_inputs(batch)), batch["columns"])
+    readouts = candidates(run.model)  # every registered grn readout that applies to the model
+    for _, batch in run._sequence_batches(cells, batch_size, progress, "readouts"):
+        acc.add(candidate_readouts(run.model, *run._model_inputs(batch), readouts=readouts), batch["columns"])
     return acc.result()
 
 
@@ -95,22 +96,18 @@ def run_readout_table(run_dir: str | Path, split: str = "valid", chip_path: str 
     default), the positive control on the edges its z was built from (the real visible prior for
     an arm without one: it should fail), held-out prior edges and ChIP with every baseline."""
     from bioformer.data.load import load_anndata
-    from bioformer.data.pipeline import edges_for_genes
     from bioformer.evaluation.baselines import baselines
     from bioformer.evaluation.grn import run_truth
     from bioformer.inference import Run
-    from bioformer.models import uses_prior
 
     run = Run.load(run_dir, device="cpu")
     d = run.config.data
     adata = load_anndata(d.data, d.layer, d.gene_column, d.max_cells, run.config.train.seed, quiet=True)
-    idx = np.load(Path(run_dir) / "split.npz", allow_pickle=False)
+    idx = run.reader.split()
     names = list(idx["obs_names"][idx[split]])
     candidates, _ = candidate_pair_scores(run, adata[names], batch_size)
-    rt = run_truth(run_dir, run.genes, chip_path)
-    given = rt.given
-    if uses_prior(run.config.model, d.prior):
-        given = edges_for_genes(d.prior, set(run.genes), run.config.train.seed, heldout=rt.heldout)
+    rt = run_truth(run.reader, run.genes, chip_path)
+    given = run.reader.given_edges(set(run.genes)) if run.reader.uses_prior else rt.given
     if given is None:
         given = pd.DataFrame({"source": [], "target": []})
     regulators = sorted(set(rt.prior["source"]) & set(run.genes)) if rt.prior is not None else None
