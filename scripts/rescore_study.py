@@ -24,7 +24,7 @@ def _ci(result, key: str) -> str:
 
 def main() -> None:
     from bioformer.evaluation.grn import format_grn_table, score_run
-    from bioformer.training.run import evaluate_run
+    from bioformer.training.evaluate import evaluate_run
 
     ap = argparse.ArgumentParser()
     ap.add_argument("study_dir")

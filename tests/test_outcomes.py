@@ -21,8 +21,9 @@ from bioformer.data.pipeline import prepare_data
 from bioformer.data.tokenize import split_cells, split_cells_by_group
 from bioformer.inference.outputs import add_imputation, add_pair_scores
 from bioformer.inference.run import Run
+from bioformer.training.evaluate import evaluate_run
 from bioformer.training.floors import Floors, fit_cell_floor
-from bioformer.training.run import evaluate_run, run_training
+from bioformer.training.run import run_training
 from tests.bad_input_cases import prior_run
 from tests.conftest import H5AD, tiny_config
 

@@ -260,7 +260,7 @@ def test_train_and_evaluate_in_linear_mode_from_the_cli(tmp_path, capsys):
     assert not torch.equal(weights["blocks.0.attention.z_scale"], torch.ones(4))  # gradients reach it
     summary = json.loads((out / "summary.json").read_text())
     assert main(["-q", "evaluate", str(out)]) == 0 and "model (test)" in capsys.readouterr().out
-    from bioformer.training.run import evaluate_run
+    from bioformer.training.evaluate import evaluate_run
 
     assert evaluate_run(out, quiet=True)[0]["mse"] == summary["test"]["model"]["mse"]  # the reloaded model is the trained one
 

@@ -19,7 +19,8 @@ from bioformer.data.prior import N_PRIOR_CODES
 from bioformer.models import build_model
 from bioformer.training.checkpoint import TRAINING_STATE, load_training_state
 from bioformer.training.distributed import shard
-from bioformer.training.run import evaluate_run, run_training
+from bioformer.training.evaluate import evaluate_run
+from bioformer.training.run import run_training
 from tests.conftest import tiny_config
 
 TEST_KEYS = ("test_mse", "test_mre", "test_mae", "test_pearson", "floor_gene_mean_mse", "floor_const_mse")

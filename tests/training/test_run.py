@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 from bioformer.data.tokenize import CellDataset
 from bioformer.training.checkpoint import save_weights
+from bioformer.training.evaluate import evaluate_run
 from bioformer.training.metrics import EvalResult
-from bioformer.training.run import evaluate_run, run_training
+from bioformer.training.run import run_training
 from bioformer.training.rundir import RUN_MARKER
 from tests.conftest import H5AD, tiny_config
 
@@ -211,7 +212,7 @@ def test_overwrite_absolute_paths_and_evaluate_from_anywhere(tmp_path, monkeypat
 
 
 def test_floor_warning_only_when_the_floor_is_not_beaten():
-    from bioformer.training.run import floor_warning
+    from bioformer.training.summary import floor_warning
 
     s = {"test_mse": 150.0, "floor_gene_mean_mse": 140.0, "test_mse_vs_floor": 150 / 140, "epochs": 3}
     assert "did not beat the per-gene-mean floor" in floor_warning(s) and "more than 3 epochs" in floor_warning(s)

@@ -56,12 +56,11 @@ def _inference_input(args: argparse.Namespace):
 
     from bioformer.data.load import data_file
     from bioformer.inference.run import Run
-    from bioformer.training.rundir import check_heldout_edges
 
     out = _check_inference_args(args)[0]
     src = data_file(args.data)
     run = Run.load(args.run_dir, device=args.device, quiet=args.quiet)
-    check_heldout_edges(run.run_dir, run.summary)  # every model: grn --score reads them
+    run.reader.heldout_edges()  # every model: grn --score reads them
     try:
         adata = ad.read_h5ad(src)
     except Exception as e:
@@ -115,10 +114,11 @@ def cmd_grn(args: argparse.Namespace) -> int:
     if args.score:
         import pandas as pd
 
-        from bioformer.evaluation.grn import format_grn_table, score_run
+        from bioformer.evaluation.grn import format_grn_table, run_truth, score_run
 
         # one matrix per group is scored too: a condition-specific network against the same truth
-        table = pd.concat([score_run(run.run_dir, {f"pair scores ({name})": ps.ranked()}, genes=ps.genes, chip_path=args.chip).assign(group=name)
+        truth = run_truth(run.reader, run.genes, chip_path=args.chip)  # the run's own cells, preprocessed once
+        table = pd.concat([score_run(truth, {f"pair scores ({name})": ps.ranked()}).assign(group=name)
                            for name, ps in result.items()], ignore_index=True)
         print(format_grn_table(table))
         if args.score_csv:

@@ -32,7 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from bioformer.training import distributed
     from bioformer.training.metrics import EvalResult
-    from bioformer.training.run import RESUMABLE_CHANGES, format_test_table, run_training
+    from bioformer.training.run import RESUMABLE_CHANGES, run_training
+    from bioformer.training.summary import format_test_table
 
     if args.nproc is not None and args.nproc < 1:
         raise BioformerError(f"--nproc must be >= 1 (1 = one process, no torchrun), got {args.nproc}")
@@ -70,9 +71,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bioformer.checks import check_inference_options
     from bioformer.inference import Run
-    from bioformer.training.run import format_test_table, load_run
+    from bioformer.training.reader import RunReader
+    from bioformer.training.summary import format_test_table
 
-    cfg, _ = load_run(args.run_dir)  # config only: options are checked before the model is loaded
+    cfg = RunReader(args.run_dir).config()  # config only: options are checked before the model is loaded
     check_inference_options(folds=args.folds, max_folds=cfg.data.max_len)
     if args.eval_cells is not None and args.eval_cells < 1:
         raise BioformerError(f"--eval-cells must be >= 1, got {args.eval_cells}")

@@ -13,6 +13,7 @@ The TF -> target graph is the real prior's (the same for every arm, so masks sta
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,8 +102,105 @@ def split_cells_by_group(
     return {"test": np.flatnonzero(is_test), "valid": np.sort(perm[:n_valid]), "train": np.sort(perm[n_valid:])}
 
 
+CLS_FILL = {"values": CLS_VALUE, "target_values": CLS_VALUE, "mask": False, "columns": -1, "targets": -1}
+PAD_FILL = {"values": PAD_VALUE, "target_values": PAD_VALUE, "mask": False, "columns": -1, "targets": -1}
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """A cell -> one model sequence: the one place that decides which genes a cell's sequence
+    holds, in which order, and where <cls> and padding go. Training and evaluation
+    (`CellDataset`) and inference (`bioformer.inference.run.Run`) both call it; they differ only
+    in the generator they pass (training: seed, epoch, cell index; inference: seed and the
+    cell's content, so that a result never depends on a cell's position or batch).
+
+    gene_token_ids: [n_genes] vocabulary id of each gene column of the binned matrix.
+    """
+
+    gene_token_ids: np.ndarray  # [n_genes] int64
+    max_len: int  # positions per sequence, <cls> included
+    include_zero_genes: bool
+    append_cls: bool
+    cls_id: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.max_genes < 1:
+            raise BioformerError("max_len must leave room for at least one gene")
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.gene_token_ids)
+
+    @property
+    def max_genes(self) -> int:
+        """Gene positions per sequence (max_len minus the <cls> token)."""
+        return self.max_len - int(self.append_cls)
+
+    def shared_columns(self, epoch_key: int) -> np.ndarray:
+        """Include-zero mode: the gene columns every cell uses under `epoch_key` (one draw for all
+        cells, so position i means the same gene in every cell and z stays aligned with the prior)."""
+        n = self.n_genes
+        if n <= self.max_genes:
+            return np.arange(n)
+        rng = np.random.default_rng([self.seed, epoch_key, 2**31 - 1])
+        return np.sort(rng.choice(n, size=self.max_genes, replace=False))
+
+    def visible(self, cols: np.ndarray, bins: np.ndarray, rng: np.random.Generator, epoch_key: int) -> tuple[np.ndarray, np.ndarray]:
+        """A cell's non-zero (gene columns ascending, bins) -> the (columns, float32 bins) of its
+        sequence: the shared columns in include-zero mode, else its expressed genes, a sorted
+        `rng` subsample of `max_genes` of them when there are more."""
+        if self.include_zero_genes:
+            row = np.zeros(self.n_genes, dtype=np.float32)
+            row[cols] = bins
+            shared = self.shared_columns(epoch_key)
+            return shared, row[shared]
+        vals = np.asarray(bins, dtype=np.float32)
+        if cols.size > self.max_genes:
+            pick = np.sort(rng.choice(cols.size, size=self.max_genes, replace=False))
+            return cols[pick], vals[pick]
+        return cols, vals
+
+    def lengths(self, expressed: np.ndarray) -> np.ndarray:
+        """Sequence lengths (<cls> included) of cells with `expressed` non-zero genes each."""
+        n = np.full(len(expressed), min(self.n_genes, self.max_genes)) if self.include_zero_genes else np.minimum(expressed, self.max_genes)
+        return n + int(self.append_cls)
+
+    def sequence(self, cols: np.ndarray, **fields: np.ndarray) -> dict[str, np.ndarray]:
+        """`gene_ids` of the columns `cols` [n] and each per-position field [n] (values,
+        target_values, mask, columns, targets), with <cls> first when the run appends it (its
+        fill: `CLS_FILL`)."""
+        out = {"gene_ids": self.gene_token_ids[cols], **fields}
+        if not self.append_cls:
+            return out
+        first = {"gene_ids": self.cls_id, **CLS_FILL}
+        return {k: np.concatenate([np.asarray([first[k]], dtype=v.dtype), v]) for k, v in out.items()}
+
+    def content_rng(self, cols: np.ndarray, bins: np.ndarray) -> np.random.Generator:
+        """Inference: a generator fixed by the seed and the cell's content, not its index or batch."""
+        key = [self.seed, EVAL_EPOCH_KEY, zlib.crc32(cols.astype(np.int64).tobytes()), zlib.crc32(np.asarray(bins, dtype=np.float32).tobytes())]
+        return np.random.default_rng(key)
+
+
+def pad(items: list[dict[str, np.ndarray]], pad_id: int, fields: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Sequences padded to the longest: gene_ids [B, L] (pad `pad_id`), each of `fields` [B, L]
+    (pad `PAD_FILL`), padding_mask [B, L] (True = pad)."""
+    L = max(len(it["gene_ids"]) for it in items)
+    B = len(items)
+    out = {"gene_ids": np.full((B, L), pad_id, dtype=np.int64)}
+    for k in fields:
+        out[k] = np.full((B, L), PAD_FILL[k], dtype=np.asarray(items[0][k]).dtype)
+    out["padding_mask"] = np.ones((B, L), dtype=bool)
+    for b, it in enumerate(items):
+        n = len(it["gene_ids"])
+        for k in ("gene_ids", *fields):
+            out[k][b, :n] = it[k]
+        out["padding_mask"][b, :n] = False
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
 class CellDataset(Dataset):
-    """Masked (gene id, value) sequences for a subset of cells.
+    """Masked (gene id, value) sequences for a subset of cells (sequences by `Tokenizer`).
 
     binned: [n_cells, n_genes] CSR of bins (0 = not expressed); gene_token_ids: [n_genes] vocab
     ids of its columns. Items hold `gene_ids`, `values` (input, masked to -1), `target_values`,
@@ -127,17 +225,12 @@ class CellDataset(Dataset):
     ) -> None:
         self.binned = binned.tocsr()
         self.binned.sort_indices()
-        self.n_genes = self.binned.shape[1]
-        self.gene_token_ids = np.asarray(gene_token_ids, dtype=np.int64)
+        self.tokenizer = Tokenizer(np.asarray(gene_token_ids, dtype=np.int64), max_len, include_zero_genes, append_cls, cls_id, seed)
         self.cells = np.asarray(cells)
         self.seed = seed
-        self.max_genes = max_len - int(append_cls)
-        if self.max_genes < 1:
-            raise BioformerError("max_len must leave room for at least one gene")
         self.include_zero_genes = include_zero_genes
-        self.append_cls = append_cls
-        self.mask_ratio = mask_ratio
         self.cls_id = cls_id
+        self.mask_ratio = mask_ratio
         self.fixed_masks = fixed_masks
         if mask_strategy not in MASK_STRATEGIES:
             raise BioformerError(f"unknown mask strategy {mask_strategy!r}; use one of {', '.join(MASK_STRATEGIES)}")
@@ -169,11 +262,7 @@ class CellDataset(Dataset):
 
     def lengths(self) -> np.ndarray:
         """Sequence length of every item (incl. <cls>), without building the items."""
-        if self.include_zero_genes:
-            n = np.full(len(self.cells), min(self.n_genes, self.max_genes))
-        else:
-            n = np.minimum(self.expressed_counts(), self.max_genes)
-        return n + int(self.append_cls)
+        return self.tokenizer.lengths(self.expressed_counts())
 
     def expressed_counts(self) -> np.ndarray:
         """Number of non-zero selected genes of every cell of the dataset."""
@@ -184,32 +273,11 @@ class CellDataset(Dataset):
         lo, hi = self.binned.indptr[cell], self.binned.indptr[cell + 1]
         return self.binned.indices[lo:hi], self.binned.data[lo:hi]
 
-    def shared_columns(self) -> np.ndarray:
-        """Include-zero mode: the gene columns every cell uses this epoch (one draw for all cells,
-        so position i means the same gene in every cell and z stays aligned with the prior)."""
-        n = self.n_genes
-        if n <= self.max_genes:
-            return np.arange(n)
-        rng = np.random.default_rng([self.seed, self.epoch_key, 2**31 - 1])
-        return np.sort(rng.choice(n, size=self.max_genes, replace=False))
-
     def __getitem__(self, idx: int) -> dict[str, np.ndarray]:
         cell = int(self.cells[idx])
         rng = np.random.default_rng([self.seed, self.epoch_key, cell])
-        nz_cols, nz_bins = self.row(cell)
-        if self.include_zero_genes:
-            cols = self.shared_columns()
-            row = np.zeros(self.n_genes, dtype=np.float32)
-            row[nz_cols] = nz_bins
-            vals = row[cols]
-        else:
-            cols = nz_cols
-            vals = nz_bins.astype(np.float32)
-            if cols.size > self.max_genes:
-                pick = np.sort(rng.choice(cols.size, size=self.max_genes, replace=False))
-                cols, vals = cols[pick], vals[pick]
-        gene_ids = self.gene_token_ids[cols]
-        n = gene_ids.size
+        cols, vals = self.tokenizer.visible(*self.row(cell), rng, self.epoch_key)
+        n = cols.size
         mask = np.zeros(n, dtype=bool)
         prior_masked = False
         if self.n_folds > 1:  # full-cell scoring: every position once over the folds
@@ -220,12 +288,8 @@ class CellDataset(Dataset):
             if self.mask_strategy == "prior-targets":
                 mask, prior_masked = self._prior_target_mask(cols, vals, rng, mask)
         inputs = np.where(mask, MASK_VALUE, vals).astype(np.float32)
-        if self.append_cls:
-            gene_ids = np.concatenate([[self.cls_id], gene_ids])
-            inputs = np.concatenate([[CLS_VALUE], inputs]).astype(np.float32)
-            vals = np.concatenate([[CLS_VALUE], vals]).astype(np.float32)
-            mask = np.concatenate([[False], mask])
-        return {"gene_ids": gene_ids, "values": inputs, "target_values": vals.astype(np.float32), "mask": mask, "cell": cell, "prior_masked": prior_masked}
+        seq = self.tokenizer.sequence(cols, values=inputs, target_values=vals, mask=mask)
+        return {**seq, "cell": cell, "prior_masked": prior_masked}
 
     def _prior_target_mask(self, cols: np.ndarray, vals: np.ndarray, rng: np.random.Generator, fallback: np.ndarray) -> tuple[np.ndarray, bool]:
         """Mask the targets (in this sequence) of one expressed TF of the sequence; TF visible.
@@ -271,30 +335,11 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, shuf
 
 
 def collate(items: list[dict[str, np.ndarray]], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad a list of items to the longest: gene id `pad_id`, values -2, never masked.
+    """Pad a list of items to the longest (`pad`): gene id `pad_id`, values -2, never masked.
 
     Returns gene_ids [B, L] long, values / target_values [B, L] float, padding_mask [B, L]
     (True = pad), mask [B, L] (True = predict), cell [B] long.
     """
-    L = max(len(it["gene_ids"]) for it in items)
-    B = len(items)
-    gene_ids = np.full((B, L), pad_id, dtype=np.int64)
-    values = np.full((B, L), PAD_VALUE, dtype=np.float32)
-    targets = np.full((B, L), PAD_VALUE, dtype=np.float32)
-    mask = np.zeros((B, L), dtype=bool)
-    pad = np.ones((B, L), dtype=bool)
-    for b, it in enumerate(items):
-        n = len(it["gene_ids"])
-        gene_ids[b, :n] = it["gene_ids"]
-        values[b, :n] = it["values"]
-        targets[b, :n] = it["target_values"]
-        mask[b, :n] = it["mask"]
-        pad[b, :n] = False
-    return {
-        "gene_ids": torch.from_numpy(gene_ids),
-        "values": torch.from_numpy(values),
-        "target_values": torch.from_numpy(targets),
-        "padding_mask": torch.from_numpy(pad),
-        "mask": torch.from_numpy(mask),
-        "cell": torch.tensor([int(it["cell"]) for it in items]),
-    }
+    out = pad(items, pad_id, ("values", "target_values", "mask"))
+    out["cell"] = torch.tensor([int(it["cell"]) for it in items])
+    return out

@@ -300,25 +300,24 @@ class RunTruth:
     seed: int
 
 
-def run_truth(run_dir: str | Path, genes: list[str] | None = None, chip_path: str | Path | None = None) -> RunTruth:
-    """The `RunTruth` of a run directory over `genes` (default the run's genes)."""
+def run_truth(run, genes: list[str] | None = None, chip_path: str | Path | None = None) -> RunTruth:
+    """The `RunTruth` of a run (a directory or a `RunReader`, read once) over `genes` (default
+    the run's genes). The held-out edges are checked against the run's checksums."""
     from bioformer.config import prior_enabled
-    from bioformer.data.pipeline import _unshuffled, drop_edges, prepare_data
+    from bioformer.data.pipeline import _unshuffled, drop_edges
     from bioformer.data.prior import load_edges
-    from bioformer.training.run import load_run
+    from bioformer.training.reader import RunReader
 
-    run_dir = Path(run_dir)
-    cfg, vocab = load_run(run_dir)
-    genes = list(genes) if genes is not None else list(vocab["genes"])
-    missing = set(genes) - set(vocab["genes"])
+    reader = run if isinstance(run, RunReader) else RunReader(run)
+    cfg, run_genes = reader.config(), reader.vocab().genes
+    genes = list(genes) if genes is not None else list(run_genes)
+    missing = set(genes) - set(run_genes)
     if missing:
         raise BioformerError(f"{len(missing)} score-matrix gene(s) are not the run's genes, e.g. {sorted(missing)[:3]}")
-    heldout_path = run_dir / "heldout_edges.csv"
-    heldout = pd.read_csv(heldout_path) if heldout_path.exists() else None
-    data = prepare_data(cfg.data, seed=cfg.train.seed, need_prior=False, gene_list=vocab["genes"], quiet=True, heldout_edges=heldout)
-    split = np.load(run_dir / "split.npz", allow_pickle=False)
+    heldout = reader.heldout_edges()
+    data = reader.training_data()
     cols = [data.adata.var_names.get_loc(g) for g in genes]
-    X_train = data.adata.X[split["train"]][:, cols].toarray()  # [cells, G] bins
+    X_train = data.adata.X[reader.split()["train"]][:, cols].toarray()  # [cells, G] bins
     truths = []
     prior_name = _unshuffled(cfg.data.gene_prior or cfg.data.prior)
     prior = load_edges(prior_name, seed=cfg.train.seed) if prior_enabled(prior_name) else None
@@ -334,12 +333,13 @@ def run_truth(run_dir: str | Path, genes: list[str] | None = None, chip_path: st
     return RunTruth(genes, truths, X_train, prior, given, heldout, cfg.train.seed)
 
 
-def score_run(run_dir: str | Path, scores: np.ndarray | dict[str, np.ndarray], genes: list[str] | None = None,
+def score_run(run, scores: np.ndarray | dict[str, np.ndarray], genes: list[str] | None = None,
               chip_path: str | Path | None = None, genie3: bool = True) -> pd.DataFrame:
-    """The GRN table of a run: `scores` ([G, G] over `genes`, default the run's genes; or a dict
-    of named matrices) against the run's held-out prior edges and ENCODE ChIP targets, beside
-    the baselines on the run's training cells (see `grn_table`)."""
-    rt = run_truth(run_dir, genes, chip_path)
+    """The GRN table of a run (a directory, a `RunReader`, or its `RunTruth` already built):
+    `scores` ([G, G] over `genes`, default the run's genes; or a dict of named matrices) against
+    the run's held-out prior edges and ENCODE ChIP targets, beside the baselines on the run's
+    training cells (see `grn_table`)."""
+    rt = run if isinstance(run, RunTruth) else run_truth(run, genes, chip_path)
     if not isinstance(scores, dict):
         scores = {"model": scores}
     return grn_table(scores, rt.truths, rt.X_train, rt.prior, seed=rt.seed, given=rt.given, genie3=genie3)

@@ -31,6 +31,7 @@ from bioformer.experiments.profiles import PROFILES
 from bioformer.experiments.report import write_report
 from bioformer.experiments.studies import STUDIES, Arm
 from bioformer.models import model_class
+from bioformer.training.reader import RunReader
 
 log = logging.getLogger("bioformer")
 
@@ -98,10 +99,10 @@ def train_arm(plan: StudyPlan, seed: int, name: str, quiet: bool = True) -> dict
 def score_unsampled(run_dir: Path, n_cells: int) -> None:
     """Score a finished run on up to `n_cells` cells its subsample never drew (a second, larger
     test set; floors refitted on its own training cells) into run_dir/extra_test.json."""
-    from bioformer.training import run as run_mod
     from bioformer.training.checkpoint import atomic_write_text
+    from bioformer.training.evaluate import evaluate_run
 
-    result, info = run_mod.evaluate_run(run_dir, eval_cells=n_cells, quiet=True)
+    result, info = evaluate_run(run_dir, eval_cells=n_cells, quiet=True)
     atomic_write_text(run_dir / "extra_test.json", json.dumps({"cells": info["cells"], "n_cells": info["n_cells"], "test": result.to_dict()}, indent=1))
 
 
@@ -121,7 +122,7 @@ def _stale_runs(plan: StudyPlan, names: list[str]) -> list[str]:
         arms = seed_data(plan, seed).arms
         for name in finished:
             run_dir = plan.run_dir(name, seed)
-            old, new = RunConfig.load(run_dir / "config.yaml"), plan.run_config(arms[name], seed)
+            old, new = RunReader(run_dir).config(), plan.run_config(arms[name], seed)
             diffs = []
             for section in ("data", "model", "train"):
                 a, b = dataclasses.asdict(getattr(old, section)), dataclasses.asdict(getattr(new, section))
@@ -264,9 +265,9 @@ def _breakdown(plan: StudyPlan, names: list[str]) -> str:
         runs = [plan.run_dir(name, s) for s in plan.seeds if plan.is_done(name, s)]
         if not runs:
             continue
-        cfg = RunConfig.load(runs[0] / "config.yaml")
-        summary = json.loads((runs[0] / "summary.json").read_text())
-        vocab_size = vocab_size or summary.get("vocab_size") or len(json.loads((runs[0] / "vocab.json").read_text())["tokens"])
+        reader = RunReader(runs[0])
+        cfg, summary = reader.config(), reader.summary() or {}
+        vocab_size = vocab_size or summary.get("vocab_size") or len(reader.vocab())
         models[name] = (cfg.model, summary.get("uses_prior", prior_enabled(cfg.data.prior)))
     if not models:
         return ""

@@ -25,8 +25,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bioformer.errors import BioformerError
+from bioformer.inference.cells import PreparedCells
 from bioformer.inference.readouts import PairScores
-from bioformer.inference.run import PreparedCells, Run
+from bioformer.inference.run import Run
 from bioformer.training.checkpoint import new_temp_file
 
 KEY_PATTERNS = {"embed": "X_{family}", "impute": "{family}_imputed", "grn": "{family}_pair_scores"}

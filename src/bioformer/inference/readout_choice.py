@@ -95,22 +95,18 @@ def run_readout_table(run_dir: str | Path, split: str = "valid", chip_path: str 
     default), the positive control on the edges its z was built from (the real visible prior for
     an arm without one: it should fail), held-out prior edges and ChIP with every baseline."""
     from bioformer.data.load import load_anndata
-    from bioformer.data.pipeline import edges_for_genes
     from bioformer.evaluation.baselines import baselines
     from bioformer.evaluation.grn import run_truth
     from bioformer.inference import Run
-    from bioformer.models import uses_prior
 
     run = Run.load(run_dir, device="cpu")
     d = run.config.data
     adata = load_anndata(d.data, d.layer, d.gene_column, d.max_cells, run.config.train.seed, quiet=True)
-    idx = np.load(Path(run_dir) / "split.npz", allow_pickle=False)
+    idx = run.reader.split()
     names = list(idx["obs_names"][idx[split]])
     candidates, _ = candidate_pair_scores(run, adata[names], batch_size)
-    rt = run_truth(run_dir, run.genes, chip_path)
-    given = rt.given
-    if uses_prior(run.config.model, d.prior):
-        given = edges_for_genes(d.prior, set(run.genes), run.config.train.seed, heldout=rt.heldout)
+    rt = run_truth(run.reader, run.genes, chip_path)
+    given = run.reader.given_edges(set(run.genes)) if run.reader.uses_prior else rt.given
     if given is None:
         given = pd.DataFrame({"source": [], "target": []})
     regulators = sorted(set(rt.prior["source"]) & set(run.genes)) if rt.prior is not None else None

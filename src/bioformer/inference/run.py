@@ -15,9 +15,7 @@ Memory is bounded by the batch: cells are processed in chunks, and the input mat
 
 from __future__ import annotations
 
-import json
 import logging
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,58 +24,22 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
 from bioformer.config import RunConfig, check_device, check_inference_options
-from bioformer.data.load import as_checked_csr
-from bioformer.data.pipeline import edges_for_genes
-from bioformer.data.preprocess import bins_to_values, preprocess
+from bioformer.data.preprocess import bins_to_values
 from bioformer.data.prior import PriorMatrix
-from bioformer.data.tokenize import (
-    CLS_VALUE,
-    EVAL_EPOCH_KEY,
-    MASK_VALUE,
-    PAD_VALUE,
-    GeneVocab,
-)
+from bioformer.data.tokenize import EVAL_EPOCH_KEY, MASK_VALUE, GeneVocab, Tokenizer, pad
 from bioformer.errors import BioformerError
+from bioformer.inference.cells import PreparedCells, prepare_cells
 from bioformer.inference.readouts import POOLINGS, PairAccumulator, PairScores, pool
-from bioformer.models import build_model, uses_prior
-from bioformer.training.loop import resolve_device
+from bioformer.training.evaluate import evaluate_run
+from bioformer.training.loop import model_inputs, resolve_device
 from bioformer.training.metrics import EvalResult
-from bioformer.training.run import evaluate_run, load_run, load_run_weights
-from bioformer.training.rundir import HELDOUT_EDGES, check_heldout_edges
+from bioformer.training.reader import RunReader
 
 log = logging.getLogger("bioformer")
-
-RUN_FILES = ("config.yaml", "vocab.json", "model.safetensors", "summary.json")
-
-
-@dataclass
-class PreparedCells:
-    """Cells of any AnnData on a run's genes: `binned` [n_cells, n_run_genes] CSR of bins (0 = not
-    expressed; run genes missing from the input are all-zero columns), `bin_edges` [n_cells, n_bins]
-    per-cell edges to map bins back to log-normalised values."""
-
-    binned: sp.csr_matrix
-    bin_edges: np.ndarray
-    obs_names: pd.Index
-    input_genes: pd.Index  # the input's gene names (after gene_column)
-    input_to_run: np.ndarray  # [n_input_genes] run gene column of each input gene, -1 if none
-    n_missing: int  # run genes absent from the input
-    var_to_run: np.ndarray | None = None  # [adata.n_vars] run column of each of the AnnData's own genes (-1: none),
-    # when the matrix read (layer "raw") has other genes than adata.var; None: the same as input_to_run
-
-    @property
-    def output_to_run(self) -> np.ndarray:
-        """Run column of each gene of the AnnData that outputs are written into."""
-        return self.input_to_run if self.var_to_run is None else self.var_to_run
-
-    @property
-    def n_cells(self) -> int:
-        return self.binned.shape[0]
 
 
 @dataclass
@@ -90,49 +52,22 @@ class Imputation:
     zero_prob: np.ndarray | None  # P(value is 0) from the zero head, when the model has one
 
 
-def _read_run_file(path: Path, reader):
-    try:
-        return reader(path)
-    except BioformerError:
-        raise
-    except Exception as e:
-        raise BioformerError(f"{path} is damaged ({type(e).__name__}: {e}); retrain or restore the run directory") from None
-
-
-def matrix_of(adata: ad.AnnData, layer: str | None, gene_column: str | None) -> tuple[sp.csr_matrix, pd.Index]:
-    """(expression matrix as CSR float32, gene names) of an in-memory AnnData, checked as
-    `load_anndata` checks files: known layer / gene column, values that can be expression."""
-    if layer in (None, "X"):
-        X, var = adata.X, adata.var
-    elif layer == "raw":
-        if adata.raw is None:
-            raise BioformerError("the AnnData has no .raw; pass layer=None to use X or name a layer")
-        X, var = adata.raw.X, adata.raw.var
-    elif layer in adata.layers:
-        X, var = adata.layers[layer], adata.var
-    else:
-        raise BioformerError(f"layer {layer!r} not found; available layers: {sorted(adata.layers.keys()) or 'none'} (omit it to use X)")
-    if gene_column is not None and gene_column not in var.columns:
-        raise BioformerError(f"gene column {gene_column!r} not in var; available: {list(var.columns)} (omit it to use var_names)")
-    names = pd.Index(var[gene_column].astype(str) if gene_column is not None else var.index.astype(str))
-    return as_checked_csr(X, "the input"), names
-
-
 class Run:
     """A trained model with everything needed to use it on new cells (see the module docstring)."""
 
-    def __init__(self, run_dir: Path, config: RunConfig, vocab: GeneVocab, model: torch.nn.Module,
-                 prior: PriorMatrix | None, device: torch.device, summary: dict[str, Any]) -> None:
-        self.run_dir = run_dir
-        self.config = config
-        self.vocab = vocab
+    def __init__(self, reader: RunReader, model: torch.nn.Module, prior: PriorMatrix | None, device: torch.device) -> None:
+        self.reader = reader
+        self.run_dir = reader.dir
+        self.config: RunConfig = reader.config()
+        self.vocab: GeneVocab = reader.vocab()
         self.model = model
         self.prior = prior
         self.device = device
-        self.summary = summary
-        t2i = vocab.token_to_id
-        self.genes: list[str] = vocab.genes
-        self.token_of_column = np.array([t2i[g] for g in self.genes], dtype=np.int64)  # [n_run_genes]
+        self.genes: list[str] = self.vocab.genes
+        t2i = self.vocab.token_to_id
+        d = self.config.data
+        token_of_column = np.array([t2i[g] for g in self.genes], dtype=np.int64)  # [n_run_genes]
+        self.tokenizer = Tokenizer(token_of_column, d.max_len, d.include_zero_genes, d.append_cls, self.vocab.cls_id, self.config.train.seed)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -141,149 +76,55 @@ class Run:
 
         `device`: auto | cpu | cuda (default: the run's own setting). A directory without all of
         config.yaml, vocab.json, model.safetensors and summary.json (training not finished), or
-        with an unreadable one, is a BioformerError.
+        with an unreadable one, is a BioformerError (see `RunReader`).
         """
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise BioformerError(f"run directory not found: {run_dir}")
-        if not (run_dir / "summary.json").is_file():
-            raise BioformerError(
-                f"{run_dir} is not a finished run directory (missing summary.json: training did not finish); "
-                "use a directory written by a completed `bioformer train` (or finish it with --resume)"
-            )
-        config, vocab_info = load_run(run_dir)  # the same checks as `bioformer evaluate`
-        summary = _read_run_file(run_dir / "summary.json", lambda p: json.loads(p.read_text()))
-        vocab = GeneVocab(vocab_info["tokens"])
-        model = build_model(config.model, len(vocab), vocab.pad_id, use_prior=uses_prior(config.model, config.data.prior))
-        load_run_weights(model, run_dir)
-        prior = None
-        if model.needs_prior:  # z as in training: without the edges held out for scoring
-            t2i = vocab.token_to_id
-            held = run_dir / HELDOUT_EDGES
-            heldout = pd.read_csv(held) if check_heldout_edges(run_dir, summary) else None
-            prior = PriorMatrix.from_edges(edges_for_genes(config.data.prior, t2i, config.train.seed, quiet, heldout=heldout), t2i)
-        device = device or config.train.device
+        reader = RunReader.finished(run_dir)
+        model = reader.model()
+        prior = reader.prior(quiet) if model.needs_prior else None  # z as in training: without the held-out edges
+        device = device or reader.config().train.device
         try:
             check_device(device)
         except BioformerError:  # trained on a device this machine lacks (a GPU run read on a laptop)
             log.info("the run was trained on --device %s, which this machine lacks: using the default device", device)
             device = "auto"
         dev = resolve_device(device)
-        model.to(dev).eval()
-        return cls(run_dir, config, vocab, model, prior, dev, summary)
+        return cls(reader, model.to(dev).eval(), prior, dev)
 
     # ------------------------------------------------------------------ data
     def prepare(self, adata: ad.AnnData, layer: str | None = None, gene_column: str | None = None, quiet: bool = False) -> PreparedCells:
-        """Map `adata` onto the run's genes by name and preprocess it as training did (normalise,
-        log1p unless already logged, per-cell binning). Every cell is kept, in order; run genes the
-        input lacks are treated as not expressed (their number is logged and kept in `n_missing`).
-        """
-        if isinstance(adata, PreparedCells):
-            return adata
-        X, names = matrix_of(adata, layer, gene_column)
-        run_column = {g: i for i, g in enumerate(self.genes)}
-        tmp = ad.AnnData(X=X, obs=pd.DataFrame(index=np.asarray(adata.obs_names, dtype=str)))
-        tmp.var_names = names
-        tmp.var_names_make_unique()
-        input_to_run = np.array([run_column.get(g, -1) for g in tmp.var_names], dtype=np.int64)
-        n_found = int((input_to_run >= 0).sum())
-        if n_found == 0:
-            raise BioformerError(
-                f"none of the run's {len(self.genes)} genes (e.g. {', '.join(self.genes[:3])}) is among the "
-                f"input's {len(names)} genes (e.g. {', '.join(map(str, names[:3]))}); pass gene_column/--gene-column "
-                "with gene symbols"
-            )
-        cfg = self.config.data
-        binned = preprocess(tmp, n_bins=cfg.n_bins, min_counts=cfg.min_counts, gene_list=self.genes, quiet=True)
-        cols = np.array([run_column[g] for g in binned.var_names], dtype=np.int64)
-        B = binned.X.tocsr()
-        B.sort_indices()
-        full = sp.csr_matrix((B.data.astype(np.float32), cols[B.indices], B.indptr.copy()), shape=(B.shape[0], len(self.genes)))
-        full.sort_indices()
-        n_missing = len(self.genes) - n_found
-        if not quiet:
-            log.info("mapped %d cells onto the run's genes: %d of %d found, %d missing (treated as not expressed)",
-                     full.shape[0], n_found, len(self.genes), n_missing)
-        var_to_run = None
-        if layer == "raw" and not adata.raw.var_names.equals(adata.var_names):  # scanpy: raw keeps every gene, X the HVGs
-            pos = pd.Index(adata.raw.var_names).get_indexer(adata.var_names)
-            var_to_run = np.where(pos >= 0, input_to_run[np.maximum(pos, 0)], -1)
-        return PreparedCells(full, np.asarray(binned.obsm["bin_edges"]), tmp.obs_names, tmp.var_names, input_to_run, n_missing, var_to_run)
+        """`adata` on the run's genes, preprocessed as training did (see `prepare_cells`)."""
+        return prepare_cells(adata, self.genes, self.config.data, layer, gene_column, quiet)
 
     @property
     def max_genes(self) -> int:
         """Gene positions per sequence (max_len minus the <cls> token)."""
-        return self.config.data.max_len - int(self.config.data.append_cls)
-
-    def _cell_rng(self, cols: np.ndarray, vals: np.ndarray) -> np.random.Generator:
-        """A generator fixed by the run's seed and the cell's content, not by its index or batch."""
-        key = [self.config.train.seed, EVAL_EPOCH_KEY, zlib.crc32(cols.astype(np.int64).tobytes()), zlib.crc32(vals.astype(np.float32).tobytes())]
-        return np.random.default_rng(key)
-
-    def _shared_columns(self) -> np.ndarray:
-        """Include-zero runs: the gene columns every cell's sequence holds (as evaluation drew them)."""
-        n = len(self.genes)
-        if n <= self.max_genes:
-            return np.arange(n)
-        rng = np.random.default_rng([self.config.train.seed, EVAL_EPOCH_KEY, 2**31 - 1])
-        return np.sort(rng.choice(n, size=self.max_genes, replace=False))
+        return self.tokenizer.max_genes
 
     def _visible(self, cells: PreparedCells, i: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
-        """The columns and bins of cell i's sequence (expressed genes, or the shared columns in
-        include-zero mode), subsampled to `max_genes` when longer; and the cell's generator."""
+        """The columns and bins of cell i's sequence (`Tokenizer.visible` with the cell's
+        content-keyed generator), and that generator."""
         X = cells.binned
         cols = X.indices[X.indptr[i]:X.indptr[i + 1]]
-        vals = X.data[X.indptr[i]:X.indptr[i + 1]].astype(np.float32)
-        rng = self._cell_rng(cols, vals)
-        if self.config.data.include_zero_genes:
-            row = np.zeros(len(self.genes), dtype=np.float32)
-            row[cols] = vals
-            cols = self._shared_columns()
-            return cols, row[cols], rng
-        if cols.size > self.max_genes:
-            pick = np.sort(rng.choice(cols.size, size=self.max_genes, replace=False))
-            cols, vals = cols[pick], vals[pick]
-        return cols, vals, rng
+        vals = X.data[X.indptr[i]:X.indptr[i + 1]]
+        rng = self.tokenizer.content_rng(cols, vals)
+        return (*self.tokenizer.visible(cols, vals, rng, EVAL_EPOCH_KEY), rng)
 
     # ------------------------------------------------------------------ batching
     def _sequence(self, cols: np.ndarray, vals: np.ndarray, targets: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """One model input: optional <cls>, then genes; `targets` marks (by column, -1 = not asked)
+        """One model input (`Tokenizer.sequence`); `targets` marks (by column, -1 = not asked)
         the positions whose prediction is wanted. `columns` is -1 at <cls>."""
-        gene_ids = self.token_of_column[cols]
-        columns = cols.astype(np.int64)
         tgt = np.full(cols.size, -1, dtype=np.int64) if targets is None else targets
-        if self.config.data.append_cls:
-            gene_ids = np.concatenate([[self.vocab.cls_id], gene_ids])
-            vals = np.concatenate([[CLS_VALUE], vals]).astype(np.float32)
-            columns = np.concatenate([[-1], columns])
-            tgt = np.concatenate([[-1], tgt])
-        return {"gene_ids": gene_ids, "values": vals.astype(np.float32), "columns": columns, "targets": tgt}
+        return self.tokenizer.sequence(cols, values=np.asarray(vals, dtype=np.float32), columns=cols.astype(np.int64), targets=tgt)
 
     def _batches(self, seqs: list[dict[str, np.ndarray]], batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-        """Sequences padded into batches of similar length (pad id, value -2, column -1)."""
+        """Sequences padded into batches of similar length (`pad`: pad id, value -2, column -1)."""
         order = np.argsort([len(s["gene_ids"]) for s in seqs], kind="stable")
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            L = max(len(seqs[k]["gene_ids"]) for k in idx)
-            B = len(idx)
-            out = {
-                "gene_ids": np.full((B, L), self.vocab.pad_id, dtype=np.int64),
-                "values": np.full((B, L), PAD_VALUE, dtype=np.float32),
-                "columns": np.full((B, L), -1, dtype=np.int64),
-                "targets": np.full((B, L), -1, dtype=np.int64),
-                "padding_mask": np.ones((B, L), dtype=bool),
-            }
-            for b, k in enumerate(idx):
-                n = len(seqs[k]["gene_ids"])
-                for key in ("gene_ids", "values", "columns", "targets"):
-                    out[key][b, :n] = seqs[k][key]
-                out["padding_mask"][b, :n] = False
-            yield idx, {k: torch.from_numpy(v) for k, v in out.items()}
+            yield idx, pad([seqs[k] for k in idx], self.vocab.pad_id, ("values", "columns", "targets"))
 
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        gene_ids = batch["gene_ids"].to(self.device)
-        prior = self.prior.prior_for(gene_ids) if (self.prior is not None and getattr(self.model, "needs_prior", False)) else None
-        return gene_ids, batch["values"].to(self.device), batch["padding_mask"].to(self.device), prior
+        return model_inputs(self.model, batch, self.prior, self.device)
 
     def _cell_chunks(self, n_cells: int, batch_size: int, progress: bool, desc: str) -> Iterator[np.ndarray]:
         """Cells in chunks of a few batches (memory bounded by the chunk, not the data set)."""
@@ -431,4 +272,4 @@ class Run:
         test split (equal to summary.json's `test`), on `eval_cells` cells never in the run's
         subsample, or on all cells of another data set with genes mapped by name. Uses this
         object's model. Returns (EvalResult, info)."""
-        return evaluate_run(self.run_dir, data, layer, gene_column, quiet=quiet, eval_cells=eval_cells, folds=folds, model=self.model)
+        return evaluate_run(self.reader, data, layer, gene_column, quiet=quiet, eval_cells=eval_cells, folds=folds, model=self.model)

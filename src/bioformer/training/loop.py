@@ -26,12 +26,19 @@ from bioformer.training.metrics import EvalResult, score_positions
 from bioformer.training.runtime import Runtime, autocast_dtype, resolve_device  # noqa: F401  (training/run.py, inference/run.py import them from here)
 
 
-def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], prior: PriorMatrix | None, device: torch.device) -> dict[str, torch.Tensor]:
-    """Run `model` (possibly DDP-wrapped) on one collated batch, with the prior codes when the
-    model reads them."""
+def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor], prior: PriorMatrix | None,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(gene_ids [B, L], values [B, L], padding_mask [B, L], prior codes [B, L, L] or None) of a
+    padded batch on `device`: the one place where a batch becomes a model's arguments
+    (training, evaluation and inference), the prior codes only for a model that reads them."""
     gene_ids = batch["gene_ids"].to(device)
     prior_codes = prior.prior_for(gene_ids) if (unwrap(model).needs_prior and prior is not None) else None
-    return model(gene_ids, batch["values"].to(device), batch["padding_mask"].to(device), prior=prior_codes)
+    return gene_ids, batch["values"].to(device), batch["padding_mask"].to(device), prior_codes
+
+
+def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], prior: PriorMatrix | None, device: torch.device) -> dict[str, torch.Tensor]:
+    """Run `model` (possibly DDP-wrapped) on one collated batch (`model_inputs`)."""
+    return model(*model_inputs(model, batch, prior, device))
 
 
 def auto_folds(mask_ratio: float) -> int:

@@ -9,12 +9,10 @@ their input, into a run directory, or onto an existing file without --overwrite.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from bioformer.errors import BioformerError
 from bioformer.training.checkpoint import TRAINING_STATE, atomic_write_json
@@ -117,30 +115,3 @@ def sha256_file(path: Path) -> str:
 def file_hashes(out: Path) -> dict[str, str]:
     """sha256 of the run files that define what a run scores (summary.json's "files")."""
     return {f: sha256_file(out / f) for f in CHECKSUMMED if (out / f).is_file()}
-
-
-def check_heldout_edges(run_dir: Path, summary: dict[str, Any] | None) -> bool:
-    """Does the run hold held-out GRN edges? Checked against summary.json's file list: a missing,
-    added or edited heldout_edges.csv is a BioformerError (evaluate must score what training
-    scored). Runs written before the list (no "files") are taken as they are."""
-    path = run_dir / HELDOUT_EDGES
-    files = (summary or {}).get("files")
-    if not isinstance(files, dict):
-        return path.is_file()
-    if HELDOUT_EDGES not in files:
-        if path.exists():
-            raise BioformerError(f"{path} was not written by training (summary.json lists no held-out edges); remove it")
-        return False
-    if not path.is_file():
-        raise BioformerError(f"{path} is missing; the run's held-out GRN edges are part of the run: restore it or retrain the run")
-    if sha256_file(path) != files[HELDOUT_EDGES]:
-        raise BioformerError(f"{path} was changed after training (sha256 differs from summary.json); restore it or retrain the run")
-    return True
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """summary.json of a run (None when absent or unreadable: callers that need it say so)."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
