@@ -21,7 +21,7 @@ import anndata as ad
 from bioformer.inference import outputs
 
 if TYPE_CHECKING:
-    from bioformer.inference.readouts import PairScores
+    from bioformer.inference.pairs import PairScores
     from bioformer.inference.run import Run
 
 
@@ -43,28 +43,31 @@ def _apply(write, adata: ad.AnnData, run: Run | str | Path, copy: bool, layer: s
 
 def embed(adata: ad.AnnData, run: Run | str | Path, key_added: str | None = None, copy: bool = False,
           pooling: str | None = None, layer: str | None = None, gene_column: str | None = None,
-          batch_size: int = 64, progress: bool = False) -> ad.AnnData | None:
-    """Cell embeddings [n_cells, d_model] -> obsm[key_added or "X_<family>"]; pooling cls | mean."""
-    target, _ = _apply(outputs.add_embedding, adata, run, copy, layer, gene_column, pooling=pooling,
+          batch_size: int = 64, progress: bool = False, readout: str | None = None) -> ad.AnnData | None:
+    """Cell embeddings [n_cells, d_model] -> obsm[key_added or "X_<family>"] by an embed readout
+    (`bioformer readouts`: cls | mean; `pooling` is its older name)."""
+    target, _ = _apply(outputs.add_embedding, adata, run, copy, layer, gene_column, readout=readout or pooling,
                        batch_size=batch_size, progress=progress, key=key_added)
     return target if copy else None
 
 
 def impute(adata: ad.AnnData, run: Run | str | Path, key_added: str | None = None, copy: bool = False,
            layer: str | None = None, gene_column: str | None = None, batch_size: int = 64,
-           n_query: int | None = None, progress: bool = False) -> ad.AnnData | None:
-    """Imputed log-expression of every run gene -> layers[key_added or "<family>_imputed"] (+ "_bins")."""
+           n_query: int | None = None, progress: bool = False, readout: str | None = None) -> ad.AnnData | None:
+    """Imputed log-expression of every run gene -> layers[key_added or "<family>_imputed"] (+ "_bins"),
+    by an impute readout (default "expression")."""
     target, _ = _apply(outputs.add_imputation, adata, run, copy, layer, gene_column, batch_size=batch_size,
-                       n_query=n_query, progress=progress, key=key_added)
+                       n_query=n_query, progress=progress, key=key_added, readout=readout)
     return target if copy else None
 
 
 def grn(adata: ad.AnnData, run: Run | str | Path, key_added: str | None = None, copy: bool = False,
         groupby: str | None = None, layer: str | None = None, gene_column: str | None = None,
-        batch_size: int = 64, progress: bool = False) -> ad.AnnData | dict[str, PairScores]:
-    """Gene x gene scores (row = source) -> varp[key_added or "<family>_pair_scores"], one per
-    group of obs[groupby]. Returns the new AnnData with `copy`, else the PairScores by group (to
-    rank edges: `scores["all"].to_edges(top_k=...)`)."""
+        batch_size: int = 64, progress: bool = False, readout: str | None = None) -> ad.AnnData | dict[str, PairScores]:
+    """Gene x gene scores (row = source) of a grn readout (`bioformer readouts`; default
+    BioFormer's last-block pair bias, scGPT's attention) -> varp[key_added or
+    "<family>_pair_scores"], one per group of obs[groupby]. Returns the new AnnData with `copy`,
+    else the PairScores by group (to rank edges: `scores["all"].to_edges(top_k=...)`)."""
     target, scores = _apply(outputs.add_pair_scores, adata, run, copy, layer, gene_column, groupby=groupby,
-                            batch_size=batch_size, progress=progress, key=key_added)
+                            batch_size=batch_size, progress=progress, key=key_added, readout=readout)
     return target if copy else scores

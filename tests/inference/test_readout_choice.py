@@ -3,13 +3,16 @@ chosen; a random z fails; the choice never looks at held-out edges; unseen pairs
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import torch
 
 from bioformer.evaluation.grn import edge_truth
+from bioformer.inference.pairs import CandidateAccumulator
 from bioformer.inference.readout_choice import choose_readout, control_truth, readout_table
-from bioformer.inference.readouts import CandidateAccumulator, candidate_readouts
+from bioformer.inference.readouts import candidate_readouts
 
 G, TFS = 40, 6
 
@@ -28,7 +31,7 @@ class _ToyZ(torch.nn.Module):
 
     def __init__(self, planted: bool) -> None:
         super().__init__()
-        self.blocks = [None, None]
+        self.blocks = [SimpleNamespace(attention=SimpleNamespace(nhead=2))] * 2
         self.planted = planted
         self.gen = torch.Generator().manual_seed(0)
 
@@ -114,7 +117,7 @@ def test_run_readout_table_on_trained_runs(runs):
 
 def test_pair_scores_rank_unseen_pairs_last():
     from bioformer.evaluation.grn import ranking_metrics
-    from bioformer.inference.readouts import PairScores
+    from bioformer.inference.pairs import PairScores
 
     ps = PairScores(["a", "b", "c"], np.array([[0, -1.0, 0], [0, 0, 0], [0, 0, 0]]), np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]]), "x")
     assert np.isnan(ps.ranked()[0, 2]) and ps.ranked()[0, 1] == -1.0

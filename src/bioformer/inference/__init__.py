@@ -4,7 +4,7 @@ Sits above `training` (it reloads what a run wrote) and below `cli`.
 """
 
 from bioformer.inference.cells import PreparedCells
-from bioformer.inference.readouts import PairScores
+from bioformer.inference.pairs import PairScores
 from bioformer.inference.run import Imputation, Run
 
 __all__ = ["Imputation", "PairScores", "PreparedCells", "Run"]

@@ -26,16 +26,15 @@ import scipy.sparse as sp
 
 from bioformer.errors import BioformerError
 from bioformer.inference.cells import PreparedCells
-from bioformer.inference.readouts import PairScores
+from bioformer.inference.pairs import PairScores
 from bioformer.inference.run import Run
 from bioformer.training.checkpoint import new_temp_file
 
-KEY_PATTERNS = {"embed": "X_{family}", "impute": "{family}_imputed", "grn": "{family}_pair_scores"}
 
-
-def default_key(run: Run, readout: str) -> str:
-    """The AnnData key a readout ("embed" | "impute" | "grn") of `run` is written under by default."""
-    return KEY_PATTERNS[readout].format(family=run.config.model.model)
+def default_key(run: Run, task: str) -> str:
+    """The AnnData key a task ("embed" | "impute" | "grn") of `run` is written under by default
+    (its readouts' `key`, e.g. "X_{family}")."""
+    return run.readout(task).key.format(family=run.config.model.model)
 
 
 def provenance(run: Run, **options: Any) -> dict[str, Any]:
@@ -60,29 +59,30 @@ def _on_input_genes(values: np.ndarray, cells: PreparedCells) -> sp.csr_matrix:
     return sp.csr_matrix((sub.data, pos[sub.indices], sub.indptr), shape=(values.shape[0], len(cells.output_to_run)))
 
 
-def add_embedding(run: Run, adata: ad.AnnData, cells: PreparedCells, pooling: str | None = None,
+def add_embedding(run: Run, adata: ad.AnnData, cells: PreparedCells, readout: str | None = None,
                   batch_size: int = 64, progress: bool = False, key: str | None = None) -> str:
-    """obsm[key] = run.embed(cells) (default key "X_<family>"); how it was made in uns[key].
-    Returns the key."""
+    """obsm[key] = run.embed(cells, readout) (default key "X_<family>"); how it was made in
+    uns[key] ("pooling": the readout's name). Returns the key."""
     key = key or default_key(run, "embed")
-    pooling = pooling or ("cls" if run.config.data.append_cls else "mean")
-    adata.obsm[key] = run.embed(cells, pooling=pooling, batch_size=batch_size, progress=progress)
-    adata.uns[key] = provenance(run, pooling=pooling, n_missing_genes=cells.n_missing)
+    pool = run.readout("embed", readout)
+    adata.obsm[key] = run.embed(cells, readout=pool, batch_size=batch_size, progress=progress)
+    adata.uns[key] = provenance(run, readout=pool.name, pooling=pool.name, n_missing_genes=cells.n_missing)
     return key
 
 
 def add_imputation(run: Run, adata: ad.AnnData, cells: PreparedCells, batch_size: int = 64,
-                   n_query: int | None = None, progress: bool = False, key: str | None = None) -> str:
+                   n_query: int | None = None, progress: bool = False, key: str | None = None,
+                   readout: str | None = None) -> str:
     """layers[key] (log-normalised; default "<family>_imputed") and layers[key + "_bins"], over the
     input's genes (run genes only; others zero); the zero head's P(zero) in layers[key +
     "_zero_prob"] when there is one. Returns the key."""
     key = key or default_key(run, "impute")
-    imp = run.imputation(cells, batch_size=batch_size, n_query=n_query, progress=progress)
+    imp = run.imputation(cells, batch_size=batch_size, n_query=n_query, progress=progress, readout=readout)
     adata.layers[key] = _on_input_genes(imp.expression, cells)
     adata.layers[key + "_bins"] = _on_input_genes(imp.bins, cells)
     if imp.zero_prob is not None:
         adata.layers[key + "_zero_prob"] = _on_input_genes(imp.zero_prob, cells)
-    adata.uns[key] = provenance(run, n_missing_genes=cells.n_missing, n_bins=run.config.data.n_bins)
+    adata.uns[key] = provenance(run, readout=imp.readout, n_missing_genes=cells.n_missing, n_bins=run.config.data.n_bins)
     return key
 
 
@@ -99,7 +99,8 @@ def pair_matrix_on_input(pairs: PairScores, cells: PreparedCells) -> sp.csr_matr
 
 
 def add_pair_scores(run: Run, adata: ad.AnnData, cells: PreparedCells, groupby: str | None = None,
-                    batch_size: int = 64, progress: bool = False, key: str | None = None) -> dict[str, PairScores]:
+                    batch_size: int = 64, progress: bool = False, key: str | None = None,
+                    readout: str | None = None) -> dict[str, PairScores]:
     """varp[key] (default "<family>_pair_scores"; or one varp[key + "_<group>"] per group of
     obs[`groupby`]), how it was made in uns[key]; returns the PairScores by group name ("all"
     without groupby)."""
@@ -107,9 +108,9 @@ def add_pair_scores(run: Run, adata: ad.AnnData, cells: PreparedCells, groupby: 
     if groupby is not None:
         if groupby not in adata.obs:
             raise BioformerError(f"groupby {groupby!r} is not an obs column; available: {list(adata.obs.columns)}")
-        result = run.pair_scores(cells, batch_size=batch_size, progress=progress, groups=np.asarray(adata.obs[groupby].astype(str)))
+        result = run.pair_scores(cells, batch_size=batch_size, progress=progress, groups=np.asarray(adata.obs[groupby].astype(str)), readout=readout)
     else:
-        result = {"all": run.pair_scores(cells, batch_size=batch_size, progress=progress)}
+        result = {"all": run.pair_scores(cells, batch_size=batch_size, progress=progress, readout=readout)}
     for name, pairs in result.items():
         adata.varp[key if groupby is None else f"{key}_{name}"] = pair_matrix_on_input(pairs, cells)
     readout = next(iter(result.values())).readout if result else ""

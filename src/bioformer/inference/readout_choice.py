@@ -1,8 +1,9 @@
 """Which gene-pair readout of a model to trust: a positive control on the edges it was given.
 
 A z readout that cannot find the prior edges that were in the model's input says nothing about
-held-out ones. So every candidate readout (`bioformer.inference.readouts.candidate_readouts`:
-each block's pair bias per head and as signed mean / L2 / max over heads; scGPT's attention) is
+held-out ones. So every candidate readout (`bioformer.inference.readouts.candidates`: every
+registered grn readout that applies to the model: each block's pair bias per head and as signed
+mean / L2 / max over heads, scGPT's attention, and any readout registered later) is
 first scored on the GIVEN prior edges over the validation cells (`choose_readout`); the default
 readout is the one that recovers them best (average precision), chosen there and never on
 held-out edges; only then is every candidate scored on the held-out edges and ChIP targets,
@@ -23,7 +24,8 @@ import pandas as pd
 import torch
 
 from bioformer.evaluation.grn import TruthSet, edge_truth, score_matrix
-from bioformer.inference.readouts import CandidateAccumulator, candidate_readouts
+from bioformer.inference.pairs import CandidateAccumulator
+from bioformer.inference.readouts import candidate_readouts, candidates
 
 CONTROL = "given prior edges (positive control)"
 CONTROL_AP_FACTOR = 2.0  # pass: AP >= 2 x random level and per-TF AUROC CI above 0.5
@@ -62,10 +64,9 @@ def candidate_pair_scores(run, adata, batch_size: int = 64, progress: bool = Fal
     hold both genes: (name -> [G, G] with NaN where no cell does, [G, G] cell counts)."""
     cells = run.prepare(adata, quiet=True)
     acc = CandidateAccumulator(len(run.genes))
-    for chunk in run._cell_chunks(cells.n_cells, batch_size, progress, "readouts"):
-        seqs = [run._sequence(*run._visible(cells, i)[:2]) for i in chunk]
-        for _, batch in run._batches(seqs, batch_size):
-            acc.add(candidate_readouts(run.model, *run._model_inputs(batch)), batch["columns"])
+    readouts = candidates(run.model)  # every registered grn readout that applies to the model
+    for _, batch in run._sequence_batches(cells, batch_size, progress, "readouts"):
+        acc.add(candidate_readouts(run.model, *run._model_inputs(batch), readouts=readouts), batch["columns"])
     return acc.result()
 
 

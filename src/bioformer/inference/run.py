@@ -33,7 +33,15 @@ from bioformer.data.prior import PriorMatrix
 from bioformer.data.tokenize import EVAL_EPOCH_KEY, MASK_VALUE, GeneVocab, Tokenizer, pad
 from bioformer.errors import BioformerError
 from bioformer.inference.cells import PreparedCells, prepare_cells
-from bioformer.inference.readouts import POOLINGS, PairAccumulator, PairScores, pool
+from bioformer.inference.pairs import PairAccumulator, PairScores
+from bioformer.inference.readouts import (
+    Readout,
+    applies,
+    default_readout,
+    families,
+    get_readout,
+    listing,
+)
 from bioformer.training.evaluate import evaluate_run
 from bioformer.training.loop import model_inputs, resolve_device
 from bioformer.training.metrics import EvalResult
@@ -50,6 +58,7 @@ class Imputation:
     bins: np.ndarray  # predicted bin, clipped to [0, n_bins - 1]
     expression: np.ndarray  # the bin mapped back to log-normalised expression via the cell's edges
     zero_prob: np.ndarray | None  # P(value is 0) from the zero head, when the model has one
+    readout: str = "expression"  # the impute readout that made `bins`
 
 
 class Run:
@@ -134,28 +143,49 @@ class Run:
         for start in tqdm(starts, desc=desc, disable=not progress, unit="chunk", leave=False):
             yield np.arange(start, min(start + step, n_cells))
 
+    def _sequence_batches(self, cells: PreparedCells, batch_size: int, progress: bool, desc: str
+                          ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """(cell indices, padded batch) of every cell's unmasked sequence, in chunks of cells."""
+        for chunk in self._cell_chunks(cells.n_cells, batch_size, progress, desc):
+            seqs = [self._sequence(*self._visible(cells, i)[:2]) for i in chunk]
+            for idx, batch in self._batches(seqs, batch_size):
+                yield chunk[idx], batch
+
     # ------------------------------------------------------------------ readouts
-    @torch.no_grad()
-    def embed(self, adata: ad.AnnData | PreparedCells, pooling: str | None = None, batch_size: int = 64,
-              layer: str | None = None, gene_column: str | None = None, progress: bool = False) -> np.ndarray:
-        """One vector per cell, [n_cells, d_model] float32: the hidden state of `<cls>`
-        (pooling="cls", the default when the run has a <cls> token) or the mean over the cell's
-        gene tokens (pooling="mean"), from the layer the decoder reads; all values unmasked.
-        A cell without any run gene has only <cls> (its "mean" row is NaN)."""
-        pooling = pooling or ("cls" if self.config.data.append_cls else "mean")
-        if pooling not in POOLINGS:
-            raise BioformerError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
-        if pooling == "cls" and not self.config.data.append_cls:
-            raise BioformerError("this run has no <cls> token (trained with --no-append-cls); use pooling='mean'")
+    def readout(self, task: str, name: str | Readout | None = None) -> Readout:
+        """The readout `name` of `task` (embed | impute | grn; default: the task's default for
+        this run), checked to apply to this run's model (see `bioformer.inference.readouts`)."""
+        append_cls = self.config.data.append_cls
+        found = default_readout(task, self.model, append_cls) if name is None else get_readout(name, task)
+        found.check(self.model, append_cls)
+        return found
+
+    def readouts(self) -> list[tuple[str, str, str, str]]:
+        """(name, task, AnnData destination, description) of every readout that applies to this run."""
+        family = self.config.model.model
+        found = []
+        for name, task, _, _ in listing():
+            named = [get_readout(name, task)] if "<" not in name else [r for f in families() if f.pattern == name for r in f.expand(self.model)]
+            found += [(r.name, task, f'{r.slot}["{r.key.format(family=family)}"]', r.description)
+                      for r in named if applies(r, self.model, self.config.data.append_cls)]
+        return found
+
+    @torch.inference_mode()
+    def embed(self, adata: ad.AnnData | PreparedCells, readout: str | Readout | None = None, batch_size: int = 64,
+              layer: str | None = None, gene_column: str | None = None, progress: bool = False,
+              pooling: str | None = None) -> np.ndarray:
+        """One vector per cell, [n_cells, d_model] float32, by an embed readout (`pooling` is its
+        older name): the hidden state of `<cls>` ("cls", the default when the run has a <cls>
+        token) or the mean over the cell's gene tokens ("mean"), from the layer the decoder reads;
+        all values unmasked. A cell without any run gene has only <cls> (its "mean" row is NaN)."""
+        pool = self.readout("embed", readout or pooling)
         cells = self.prepare(adata, layer, gene_column, quiet=True)
         out = np.zeros((cells.n_cells, self.config.model.d_model), dtype=np.float32)
         cls_position = 0 if self.config.data.append_cls else None
-        for chunk in self._cell_chunks(cells.n_cells, batch_size, progress, "embed"):
-            seqs = [self._sequence(*self._visible(cells, i)[:2]) for i in chunk]
-            for idx, batch in self._batches(seqs, batch_size):
-                hidden = self.model.encode(*self._model_inputs(batch)).float()  # [B, r, c]
-                gene_mask = (batch["columns"] >= 0).to(self.device)  # [B, r]
-                out[chunk[idx]] = pool(hidden, gene_mask, pooling, cls_position).cpu().numpy()
+        for rows, batch in self._sequence_batches(cells, batch_size, progress, "embed"):
+            hidden = self.model.encode(*self._model_inputs(batch)).float()  # [B, r, c]
+            gene_mask = (batch["columns"] >= 0).to(self.device)  # [B, r]
+            out[rows] = pool(hidden, gene_mask, cls_position).cpu().numpy()
         return out
 
     def _impute_passes(self, cells: PreparedCells, i: int, n_query: int) -> list[dict[str, np.ndarray]]:
@@ -188,15 +218,18 @@ class Run:
                 passes.append(self._sequence(seq_cols, inputs, targets))
         return passes
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def imputation(self, adata: ad.AnnData | PreparedCells, batch_size: int = 64, n_query: int | None = None,
-                   layer: str | None = None, gene_column: str | None = None, progress: bool = False) -> Imputation:
-        """Predict every run gene of every cell (see `_impute_passes`), in bins and mapped back to
-        log-normalised expression through the cell's own bin edges.
+                   layer: str | None = None, gene_column: str | None = None, progress: bool = False,
+                   readout: str | Readout | None = None) -> Imputation:
+        """Predict every run gene of every cell (see `_impute_passes`) by an impute readout
+        (default "expression"), in bins and mapped back to log-normalised expression through the
+        cell's own bin edges.
 
         `n_query` masked positions per sequence (default: the training mask share of max_len).
         With a zero head, a gene whose predicted P(zero) exceeds 0.5 is imputed as 0.
         """
+        value = self.readout("impute", readout)
         cells = self.prepare(adata, layer, gene_column, quiet=True)
         n_bins = self.config.data.n_bins
         default_q = max(1, int(round(self.config.data.mask_ratio * self.max_genes)))
@@ -219,32 +252,31 @@ class Run:
                 asked = batch["targets"] >= 0  # [B, r]
                 rows = chunk[owner[idx]][:, None].repeat(asked.shape[1], 1)[asked.numpy()]
                 cols = batch["targets"][asked].numpy()
-                bins[rows, cols] = out["pred"].float().cpu()[asked].numpy()
+                bins[rows, cols] = value(out).float().cpu()[asked].numpy()
                 if zero_prob is not None:
                     zero_prob[rows, cols] = torch.sigmoid(out["zero_logit"].float()).cpu()[asked].numpy()
         bins = np.clip(bins, 0, n_bins - 1)
         if zero_prob is not None:
             bins = np.where(zero_prob > 0.5, 0.0, bins).astype(np.float32)
         expression = np.stack([bins_to_values(bins[i], cells.bin_edges[i]) for i in range(cells.n_cells)]).astype(np.float32) if cells.n_cells else bins.copy()
-        return Imputation(list(self.genes), bins, expression, zero_prob)
+        return Imputation(list(self.genes), bins, expression, zero_prob, value.name)
 
     def impute(self, adata: ad.AnnData | PreparedCells, **kwargs: Any) -> np.ndarray:
         """Imputed log-normalised expression of every run gene, [n_cells, n_run_genes]
         (see `imputation` for the bins and the zero probability)."""
         return self.imputation(adata, **kwargs).expression
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def pair_scores(self, adata: ad.AnnData | PreparedCells, groupby: str | None = None, batch_size: int = 64,
                     layer: str | None = None, gene_column: str | None = None, progress: bool = False,
-                    groups: np.ndarray | None = None) -> PairScores | dict[str, PairScores]:
-        """Gene x gene scores (source -> target) averaged over the cells in which both genes are in
-        the sequence, with the number of such cells (see `PairScores`).
-
-        BioFormer: the last block's pair-bias logits, averaged over heads (`BioFormer.pair_scores`);
-        scGPT: attention probabilities averaged over heads and layers. With `groupby` (an obs
-        column of `adata`), or `groups` (one label per cell), one PairScores per group, e.g. per
-        condition.
+                    groups: np.ndarray | None = None, readout: str | Readout | None = None) -> PairScores | dict[str, PairScores]:
+        """Gene x gene scores (source -> target) of a grn readout (default: BioFormer's last-block
+        pair bias, averaged over heads; scGPT's attention averaged over heads and layers), averaged
+        over the cells in which both genes are in the sequence, with the number of such cells (see
+        `PairScores`). With `groupby` (an obs column of `adata`), or `groups` (one label per cell),
+        one PairScores per group, e.g. per condition.
         """
+        pair = self.readout("grn", readout)
         if groupby is not None and groups is None:
             if isinstance(adata, PreparedCells) or groupby not in adata.obs:
                 raise BioformerError(f"groupby {groupby!r} is not an obs column of the AnnData")
@@ -253,17 +285,14 @@ class Run:
         labels = np.zeros(cells.n_cells, dtype=object) if groups is None else np.asarray(groups, dtype=object)
         names = list(pd.unique(labels))
         accs = {g: PairAccumulator(len(self.genes)) for g in names}
-        for chunk in self._cell_chunks(cells.n_cells, batch_size, progress, "pair scores"):
-            seqs = [self._sequence(*self._visible(cells, i)[:2]) for i in chunk]
-            for idx, batch in self._batches(seqs, batch_size):
-                scores = self.model.pair_scores(*self._model_inputs(batch))  # [B, r, r]
-                for g in pd.unique(labels[chunk[idx]]):
-                    sel = torch.from_numpy(labels[chunk[idx]] == g)
-                    accs[g].add(scores[sel.to(scores.device)], batch["columns"][sel])
-        readout = type(self.model).__name__
+        for rows, batch in self._sequence_batches(cells, batch_size, progress, "pair scores"):
+            scores = pair.scores(self.model, self._model_inputs(batch), {})  # [B, r, r]
+            for g in pd.unique(labels[rows]):
+                sel = torch.from_numpy(labels[rows] == g)
+                accs[g].add(scores[sel.to(scores.device)], batch["columns"][sel])
         if groups is None:
-            return (accs[names[0]] if names else PairAccumulator(len(self.genes))).result(self.genes, readout)
-        return {str(g): a.result(self.genes, readout) for g, a in accs.items()}
+            return (accs[names[0]] if names else PairAccumulator(len(self.genes))).result(self.genes, pair.name)
+        return {str(g): a.result(self.genes, pair.name) for g, a in accs.items()}
 
     # ------------------------------------------------------------------ scoring
     def evaluate(self, data: str | None = None, layer: str | None = None, gene_column: str | None = None, quiet: bool = False,
