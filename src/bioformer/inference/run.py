@@ -43,9 +43,10 @@ from bioformer.inference.readouts import (
     listing,
 )
 from bioformer.training.evaluate import evaluate_run
-from bioformer.training.loop import model_inputs, resolve_device
+from bioformer.training.loop import model_inputs
 from bioformer.training.metrics import EvalResult
 from bioformer.training.reader import RunReader
+from bioformer.training.runtime import resolve_device
 
 log = logging.getLogger("bioformer")
 
@@ -143,7 +144,7 @@ class Run:
             check_inference_options(batch_size=batch_size)  # the CLI's check, for API callers too
             return batch_size
         r = self.config.data.max_len
-        if getattr(self.model, "uses_z", False) and self.config.model.pair_mode == "full":
+        if getattr(self.model, "uses_z", False) and self.config.model.bioformer.pair_mode == "full":
             return int(np.clip(2**22 // (r * r), 1, 512))
         return int(np.clip(2**15 // r, 1, 512))
 
