@@ -1,10 +1,12 @@
 """Inference speed of finished runs: cells/s of `embed`, `impute` and `grn` (pair scores) on the
 first N cells of a data set (Kang 2018 by default), one torch thread unless told otherwise, and
 the extrapolated wall time for every cell of it. Preparation (mapping and binning the cells) is
-timed separately: it is shared by the three commands.
+timed separately: it is shared by the three commands. `--batch-size` defaults to the library's
+own choice (`Run.batch_size`); `--name` names the results file, e.g. to time another checkout of
+the library on the same runs (PYTHONPATH=that/src) without overwriting these numbers.
 
     python -m benchmarks.inference RUN_DIR [RUN_DIR ...] [--data kang2018] [--cells 500]
-        [--impute-cells 50] [--threads 1] [--batch-size 64]
+        [--impute-cells 50] [--threads 1] [--batch-size N] [--name inference]
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=500, help="cells for embed and grn")
     ap.add_argument("--impute-cells", type=int, default=50, help="cells for impute (it asks every run gene of each)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (default: the library's)")
+    ap.add_argument("--name", default="inference", help="results file benchmarks/results/NAME.json")
     args = ap.parse_args()
     import torch
 
@@ -48,12 +51,12 @@ def main() -> None:
             row[f"{name}_all_min"] = adata.n_obs * (1 / row[f"{name}_cells_per_s"] + 1 / row["prepare_cells_per_s"]) / 60
         rows.append(row)
     name = device_name("cpu")
-    print(f"\ninference on the first cells of {args.data} ({adata.n_obs:,} cells in all), {args.threads} thread(s), batch {args.batch_size} ({name})")
+    print(f"\ninference on the first cells of {args.data} ({adata.n_obs:,} cells in all), {args.threads} thread(s), batch {args.batch_size or 'auto'} ({name})")
     cols = [("run", "run"), ("model", "model"), ("pair_mode", "pair mode"), ("prepare_cells_per_s", "prepare cells/s"),
             ("embed_cells_per_s", "embed cells/s"), ("embed_all_min", "embed all, min"), ("impute_cells_per_s", "impute cells/s"),
             ("impute_all_min", "impute all, min"), ("grn_cells_per_s", "grn cells/s"), ("grn_all_min", "grn all, min")]
     print(table(rows, cols))
-    path = write_results("inference", {"data": args.data, "n_cells": adata.n_obs, "cells": args.cells, "impute_cells": args.impute_cells,
+    path = write_results(args.name, {"data": args.data, "n_cells": adata.n_obs, "cells": args.cells, "impute_cells": args.impute_cells,
                                        "threads": args.threads, "batch_size": args.batch_size, "device_name": name, "rows": rows})
     print(f"wrote {path}")
 

@@ -43,7 +43,7 @@ def _apply(write, adata: ad.AnnData, run: Run | str | Path, copy: bool, layer: s
 
 def embed(adata: ad.AnnData, run: Run | str | Path, key_added: str | None = None, copy: bool = False,
           pooling: str | None = None, layer: str | None = None, gene_column: str | None = None,
-          batch_size: int = 64, progress: bool = False, readout: str | None = None) -> ad.AnnData | None:
+          batch_size: int | None = None, progress: bool = False, readout: str | None = None) -> ad.AnnData | None:
     """Cell embeddings [n_cells, d_model] -> obsm[key_added or "X_<family>"] by an embed readout
     (`bioformer readouts`: cls | mean; `pooling` is its older name)."""
     target, _ = _apply(outputs.add_embedding, adata, run, copy, layer, gene_column, readout=readout or pooling,
@@ -52,7 +52,7 @@ def embed(adata: ad.AnnData, run: Run | str | Path, key_added: str | None = None
 
 
 def impute(adata: ad.AnnData, run: Run | str | Path, key_added: str | None = None, copy: bool = False,
-           layer: str | None = None, gene_column: str | None = None, batch_size: int = 64,
+           layer: str | None = None, gene_column: str | None = None, batch_size: int | None = None,
            n_query: int | None = None, progress: bool = False, readout: str | None = None) -> ad.AnnData | None:
     """Imputed log-expression of every run gene -> layers[key_added or "<family>_imputed"] (+ "_bins"),
     by an impute readout (default "expression")."""
@@ -63,7 +63,7 @@ def impute(adata: ad.AnnData, run: Run | str | Path, key_added: str | None = Non
 
 def grn(adata: ad.AnnData, run: Run | str | Path, key_added: str | None = None, copy: bool = False,
         groupby: str | None = None, layer: str | None = None, gene_column: str | None = None,
-        batch_size: int = 64, progress: bool = False, readout: str | None = None) -> ad.AnnData | dict[str, PairScores]:
+        batch_size: int | None = None, progress: bool = False, readout: str | None = None) -> ad.AnnData | dict[str, PairScores]:
     """Gene x gene scores (row = source) of a grn readout (`bioformer readouts`; default
     BioFormer's last-block pair bias, scGPT's attention) -> varp[key_added or
     "<family>_pair_scores"], one per group of obs[groupby]. Returns the new AnnData with `copy`,

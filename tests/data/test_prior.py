@@ -89,7 +89,10 @@ def test_decoupler_weight_column_gives_the_sign(tmp_path):
     assert {(s, t): g for s, t, g in e.itertuples(index=False)} == {("STAT1", "IRF1"): 1, ("REST", "SYP"): -1}
 
 
-def test_gather_matches_brute_force():
+@pytest.mark.parametrize("dense", [True, False])
+def test_gather_matches_brute_force(dense, monkeypatch):
+    if not dense:  # the searchsorted path of large vocabularies
+        monkeypatch.setattr(PriorMatrix, "DENSE_MAX", 0)
     tokens = ["<pad>", "<cls>", "<mask>", "A", "B", "C", "D"]
     t2i = {t: i for i, t in enumerate(tokens)}
     edges = pd.DataFrame({"source": ["A", "A", "C", "D", "X"], "target": ["B", "C", "A", "D2", "A"], "sign": [1, -1, 0, 1, 1]})

@@ -40,6 +40,12 @@ def test_pair_bias_readouts_are_their_definition(runs, cells):
             assert got.shape == ref.shape == (6, inputs[0].shape[1], inputs[0].shape[1])
             torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(want["block0 l2"], want["block0 mean"])
+    # side by side (one pass per block, shared): each candidate equals it computed alone
+    with torch.no_grad():
+        together = ro.candidate_readouts(run.model, *inputs)
+        assert {"block0 l2", "block1 head0"} <= set(together) and "pair_bias" not in together  # no alias
+        for name, got in together.items():
+            torch.testing.assert_close(got, ro.get_readout(name, "grn").scores(run.model, inputs, {}), atol=0, rtol=0)
     # the default is the last block's signed mean; names are forgiving about the separator
     last = len(run.model.blocks) - 1
     default = run.pair_scores(cells)

@@ -34,7 +34,7 @@ def _check_inference_args(args: argparse.Namespace) -> list:
     from bioformer.training.rundir import check_new_file
 
     check_inference_options(
-        batch_size=args.batch_size, device=args.device, n_query=getattr(args, "n_query", None),
+        batch_size=64 if args.batch_size is None else args.batch_size, device=args.device, n_query=getattr(args, "n_query", None),
         top_k=getattr(args, "top_k", None), min_cells=getattr(args, "min_cells", None),
     )
     inputs = [] if args.data in DATASETS or is_synthetic(args.data) else [check_input_file(args.data, "--data")]
@@ -128,19 +128,6 @@ def cmd_grn(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_inference_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a finished run directory (bioformer train --out)")
-    p.add_argument("--data", required=True, help=".h5ad to read (never modified), or a built-in data set name")
-    p.add_argument("--out", required=True, help="the new .h5ad to write (atomically)")
-    p.add_argument("--layer", help="layer holding counts or log-normalised values (default X; 'raw' = adata.raw)")
-    p.add_argument("--gene-column", help="var column with gene symbols (default var_names)")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass (default 64; results do not depend on it)")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's device setting)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the input, never a file in a run directory)")
-    p.add_argument("--readout", metavar="NAME", help="how to read the model (default: the command's usual one); `bioformer readouts [RUN_DIR]` lists them")
-
-
 def cmd_readouts(args: argparse.Namespace) -> int:
     from bioformer.inference.readouts import listing
 
@@ -153,6 +140,19 @@ def cmd_readouts(args: argparse.Namespace) -> int:
     for name, task, slot, text in rows:
         print(f"{name:<30} {task:<7} {slot:<32} {text}")
     return 0
+
+
+def add_inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished run directory (bioformer train --out)")
+    p.add_argument("--data", required=True, help=".h5ad to read (never modified), or a built-in data set name")
+    p.add_argument("--out", required=True, help="the new .h5ad to write (atomically)")
+    p.add_argument("--layer", help="layer holding counts or log-normalised values (default X; 'raw' = adata.raw)")
+    p.add_argument("--gene-column", help="var column with gene symbols (default var_names)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (default: ~32k tokens, or ~4M gene pairs with a full-mode z; results do not depend on it)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's device setting)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the input, never a file in a run directory)")
+    p.add_argument("--readout", metavar="NAME", help="how to read the model (default: the command's usual one); `bioformer readouts [RUN_DIR]` lists them")
 
 
 def register(sub) -> None:

@@ -60,7 +60,7 @@ def _on_input_genes(values: np.ndarray, cells: PreparedCells) -> sp.csr_matrix:
 
 
 def add_embedding(run: Run, adata: ad.AnnData, cells: PreparedCells, readout: str | None = None,
-                  batch_size: int = 64, progress: bool = False, key: str | None = None) -> str:
+                  batch_size: int | None = None, progress: bool = False, key: str | None = None) -> str:
     """obsm[key] = run.embed(cells, readout) (default key "X_<family>"); how it was made in
     uns[key] ("pooling": the readout's name). Returns the key."""
     key = key or default_key(run, "embed")
@@ -70,7 +70,7 @@ def add_embedding(run: Run, adata: ad.AnnData, cells: PreparedCells, readout: st
     return key
 
 
-def add_imputation(run: Run, adata: ad.AnnData, cells: PreparedCells, batch_size: int = 64,
+def add_imputation(run: Run, adata: ad.AnnData, cells: PreparedCells, batch_size: int | None = None,
                    n_query: int | None = None, progress: bool = False, key: str | None = None,
                    readout: str | None = None) -> str:
     """layers[key] (log-normalised; default "<family>_imputed") and layers[key + "_bins"], over the
@@ -99,7 +99,7 @@ def pair_matrix_on_input(pairs: PairScores, cells: PreparedCells) -> sp.csr_matr
 
 
 def add_pair_scores(run: Run, adata: ad.AnnData, cells: PreparedCells, groupby: str | None = None,
-                    batch_size: int = 64, progress: bool = False, key: str | None = None,
+                    batch_size: int | None = None, progress: bool = False, key: str | None = None,
                     readout: str | None = None) -> dict[str, PairScores]:
     """varp[key] (default "<family>_pair_scores"; or one varp[key + "_<group>"] per group of
     obs[`groupby`]), how it was made in uns[key]; returns the PairScores by group name ("all"

@@ -59,7 +59,7 @@ def choose_readout(candidates: dict[str, np.ndarray], control: TruthSet) -> tupl
 
 
 @torch.no_grad()
-def candidate_pair_scores(run, adata, batch_size: int = 64, progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def candidate_pair_scores(run, adata, batch_size: int | None = None, progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every candidate readout of a `Run` over its genes, averaged over the cells of `adata` that
     hold both genes: (name -> [G, G] with NaN where no cell does, [G, G] cell counts)."""
     cells = run.prepare(adata, quiet=True)
@@ -91,7 +91,7 @@ def readout_table(candidates: dict[str, np.ndarray], control: TruthSet, truths: 
 
 
 def run_readout_table(run_dir: str | Path, split: str = "valid", chip_path: str | Path | None = None,
-                      genie3: bool = True, batch_size: int = 64, with_baselines: bool = True) -> pd.DataFrame:
+                      genie3: bool = True, batch_size: int | None = None, with_baselines: bool = True) -> pd.DataFrame:
     """`readout_table` of a run directory: candidates over its `split` cells (validation by
     default), the positive control on the edges its z was built from (the real visible prior for
     an arm without one: it should fail), held-out prior edges and ChIP with every baseline."""

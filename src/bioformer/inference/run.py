@@ -43,9 +43,10 @@ from bioformer.inference.readouts import (
     listing,
 )
 from bioformer.training.evaluate import evaluate_run
-from bioformer.training.loop import model_inputs, resolve_device
+from bioformer.training.loop import model_inputs
 from bioformer.training.metrics import EvalResult
 from bioformer.training.reader import RunReader
+from bioformer.training.runtime import resolve_device
 
 log = logging.getLogger("bioformer")
 
@@ -135,13 +136,33 @@ class Run:
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return model_inputs(self.model, batch, self.prior, self.device)
 
-    def _cell_chunks(self, n_cells: int, batch_size: int, progress: bool, desc: str) -> Iterator[np.ndarray]:
-        """Cells in chunks of a few batches (memory bounded by the chunk, not the data set)."""
-        check_inference_options(batch_size=batch_size)  # the CLI's check, for API callers too
-        step = max(1, batch_size * 4)
-        starts = range(0, n_cells, step)
+    def batch_size(self, batch_size: int | None = None) -> int:
+        """Sequences per forward pass: `batch_size` (checked), else ~32k tokens per batch, or with
+        a materialised z (BioFormer's full pair mode) ~4M gene pairs per batch (z of ~130 MB at
+        c_z 8). Larger batches are much faster on CPU; results never depend on it."""
+        if batch_size is not None:
+            check_inference_options(batch_size=batch_size)  # the CLI's check, for API callers too
+            return batch_size
+        r = self.config.data.max_len
+        if getattr(self.model, "uses_z", False) and self.config.model.bioformer.pair_mode == "full":
+            return int(np.clip(2**22 // (r * r), 1, 512))
+        return int(np.clip(2**15 // r, 1, 512))
+
+    def _cell_chunks(self, n_cells: int, chunk: int, progress: bool, desc: str) -> Iterator[np.ndarray]:
+        """Cells in chunks of `chunk` (memory bounded by the chunk, not the data set; sequences
+        are sorted by length within a chunk, so larger chunks pad less)."""
+        starts = range(0, n_cells, chunk)
         for start in tqdm(starts, desc=desc, disable=not progress, unit="chunk", leave=False):
-            yield np.arange(start, min(start + step, n_cells))
+            yield np.arange(start, min(start + chunk, n_cells))
+
+    def _sequence_batches(self, cells: PreparedCells, batch_size: int | None, progress: bool, desc: str
+                          ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """(cell indices, padded batch) of every cell's unmasked sequence, in chunks of cells."""
+        batch_size = self.batch_size(batch_size)
+        for chunk in self._cell_chunks(cells.n_cells, max(4096, 4 * batch_size), progress, desc):
+            seqs = [self._sequence(*self._visible(cells, i)[:2]) for i in chunk]
+            for idx, batch in self._batches(seqs, batch_size):
+                yield chunk[idx], batch
 
     def _sequence_batches(self, cells: PreparedCells, batch_size: int, progress: bool, desc: str
                           ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
@@ -171,7 +192,7 @@ class Run:
         return found
 
     @torch.inference_mode()
-    def embed(self, adata: ad.AnnData | PreparedCells, readout: str | Readout | None = None, batch_size: int = 64,
+    def embed(self, adata: ad.AnnData | PreparedCells, readout: str | Readout | None = None, batch_size: int | None = None,
               layer: str | None = None, gene_column: str | None = None, progress: bool = False,
               pooling: str | None = None) -> np.ndarray:
         """One vector per cell, [n_cells, d_model] float32, by an embed readout (`pooling` is its
@@ -219,7 +240,7 @@ class Run:
         return passes
 
     @torch.inference_mode()
-    def imputation(self, adata: ad.AnnData | PreparedCells, batch_size: int = 64, n_query: int | None = None,
+    def imputation(self, adata: ad.AnnData | PreparedCells, batch_size: int | None = None, n_query: int | None = None,
                    layer: str | None = None, gene_column: str | None = None, progress: bool = False,
                    readout: str | Readout | None = None) -> Imputation:
         """Predict every run gene of every cell (see `_impute_passes`) by an impute readout
@@ -240,7 +261,8 @@ class Run:
         bins = np.full((cells.n_cells, n_genes), np.nan, dtype=np.float32)
         has_zero_head = bool(self.config.model.explicit_zero_prob)
         zero_prob = np.full_like(bins, np.nan) if has_zero_head else None
-        for chunk in self._cell_chunks(cells.n_cells, batch_size, progress, "impute"):
+        batch_size = self.batch_size(batch_size)
+        for chunk in self._cell_chunks(cells.n_cells, 4 * batch_size, progress, "impute"):
             seqs, owner = [], []
             for row, i in enumerate(chunk):
                 passes = self._impute_passes(cells, i, n_query)
@@ -267,7 +289,7 @@ class Run:
         return self.imputation(adata, **kwargs).expression
 
     @torch.inference_mode()
-    def pair_scores(self, adata: ad.AnnData | PreparedCells, groupby: str | None = None, batch_size: int = 64,
+    def pair_scores(self, adata: ad.AnnData | PreparedCells, groupby: str | None = None, batch_size: int | None = None,
                     layer: str | None = None, gene_column: str | None = None, progress: bool = False,
                     groups: np.ndarray | None = None, readout: str | Readout | None = None) -> PairScores | dict[str, PairScores]:
         """Gene x gene scores (source -> target) of a grn readout (default: BioFormer's last-block

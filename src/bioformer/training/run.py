@@ -39,7 +39,7 @@ from bioformer.training.checkpoint import (
 )
 from bioformer.training.evaluate import N_BOOT, test_folds
 from bioformer.training.floors import Floors
-from bioformer.training.loop import Runtime, TrainResult, autocast_dtype, evaluate, train
+from bioformer.training.loop import TrainResult, evaluate, train
 from bioformer.training.reader import RunReader
 from bioformer.training.rundir import (
     HELDOUT_EDGES,
@@ -48,6 +48,7 @@ from bioformer.training.rundir import (
     remove_run_files,
     write_marker,
 )
+from bioformer.training.runtime import Runtime, autocast_dtype
 from bioformer.training.summary import floor_warning, plot_curves, versions, write_metrics_csv
 
 log = logging.getLogger("bioformer")
