@@ -164,14 +164,6 @@ class Run:
             for idx, batch in self._batches(seqs, batch_size):
                 yield chunk[idx], batch
 
-    def _sequence_batches(self, cells: PreparedCells, batch_size: int, progress: bool, desc: str
-                          ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-        """(cell indices, padded batch) of every cell's unmasked sequence, in chunks of cells."""
-        for chunk in self._cell_chunks(cells.n_cells, batch_size, progress, desc):
-            seqs = [self._sequence(*self._visible(cells, i)[:2]) for i in chunk]
-            for idx, batch in self._batches(seqs, batch_size):
-                yield chunk[idx], batch
-
     # ------------------------------------------------------------------ readouts
     def readout(self, task: str, name: str | Readout | None = None) -> Readout:
         """The readout `name` of `task` (embed | impute | grn; default: the task's default for
