@@ -27,7 +27,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bioformer.config import RunConfig, check_device, check_inference_options
+from bioformer.checks import check_device, check_inference_options
+from bioformer.config import RunConfig
 from bioformer.data.preprocess import bins_to_values
 from bioformer.data.prior import PriorMatrix
 from bioformer.data.tokenize import EVAL_EPOCH_KEY, MASK_VALUE, GeneVocab, Tokenizer, pad
@@ -43,9 +44,10 @@ from bioformer.inference.readouts import (
     listing,
 )
 from bioformer.training.evaluate import evaluate_run
-from bioformer.training.loop import model_inputs, resolve_device
+from bioformer.training.loop import model_inputs
 from bioformer.training.metrics import EvalResult
 from bioformer.training.reader import RunReader
+from bioformer.training.runtime import resolve_device
 
 log = logging.getLogger("bioformer")
 

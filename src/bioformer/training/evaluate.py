@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bioformer.config import check_device, check_inference_options
+from bioformer.checks import check_device, check_inference_options
 from bioformer.data.pipeline import PreparedData, prepare_data, role_prior
 from bioformer.errors import BioformerError
 from bioformer.training.floors import Floors
-from bioformer.training.loop import Runtime, auto_folds, evaluate
+from bioformer.training.loop import auto_folds, evaluate
 from bioformer.training.metrics import EvalResult
 from bioformer.training.reader import RunReader
+from bioformer.training.runtime import Runtime
 
 log = logging.getLogger("bioformer")
 N_BOOT = 200  # bootstrap resamples of the test cells

@@ -23,7 +23,7 @@ from bioformer.training import distributed
 from bioformer.training.checkpoint import rng_state, save_training_state, set_rng_state
 from bioformer.training.floors import Floors
 from bioformer.training.metrics import EvalResult, score_positions
-from bioformer.training.runtime import Runtime, autocast_dtype, resolve_device  # noqa: F401  (training/run.py, inference/run.py import them from here)
+from bioformer.training.runtime import Runtime
 
 
 def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor], prior: PriorMatrix | None,
