@@ -87,3 +87,13 @@ def test_flags_set_the_family_section(tmp_path):
     (tmp_path / "old.yaml").write_text(FLAT_MODEL)
     cfg = config_from_args(build_parser().parse_args(["train", "--config", str(tmp_path / "old.yaml"), "--d-opm", "5"]))
     assert (cfg.model.d_model, cfg.model.bioformer.d_z, cfg.model.bioformer.d_opm) == (32, 6, 5)
+
+
+def test_resume_check_reads_a_training_state_written_before_the_sections():
+    from bioformer.training.run import config_changes
+
+    old = {**RunConfig().to_dict(), "model": yaml.safe_load(FLAT_MODEL)["model"]}  # last.pt's "config" of an older run
+    new = RunConfig.from_dict(old).to_dict()
+    assert config_changes(old, new) == []
+    new["model"]["bioformer"]["d_z"] = 8
+    assert config_changes(old, new) == ["model.bioformer.d_z 6 -> 8"]

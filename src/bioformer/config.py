@@ -12,7 +12,6 @@ import yaml
 
 from bioformer.checks import (
     check_device,
-    check_inference_options,  # noqa: F401  (training/run.py, inference/run.py import it from here)
     check_types,
     need,
     unknown_keys,

@@ -116,11 +116,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     kw["n_params"] = count_config_parameters(cfg.model, vocab, use_prior=True)
     train = estimate_memory(cfg.model, r, B, training=True, **kw)
     infer = estimate_memory(cfg.model, r, B, training=False, **kw)
-    m = cfg.model
-    p = m.bioformer
-    pair = (f", d_z {p.d_z}, d_opm {p.d_opm}, opm {p.opm}, pair_bias {p.pair_bias}, pair_mode {p.pair_mode}"
-            if model_class(m.model).pair_path(m).reads_z else "")
-    print(f"{m.model}: {kw['n_params']:,} parameters (d_model {m.d_model}, nhead {m.nhead}, nlayers {m.nlayers}{pair})")
+    print(f"{cfg.model.model}: {kw['n_params']:,} parameters ({model_class(cfg.model.model).describe(cfg.model)})")
     src = "--n-genes" if args.n_genes is not None else "upper bound from the data config"
     print(f"r = {r} genes per cell ({src}), batch size {B}, {device}{', bf16 activations' if amp else ', fp32'}")
     print(format_estimate(train, infer))

@@ -24,6 +24,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import h5py
@@ -192,15 +193,11 @@ class BackedCellDataset(CellDataset):
         gene_token_ids: np.ndarray,
         cells: np.ndarray,
         seed: int,
-        max_len: int = 1024,
-        include_zero_genes: bool = False,
-        append_cls: bool = True,
-        mask_ratio: float = 0.15,
-        cls_id: int = 1,
-        fixed_masks: bool = False,
+        **options: Any,
     ) -> None:
-        super().__init__(sp.csr_matrix((0, n_genes), dtype=np.float32), gene_token_ids, cells, seed, max_len,
-                         include_zero_genes, append_cls, mask_ratio, cls_id, fixed_masks)
+        """`options`: CellDataset's sequence and mask options (max_len, include_zero_genes,
+        append_cls, mask_ratio, cls_id, fixed_masks)."""
+        super().__init__(sp.csr_matrix((0, n_genes), dtype=np.float32), gene_token_ids, cells, seed, **options)
         self.binned = None  # rows come from the file
         self.matrix, self.file_rows, self.positions, self.n_bins = matrix, file_rows, positions, n_bins
         self.expressed = np.asarray(expressed)
@@ -337,5 +334,6 @@ class BackedData:
         """Dataset over kept cells `cells` (their masks are keyed by that index, as in memory)."""
         return BackedCellDataset(
             self.matrix, self.kept, self.positions, self.n_genes, self.n_bins, self.expressed, gene_token_ids,
-            cells, seed, cfg.max_len, cfg.include_zero_genes, cfg.append_cls, cfg.mask_ratio, cls_id, fixed_masks,
+            cells, seed, max_len=cfg.max_len, include_zero_genes=cfg.include_zero_genes, append_cls=cfg.append_cls,
+            mask_ratio=cfg.mask_ratio, cls_id=cls_id, fixed_masks=fixed_masks,
         )

@@ -27,7 +27,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bioformer.config import RunConfig, check_device, check_inference_options
+from bioformer.checks import check_device, check_inference_options
+from bioformer.config import RunConfig
 from bioformer.data.preprocess import bins_to_values
 from bioformer.data.prior import PriorMatrix
 from bioformer.data.tokenize import EVAL_EPOCH_KEY, MASK_VALUE, GeneVocab, Tokenizer, pad

@@ -54,6 +54,11 @@ class MaskedValueModel(nn.Module):
         return PairPath()
 
     @classmethod
+    def describe(cls, cfg: ModelConfig) -> str:
+        """The architecture in a few words, for `bioformer estimate`."""
+        return f"d_model {cfg.d_model}, nhead {cfg.nhead}, nlayers {cfg.nlayers}"
+
+    @classmethod
     def fine_size_field(cls, cfg: ModelConfig) -> str | None:
         """A ModelConfig field that moves the parameter count in small steps (for equal-parameter
         sizing after d_model), or None."""

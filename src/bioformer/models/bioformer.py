@@ -108,6 +108,12 @@ class BioFormer(MaskedValueModel):
                         linear=p.pair_bias and engine.linear, attention_chunk_size=p.attention_chunk_size)
 
     @classmethod
+    def describe(cls, cfg: ModelConfig) -> str:
+        p = cfg.bioformer
+        pair = f", d_z {p.d_z}, d_opm {p.d_opm}, opm {p.opm}, pair_bias {p.pair_bias}, pair_mode {p.pair_mode}"
+        return super().describe(cfg) + (pair if cls.pair_path(cfg).reads_z else "")
+
+    @classmethod
     def fine_size_field(cls, cfg: ModelConfig) -> str | None:
         return "d_opm" if cls.pair_path(cfg).opm_blocks else None  # c_opm^2 * c_z output layer
 

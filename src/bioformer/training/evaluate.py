@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bioformer.config import check_device, check_inference_options
+from bioformer.checks import check_device, check_inference_options
 from bioformer.data.pipeline import PreparedData, prepare_data, role_prior
 from bioformer.errors import BioformerError
 from bioformer.training.floors import Floors

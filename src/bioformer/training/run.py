@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bioformer.config import RunConfig
+from bioformer.config import ModelConfig, RunConfig
 from bioformer.data.load import check_data_file
 from bioformer.data.pipeline import PreparedData, coverage_warning, prepare_data, role_prior
 from bioformer.errors import BioformerError
@@ -70,13 +70,28 @@ RESUMABLE_CHANGES = {"train": {"epochs", "max_steps", "device", "num_threads", "
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], allowed: dict[str, set[str]] | None = None) -> list[str]:
-    """'section.key old -> new' for every config value that differs (except `allowed` ones)."""
+    """'section.key old -> new' for every config value that differs (except `allowed` ones); a
+    family section compares field by field ('model.bioformer.d_z'). `old` may come from a run
+    written before the family sections (flat model keys): it is read as config.yaml is."""
     allowed = allowed or {}
+    if isinstance(old.get("model"), dict):
+        try:
+            old = {**old, "model": dataclasses.asdict(ModelConfig.of(**old["model"]))}
+        except BioformerError:
+            pass  # not a model section this version can read: compared as it is
     diffs = []
     for section in ("data", "model", "train"):
-        a, b = old.get(section, {}), new.get(section, {})
+        a, b = _flat(old.get(section, {})), _flat(new.get(section, {}))
         diffs += [f"{section}.{k} {a.get(k)!r} -> {v!r}" for k, v in b.items() if k not in allowed.get(section, ()) and a.get(k) != v]
     return diffs
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A section's values with nested sections' keys joined by '.'."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def read_resume_state(reader: RunReader, cfg: RunConfig) -> dict[str, Any] | None:
