@@ -61,6 +61,8 @@ def test_module_reads_channel_first_and_last_z_alike():
     z_cf = z.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # same values, channel-first storage
     torch.testing.assert_close(attn(m, z_cf, pm), attn(m, z, pm), rtol=0, atol=0)
     torch.testing.assert_close(attn.pair_bias(z_cf), attn.pair_bias(z), rtol=0, atol=0)
+    no_pads = torch.zeros(B, R, dtype=torch.bool)
+    assert rel_err(attn.pair_bias(z_cf).detach(), legacy_pair_bias_mask(attn, z, no_pads).detach()) < 1e-5
 
 
 def test_opm_writes_z_channel_first():
