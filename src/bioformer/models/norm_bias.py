@@ -13,11 +13,18 @@ On CPU this replaces LayerNorm forward and backward over [B, r, r, c_z], a [B r 
 with its strided-gradient backward, the permute and the padding `masked_fill` (fused in here
 too: padded keys get the dtype's minimum, and their gradient is zeroed). It equals
 `F.layer_norm` + `Linear` + `masked_fill` to float rounding (tests/models/test_norm_bias.py).
+
+`dense_bias_attention` then runs the attention with that mask on CPU's fused kernel in
+training, where `scaled_dot_product_attention` would take its math path (the mask needs a
+gradient).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 def _channel_stats(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,3 +103,47 @@ def norm_bias(
         out = _NormBias.apply(z.float().reshape(B, C, r * r), weight.float(), norm.weight.float(),
                               norm.bias.float(), keep, norm.eps)  # [B, H, P]
     return out.view(B, -1, r, r)
+
+
+class _FlashDenseBias(torch.autograd.Function):
+    """softmax(q k^T scale + mask) v with a dense float mask [B, H, rq, r] that needs a gradient
+    (the full pair mode's bias from z): forward on CPU's fused kernel (no [B, H, r, r] scores or
+    probabilities kept), backward recomputes P = exp(s - lse) from the kernel's log-sum-exp and
+    returns dS = P (dP - D) as the mask's gradient (D_i = dO_i . O_i), the math path's formulas
+    in one pass each: no separate scale, add, softmax and padded-row checks."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale: float):
+        out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)  # [B, H, rq, d], [B, H, rq]
+        ctx.save_for_backward(q, k, v, mask, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, k, v, mask, out, lse = ctx.saved_tensors
+        scale = ctx.scale
+        p = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).add_(mask).sub_(lse.unsqueeze(-1)).exp_()  # [B, H, rq, r]
+        dv = torch.matmul(p.transpose(-1, -2), d_out)  # [B, H, r, d]
+        ds = torch.matmul(d_out, v.transpose(-1, -2))  # dP [B, H, rq, r]
+        ds.sub_((d_out * out).sum(dim=-1, keepdim=True)).mul_(p)  # dS = P (dP - D)
+        dq = torch.matmul(ds, k).mul_(scale)
+        dk = torch.matmul(ds.transpose(-1, -2), q).mul_(scale)
+        return dq, dk, dv, ds, None
+
+
+def dense_bias_attention(
+    q: torch.Tensor,  # [B, H, rq, d]
+    k: torch.Tensor,  # [B, H, r, d]
+    v: torch.Tensor,  # [B, H, r, d]
+    mask: torch.Tensor,  # [B, H, rq, r] float: the pair bias with the dtype's minimum on padded keys
+    dropout_p: float = 0.0,
+) -> torch.Tensor:  # [B, H, rq, d]
+    """`scaled_dot_product_attention(q, k, v, attn_mask=mask)` for a float mask that needs a
+    gradient: on CPU's fused kernel in fp32 training without attention dropout (`_FlashDenseBias`),
+    else SDPA itself (the math path on CPU, the fused kernels on CUDA)."""
+    if (q.device.type == "cpu" and dropout_p == 0 and _FLASH is not None and torch.is_grad_enabled()
+            and mask.requires_grad and q.dtype == torch.float32 and mask.dtype == torch.float32
+            and mask.shape == (*q.shape[:3], k.shape[2]) and v.shape[-1] == q.shape[-1]):
+        return _FlashDenseBias.apply(q, k, v, mask, q.shape[-1] ** -0.5)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)

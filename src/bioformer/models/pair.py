@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bioformer.data.prior import regulator_rows
-from bioformer.models.norm_bias import norm_bias
+from bioformer.models.norm_bias import dense_bias_attention, norm_bias
 
 
 class _CodeLookup(torch.autograd.Function):
@@ -241,7 +241,7 @@ class PairBiasAttention(nn.Module):
         else:
             bias = self.pair_bias(z) if (self.bias_proj is not None and z is not None) else None
             mask = attention_mask(bias, padding_mask, q.dtype)  # [B, H, r, r]
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attention_dropout())
+        o = dense_bias_attention(q, k, v, mask.expand(*q.shape[:3], k.shape[2]), self.attention_dropout())  # [B, H, r, d_h]
         return self.output(x, o)
 
     def qkv(self, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
