@@ -11,7 +11,7 @@ into the same model; `no-flash` = this tree with the full mode's dense-bias atte
 math path instead of `norm_bias.dense_bias_attention`; `linear` and `scgpt` = the other
 families at the same shape (their own parameters). Same weights, batch and seeds per arm.
 
-    python benchmarks/full_mode_ab.py --before /tmp/old/src [--steps 6] [--batch-size 32] [--n-genes 128]
+    python -m benchmarks.full_mode_ab --before /tmp/old/src [--steps 6] [--batch-size 32] [--n-genes 128]
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import torch
-from _common import _random_batch, table, write_results
 
 import bioformer.models.pair as pair
+from benchmarks._common import _random_batch, table, write_results
 from bioformer.config import ModelConfig
 from bioformer.models import build_model
 
@@ -76,8 +76,8 @@ def main() -> None:
     models, opts = {}, {}
     for arm in arms:
         torch.manual_seed(0)
-        cfg = {"scgpt": ModelConfig(model="scgpt"), "linear": ModelConfig(model="bioformer", pair_mode="linear")}.get(
-            arm, ModelConfig(model="bioformer"))
+        cfg = {"scgpt": ModelConfig.of(model="scgpt"), "linear": ModelConfig.of(model="bioformer", pair_mode="linear")}.get(
+            arm, ModelConfig.of(model="bioformer"))
         models[arm] = build_model(cfg, vocab, use_prior=True).train()
         opts[arm] = torch.optim.AdamW(models[arm].parameters(), lr=1e-4)
     cpu: dict[str, list[float]] = {a: [] for a in arms}
