@@ -115,10 +115,10 @@ def _training_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, math_path:
     per_block = 3 * H * act if math_path else (H * act if pair_bias else 0)
     attn_pairs = n_kept * per_block
     # backward transients (one block at a time, so the larger of the two counts): gradients
-    # of the probabilities / mask, or grad z and the bias gradient scaled per pair (fp32) of
-    # the block reading the newest z (by then that block's attention tensors are freed)
+    # of the probabilities / mask, or, in the block reading the newest z, the mask's gradient,
+    # its per-pair scaled copy and grad z (fp32; models/norm_bias.py keeps its mask meanwhile)
     attn_transient = (3 if math_path else 2) * H * act if (math_path or pair_bias) else 0
-    z_transient = max((cz + H) * 4 - per_block, 0) if n_opm else 0
+    z_transient = (cz + 2 * H) * 4 if n_opm else 0
     if z_transient >= attn_transient:
         z_pairs += z_transient
     else:
