@@ -44,3 +44,11 @@ def naive_attention(q, k, v, bias, padding_mask):
     logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + bias
     logits = logits.masked_fill(padding_mask[:, None, None, :], float("-inf"))
     return F.softmax(logits, dim=-1) @ v
+
+
+def legacy_pair_bias_mask(attn, z: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    """The full pair mode's attention mask as it was computed before z was stored channel-first:
+    `Linear(LayerNorm(z))` on [B, r, r, c_z], permuted head-major, the dtype's minimum on padded
+    keys by an out-of-place masked_fill. [B, H, r, r]"""
+    bias = attn.bias_proj(attn.norm_z(z)).permute(0, 3, 1, 2)  # [B, H, r, r]
+    return bias.masked_fill(padding_mask[:, None, None, :], torch.finfo(bias.dtype).min)

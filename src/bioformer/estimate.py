@@ -34,15 +34,16 @@ class MemoryEstimate:
         return float(sum(self.parts.values()))
 
 
-def _attention_is_math_path(device: str, cfg: ModelConfig, training: bool) -> bool:
+def _attention_is_math_path(device: str, cfg: ModelConfig, training: bool, amp: bool = False) -> bool:
     """Whether CPU training runs SDPA's math path, which keeps the [B, H, r, r] probabilities:
-    with attention dropout (no fused CPU kernel has it), or where the float mask needs a gradient
-    that no fused CPU kernel gives (the full pair mode's bias from z). Linear pair mode's prior
-    bias runs on the fused kernel (models/fused_bias.py); CUDA's kernels keep no probabilities."""
+    with attention dropout (no fused CPU kernel has it), or, under bf16 autocast, for the full
+    pair mode's bias from z (in fp32 it runs on the fused kernel with its gradient from the
+    log-sum-exp, models/norm_bias.py). Linear pair mode's prior bias runs on the fused kernel
+    (models/fused_bias.py); CUDA's kernels keep no probabilities."""
     if device != "cpu" or not training:
         return False
     path = model_class(cfg.model).pair_path(cfg)
-    return cfg.attention_dropout > 0 or (path.reads_z and not path.linear)
+    return cfg.attention_dropout > 0 or (path.reads_z and not path.linear and amp)
 
 
 def estimate_memory(
@@ -67,7 +68,7 @@ def estimate_memory(
     P = n_params if n_params is not None else count_config_parameters(cfg, vocab, use_prior=True)
     act = 2 if amp else 4  # bytes of an activation element
     path = model_class(cfg.model).pair_path(cfg)  # the family's pair path decides the [B, r, r] terms
-    math_path = _attention_is_math_path(device, cfg, training)
+    math_path = _attention_is_math_path(device, cfg, training, amp)
     parts = dict.fromkeys(CATEGORIES, 0.0)
     if path.linear:
         parts.update(_linear_pair_parts(cfg, path, B, r, training, math_path, act, use_prior, device))
@@ -102,8 +103,9 @@ def _training_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, math_path:
         if use_prior:
             z_pairs += 1  # the pair codes (int8; block 0 reads them by regulator rows/columns)
         # each OPM writes a new z (fp32, kept also under checkpointing: it is a block input);
-        # a block that reads it keeps LN(z) and its mean/rstd
-        z_pairs += n_opm * cz * 4 + n_kept_opm * (cz * act + 2 * 4)
+        # a block that reads it keeps LN(z)'s mean/rstd (fp32; LN(z) itself is never written,
+        # models/norm_bias.py; its bias is the attention's mask, counted there)
+        z_pairs += n_opm * cz * 4 + n_kept_opm * 2 * 4
         if ckpt and n_opm:
             z_pairs += cz * 4  # the recomputed block writes its output z once more
         parts["OPM intermediates"] = n_kept_opm * (T * (co + 1) * cz * 2 + T * co * 6) * act
@@ -113,10 +115,10 @@ def _training_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, math_path:
     per_block = 3 * H * act if math_path else (H * act if pair_bias else 0)
     attn_pairs = n_kept * per_block
     # backward transients (one block at a time, so the larger of the two counts): gradients
-    # of the probabilities / mask, or grad z and grad LN(z) of the block reading the newest z
-    # (by then that block's attention tensors are freed)
+    # of the probabilities / mask, or, in the block reading the newest z, the mask's gradient,
+    # its per-pair scaled copy and grad z (fp32; models/norm_bias.py keeps its mask meanwhile)
     attn_transient = (3 if math_path else 2) * H * act if (math_path or pair_bias) else 0
-    z_transient = max(2 * cz * 4 - per_block, 0) if n_opm else 0
+    z_transient = (cz + 2 * H) * 4 if n_opm else 0
     if z_transient >= attn_transient:
         z_pairs += z_transient
     else:
@@ -135,8 +137,8 @@ def _inference_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, act: int,
     parts["m activations"] = (4 * c + ff) * T * act
     if pair_bias:
         z_pairs = 1.0 + (1 if use_prior else 0)  # int8 prior codes and pair codes
-        # live at once: z, LN(z) (transient), and the next z written by the OPM
-        z_pairs += (3 * cz * 4) if n_opm else 0
+        # live at once: z, LN(z)'s mean/rstd, and the next z written by the OPM
+        z_pairs += (2 * cz * 4 + 2 * 4) if n_opm else 0
         parts["z activations"] = z_pairs * pairs
         parts["OPM intermediates"] = (T * (co + 1) * cz + T * co * 3) * act if n_opm else 0.0
     # mask, bias and (math path / CPU) scores and probabilities of one block

@@ -28,9 +28,14 @@ def test_z_grows_quadratically_and_scgpt_has_none():
 
 
 def test_checkpointing_and_budget():
-    plain = ModelConfig.of(nlayers=4, d_z=32)
-    ckpt = ModelConfig.of(nlayers=4, d_z=32, checkpoint_blocks=True)
+    # checkpointing pays where attention keeps its probabilities (CPU's math path: attention
+    # dropout); with the fused kernels a block keeps little beyond z, and recomputing costs one
+    # more z (measured at r = 1024: 1150 vs 1110 MiB peak with / without; docs/memory-and-speed.md)
+    plain = ModelConfig.of(nlayers=4, d_z=32, attention_dropout=0.1)
+    ckpt = ModelConfig.of(nlayers=4, d_z=32, attention_dropout=0.1, checkpoint_blocks=True)
     assert estimate_memory(ckpt, 1024, 1).total < estimate_memory(plain, 1024, 1).total
+    fused, fused_ckpt = ModelConfig.of(nlayers=4, d_z=32), ModelConfig.of(nlayers=4, d_z=32, checkpoint_blocks=True)
+    assert estimate_memory(fused_ckpt, 1024, 1).total > estimate_memory(fused, 1024, 1).total
     r = max_genes_for_budget(plain, 1, 4e9)
     assert estimate_memory(plain, r, 1).total <= 4e9 < estimate_memory(plain, r + 1, 1).total
     assert parse_bytes("24GB") == 24e9 and parse_bytes("1GiB") == 2**30
@@ -75,12 +80,13 @@ def test_matches_a_hand_count_on_a_tiny_configuration():
     """B=2, r=10 (T=20 tokens, 200 pairs), c=8, H=2, N=2, ff=32, c_z=4, c_opm=3, fp32, given P=1000.
     Counted by hand from the rules in estimate.py's docstring comments: a dropped or doubled
     term changes a part."""
-    cfg = ModelConfig.of(d_model=8, nhead=2, nlayers=2, ff_factor=4, d_z=4, d_opm=3, dropout=0.0)
+    cfg_args = dict(d_model=8, nhead=2, nlayers=2, ff_factor=4, d_z=4, d_opm=3, dropout=0.0)
+    cfg = ModelConfig.of(**cfg_args)
     infer = estimate_memory(cfg, 10, 2, training=False, n_params=1000).parts
     assert infer == {
         "parameters + optimizer state": 4 * 1000,  # fp32 weights
         "m activations": (4 * 8 + 32) * 20 * 4,
-        "z activations": (1 + 1 + 3 * 4 * 4) * 200,  # int8 codes, int8 pair codes, z / LN(z) / next z
+        "z activations": (1 + 1 + 2 * 4 * 4 + 8) * 200,  # int8 codes, int8 pair codes, z / next z, LN(z)'s mean/rstd
         "attention": 2 * (2 + 2) * 4 * 200,  # mask, bias, scores, probabilities per head
         "OPM intermediates": (20 * 4 * 4 + 20 * 3 * 3) * 4,  # one OPM (the last block skips it)
     }
@@ -89,16 +95,19 @@ def test_matches_a_hand_count_on_a_tiny_configuration():
     assert train == {
         "parameters + optimizer state": 16 * 1000,  # weights, grads, two AdamW states
         "m activations": (2 * (12 * 8 + 3 * 8 + 2.5 * 32) + 12 * 8) * 20 * 4,
-        # codes 1 + pair codes 1 + the OPM's new z 16 + LN(z) and its stats 16 + 8,
-        # plus the backward transient grad z / grad LN(z) 2*16 minus the block's kept bias 8
-        "z activations": (1 + 1 + 16 + 24 + 24) * 200,
+        # codes 1 + pair codes 1 + the OPM's new z 16 + LN(z)'s stats 8 (LN(z) is never written),
+        # plus the backward transient: the bias gradient 8, its scaled copy 8 and grad z 16
+        "z activations": (1 + 1 + 16 + 8 + 32) * 200,
         "attention": 2 * (2 * 4) * 200,  # each block keeps its float bias [B, H, r, r]
         "OPM intermediates": (20 * 4 * 4 * 2 + 20 * 3 * 6) * 4,
     }
-    # CPU: the full pair mode's bias needs a gradient, so SDPA's math path keeps the probabilities,
-    # the dropout mask and the dropped probabilities per block (3 per head), and backward's
-    # transients (3 per head) exceed the z transient
+    # CPU in fp32: the full pair mode's bias runs on the fused kernel too (models/norm_bias.py)
     cpu = estimate_memory(cfg, 10, 2, training=True, n_params=1000).parts
-    assert cpu["attention"] == (2 * 3 * 2 * 4 + 3 * 2 * 4) * 200
+    assert cpu == train
+    # with attention dropout, SDPA's math path keeps the probabilities, the dropout mask and the
+    # dropped probabilities per block (3 per head); backward's attention transients (3 per head,
+    # 24 bytes) stay below the z transient (32)
+    cpu = estimate_memory(ModelConfig.of(**{**cfg_args, "attention_dropout": 0.1}), 10, 2, training=True, n_params=1000).parts
+    assert cpu["attention"] == 2 * 3 * 2 * 4 * 200 and cpu["z activations"] == train["z activations"]
     scgpt = estimate_memory(ModelConfig(model="scgpt", d_model=8, nhead=2, nlayers=1, dropout=0.0), 10, 2, n_params=1000).parts
     assert scgpt["m activations"] == (12 * 8 + 2.5 * 32 + 12 * 8) * 20 * 4 and scgpt["attention"] == 0

@@ -133,3 +133,4 @@ def coded_bias_attention(
         return _split_attention(q, k, v, delta, prior, padding_mask, start, scale)
     mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bioformer.data.prior import regulator_rows
+from bioformer.models.norm_bias import dense_bias_attention, norm_bias
 
 
 class _CodeLookup(torch.autograd.Function):
@@ -132,6 +133,12 @@ class CodedPair:
         return z if self.prior is None else self.prior.add_(z, self.table - self.table[:1], heads_first=False)
 
 
+def channels_first(z: torch.Tensor) -> torch.Tensor:
+    """z [B, r, r, c_z] as [B, c_z, r, r] contiguous: a free view of the layout BioFormer keeps z
+    in (the OPM writes it channel-first), a copy for any other tensor."""
+    return z.permute(0, 3, 1, 2).contiguous()
+
+
 def attention_mask(
     bias: torch.Tensor | None,  # [B, H, r, r] head-major pair bias (or broadcastable), or None
     padding_mask: torch.Tensor,  # [B, r] True = pad
@@ -210,7 +217,10 @@ class PairBiasAttention(nn.Module):
                 return const
             B, r = z.prior.codes.shape[:2]
             return z.prior.add_(const.expand(B, -1, r, r).contiguous(), per_code - per_code[:1])
-        return self.bias_proj(self.normalise_z(z)).permute(0, 3, 1, 2)  # [B, H, r, r] (a view)
+        zc = channels_first(z)  # [B, c_z, r, r]
+        if self.norm_z is not None:  # no padding: a mask of all-real keys
+            return norm_bias(zc, self.bias_proj.weight, self.norm_z, zc.new_zeros(zc.shape[0], zc.shape[-1], dtype=torch.bool))
+        return torch.matmul(self.bias_weight(), zc.flatten(2)).unflatten(2, zc.shape[2:])  # [B, H, r, r]
 
     def forward(
         self,
@@ -224,10 +234,14 @@ class PairBiasAttention(nn.Module):
             # scattered from the regulators' rows and columns straight into the mask
             per_code = self.bias_proj(self.normalise_z(z.table)).to(q.dtype)  # [K, H]
             mask = z.prior.mask(per_code - per_code[:1], 0, m.shape[1], padding_mask)  # [B, H, r, r]
+        elif self.norm_z is not None and isinstance(z, torch.Tensor):  # full mode: LN, projection, pads in one node
+            mask = norm_bias(channels_first(z), self.bias_proj.weight, self.norm_z, padding_mask)  # [B, H, r, r] fp32
+            if mask.dtype != q.dtype:  # autocast: the pads' fp32 minimum would round to -inf
+                mask = mask.to(q.dtype).clamp_min(torch.finfo(q.dtype).min)
         else:
             bias = self.pair_bias(z) if (self.bias_proj is not None and z is not None) else None
             mask = attention_mask(bias, padding_mask, q.dtype)  # [B, H, r, r]
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attention_dropout())
+        o = dense_bias_attention(q, k, v, mask.expand(*q.shape[:3], k.shape[2]), self.attention_dropout())  # [B, H, r, d_h]
         return self.output(x, o)
 
     def qkv(self, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -253,9 +267,11 @@ class PairBiasAttention(nn.Module):
 class OuterProductMean(nn.Module):
     """z update from m: update[b, i, j] = W . flatten(a_i (x) b_j) + bias, a/b = Linear(LN(m)).
 
-    With W viewed as [c_z, c_opm, c_opm], contract b with W first (t = [B, r, c_z, c_opm]), then
+    With W viewed as [c_z, c_opm, c_opm], contract b with W first (t = [B, c_z, c_opm, r]), then
     a with t: memory scales with the output z, not c_opm^2 times it, and the second contraction
-    is one GEMM whose output is already z's layout [B, r_i, r_j * c_z]. The output bias rides in
+    is one batched GEMM per output channel whose output is z stored channel-first, [B, c_z, r, r]
+    (returned as its permuted view [B, r, r, c_z]): the pair bias of the next block reads it
+    head-major without a permute copy (`bioformer.models.norm_bias`). The output bias rides in
     that GEMM as an extra "ones" channel of a, and a given z is its accumulator (baddbmm), so
     `forward(m, mask, z)` returns z + update in a single pass over z. Padded positions get
     a = b = 0, so they never contribute beyond the bias. `chunk_size` computes rows of z in
@@ -286,34 +302,35 @@ class OuterProductMean(nn.Module):
         m: torch.Tensor,  # [B, r, c]
         padding_mask: torch.Tensor,  # [B, r] True = pad
         z: torch.Tensor | CodedPair | None = None,  # [B, r, r, c_z] to add the update to
-    ) -> torch.Tensor:  # [B, r, r, c_z]: update (+ z)
+    ) -> torch.Tensor:  # [B, r, r, c_z]: update (+ z), stored channel-first
         B, r, _ = m.shape
+        C, d = self.d_z, self.d_opm + 1
         a, b = self.factors(m, padding_mask)  # [B, r, c_opm] each
         W = self.weight().to(b.dtype)  # [c_z, c_opm(a), c_opm(b)]
-        t = torch.einsum("bjd,zcd->bcjz", b, W).reshape(B, self.d_opm, r * self.d_z)  # [B, c_opm(a), r_j*c_z]
+        t = torch.einsum("bje,zde->bzdj", b, W)  # [B, c_z, c_opm(a), r_j]
         # the bias as one more input channel: a_ext = [a, 1], t_ext = [t; bias tiled over j]
-        out_bias = self.linear_out.bias if self.linear_out.bias is not None else b.new_zeros(self.d_z)
+        out_bias = self.linear_out.bias if self.linear_out.bias is not None else b.new_zeros(C)
         if isinstance(z, CodedPair):  # the "no edge" row of z is a constant: fold it into the bias
             out_bias = out_bias + z.table[0]
-        bias_row = out_bias.to(t.dtype).repeat(r).expand(B, 1, r * self.d_z)  # [B, 1, r_j*c_z]
-        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)  # [B, r, c_opm + 1]
-        t = torch.cat([t, bias_row], dim=1)  # [B, c_opm + 1, r_j*c_z]
+        t = torch.cat([t, out_bias.to(t.dtype)[None, :, None, None].expand(B, C, 1, r)], dim=2)  # [B, c_z, d, r_j]
+        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)  # [B, r, d]
+        zc = z.permute(0, 3, 1, 2) if isinstance(z, torch.Tensor) else None  # [B, c_z, r, r] (a view)
         chunk = self.chunk_size or r
         outs = []
         for start in range(0, r, chunk):
-            a_c = a[:, start:start + chunk]  # [B, ri, c_opm + 1]
-            ri = a_c.shape[1]
-            if isinstance(z, torch.Tensor) and z.dtype == t.dtype:
-                z_c = z[:, start:start + chunk].reshape(B, ri, r * self.d_z)
-                u = torch.baddbmm(z_c, a_c, t)  # [B, ri, r_j*c_z] = z + update, one pass
+            a_c = a[:, None, start:start + chunk]  # [B, 1, ri, d]
+            ri = a_c.shape[2]
+            if zc is not None and zc.dtype == t.dtype:  # z + update, one pass
+                acc = zc[:, :, start:start + chunk].reshape(B * C, ri, r)
+                u = torch.baddbmm(acc, a_c.expand(B, C, ri, d).reshape(B * C, ri, d), t.reshape(B * C, d, r))
+                u = u.view(B, C, ri, r)
             else:
-                u = torch.bmm(a_c, t)  # [B, ri, r_j*c_z]
-                if isinstance(z, torch.Tensor):  # autocast: keep z in its own (fp32) precision
-                    u = z[:, start:start + chunk] + u.view(B, ri, r, self.d_z)
+                u = torch.matmul(a_c, t)  # [B, c_z, ri, r_j], not a view: in-place adds below stay cheap
+                if zc is not None:  # autocast: keep z in its own (fp32) precision
+                    u = zc[:, :, start:start + chunk] + u
                 elif isinstance(z, CodedPair) and z.prior is not None:
-                    # + the codes' rows relative to "no edge", scattered in place (bmm does not
+                    # + the codes' rows relative to "no edge", scattered in place (matmul does not
                     # need its output for backward); fp32 like the table
-                    u = u.view(B, ri, r, self.d_z).to(z.table.dtype)
-                    u = z.prior.add_(u, z.table - z.table[:1], start, heads_first=False)
-            outs.append(u.view(B, ri, r, self.d_z))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [B, r, r, c_z]
+                    u = z.prior.add_(u.to(z.table.dtype), z.table - z.table[:1], start, heads_first=True)
+            outs.append(u)
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).permute(0, 2, 3, 1)  # [B, r, r, c_z]

@@ -1,0 +1,114 @@
+"""The main job's training step (full pair mode, PBMC3k recipe shape: B = 32, r = 128, d_model 64,
+d_z = d_opm = 8) before and after a change of the pair path, in ONE process, arms alternated
+step by step, so that load from other processes hits every arm alike. Times are process CPU
+seconds (what this process computed; on a shared machine wall time also counts waiting for a
+core) and wall seconds, median over steps.
+
+Arms: `new` = this tree; `before` = the pair-path classes (`OuterProductMean.forward`,
+`PairBiasAttention.forward` / `pair_bias`) of another source tree's `bioformer/models/pair.py`
+(e.g. `git archive <commit> src | tar -x -C /tmp/old`, then `--before /tmp/old/src`) swapped
+into the same model; `no-flash` = this tree with the full mode's dense-bias attention on SDPA's
+math path instead of `norm_bias.dense_bias_attention`; `linear` and `scgpt` = the other
+families at the same shape (their own parameters). Same weights, batch and seeds per arm.
+
+    python -m benchmarks.full_mode_ab --before /tmp/old/src [--steps 6] [--batch-size 32] [--n-genes 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import bioformer.models.pair as pair
+from benchmarks._common import _random_batch, table, write_results
+from bioformer.config import ModelConfig
+from bioformer.models import build_model
+
+
+def load_before(src: str):
+    """The old pair.py as its own module, sharing this tree's CodedPair / PriorCodes classes."""
+    spec = importlib.util.spec_from_file_location("_before_pair", Path(src) / "bioformer/models/pair.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    mod.CodedPair, mod.PriorCodes = pair.CodedPair, pair.PriorCodes
+    return mod
+
+
+@contextlib.contextmanager
+def patched(arm: str, before):
+    saved = (pair.OuterProductMean.forward, pair.PairBiasAttention.forward, pair.PairBiasAttention.pair_bias,
+             pair.dense_bias_attention)
+    if arm == "before":
+        pair.OuterProductMean.forward = before.OuterProductMean.forward
+        pair.PairBiasAttention.forward = before.PairBiasAttention.forward
+        pair.PairBiasAttention.pair_bias = before.PairBiasAttention.pair_bias
+    elif arm == "no-flash":
+        pair.dense_bias_attention = lambda q, k, v, mask, p: torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p)
+    try:
+        yield
+    finally:
+        (pair.OuterProductMean.forward, pair.PairBiasAttention.forward, pair.PairBiasAttention.pair_bias,
+         pair.dense_bias_attention) = saved
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", metavar="SRC", help="source tree whose pair.py is the 'before' arm")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--n-genes", type=int, default=128)
+    ap.add_argument("--arms", default="before,new,no-flash,linear,scgpt")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    before = load_before(args.before) if args.before else None
+    arms = [a for a in args.arms.split(",") if a != "before" or before is not None]
+    B, r, vocab = args.batch_size, args.n_genes, 1027
+    batch = _random_batch(B, r, vocab, "cpu", prior_rows_frac=0.05)
+    models, opts = {}, {}
+    for arm in arms:
+        torch.manual_seed(0)
+        cfg = {"scgpt": ModelConfig.of(model="scgpt"), "linear": ModelConfig.of(model="bioformer", pair_mode="linear")}.get(
+            arm, ModelConfig.of(model="bioformer"))
+        models[arm] = build_model(cfg, vocab, use_prior=True).train()
+        opts[arm] = torch.optim.AdamW(models[arm].parameters(), lr=1e-4)
+    cpu: dict[str, list[float]] = {a: [] for a in arms}
+    wall: dict[str, list[float]] = {a: [] for a in arms}
+    g, v, pm, prior = batch
+    for i in range(args.steps + 1):  # step 0 warms up
+        for arm in arms:
+            model = models[arm]
+            with patched(arm, before):
+                torch.manual_seed(i)
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = model(g, v, pm, prior=prior if arm != "scgpt" else None)
+                out["pred"][~pm].pow(2).mean().backward()
+                opts[arm].step()
+                opts[arm].zero_grad(set_to_none=True)
+                c1, t1 = time.process_time(), time.perf_counter()
+            if i:
+                cpu[arm].append(c1 - c0)
+                wall[arm].append(t1 - t0)
+    ref = statistics.median(cpu["scgpt"]) if "scgpt" in cpu else None
+    base = statistics.median(cpu["before"]) if "before" in cpu else None
+    rows = [{"arm": a, "cpu_s": statistics.median(cpu[a]), "wall_s": statistics.median(wall[a]),
+             "vs_before": statistics.median(cpu[a]) / base if base else None,
+             "vs_scgpt": statistics.median(cpu[a]) / ref if ref else None} for a in arms]
+    print(f"\ntraining step, B={B}, r={r}, d_model 64, fp32, 1 thread, one process, arms alternated, median of {args.steps} steps")
+    print(table(rows, [("arm", "arm"), ("cpu_s", "CPU s/step"), ("wall_s", "wall s/step"), ("vs_before", "CPU / before"),
+                       ("vs_scgpt", "CPU / scGPT")]))
+    path = write_results(f"full_mode_ab_B{B}_r{r}", {"batch_size": B, "r": r, "before_src": args.before, "rows": rows,
+                                                   "cpu_times": cpu, "wall_times": wall, "argv": sys.argv[1:]})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
