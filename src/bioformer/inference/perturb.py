@@ -10,11 +10,11 @@ a masked target moves when a regulator's value moves. This readout measures the 
     in bins of prediction per bin of regulator.
 
 The per-pair mean of that difference over the cells where s was visible and t masked is
-`perturb |mean|` (absolute value; the truth sets are unsigned). It carries a common offset:
+`perturb abs-mean` (absolute value; the truth sets are unsigned). It carries a common offset:
 bins are per-cell ranks, so raising one visible gene's bin means the masked genes sit lower on
 average, and a model that learned this lowers *every* masked prediction (measured on the dense
 planted set: a median |effect| of 0.064 bin/bin on non-targets vs 0.017 on true targets, which
-put given true edges below non-edges). So the default, `perturb |centred|`, subtracts each source
+put given true edges below non-edges). So the default, `perturb abs-centred`, subtracts each source
 row's median over its measured targets before taking the absolute value; `perturb centred`
 keeps the sign (a repressor scores < 0). Layout of the prior: row = source (the shifted gene),
 column = target. Pairs never measured are NaN (no opinion: ranked last by the GRN metrics).
@@ -32,7 +32,7 @@ import torch
 
 from bioformer.data.tokenize import MASK_VALUE
 
-ABS_CENTRED, CENTRED, ABS_MEAN = "perturb |centred|", "perturb centred", "perturb |mean|"
+ABS_CENTRED, CENTRED, ABS_MEAN = "perturb abs-centred", "perturb centred", "perturb abs-mean"
 PERTURB_READOUTS = (ABS_CENTRED, CENTRED, ABS_MEAN)  # the first is the default
 DEFAULT_DELTA = 5.0  # bins (of n_bins - 1 = 50 expressed levels by default)
 
