@@ -75,7 +75,7 @@ def _control_auroc(tmp_path, prior: str) -> tuple[float, float, float]:
 
     cfg = RunConfig(
         data=DataConfig(data=SPEC, prior=prior, gene_prior=SPEC, genes="hvg", n_hvg=48, max_len=48),
-        model=ModelConfig(d_model=32, nhead=4, nlayers=2, d_z=8, d_opm=8, dropout=0.0),
+        model=ModelConfig.of(d_model=32, nhead=4, nlayers=2, d_z=8, d_opm=8, dropout=0.0),
         train=TrainConfig(epochs=12, batch_size=32, lr=3e-3, warmup_steps=20, num_threads=1, progress=False, device="cpu"),
         out=str(tmp_path / "run"),
     )
