@@ -292,20 +292,17 @@ def test_failure_after_an_epoch_keeps_an_unfinished_resumable_run(tmp_path, monk
 
 def test_prior_targets_scored_beside_random_masks(bioformer_run):
     """The summary's prior-targets metrics are the model's metrics on prior-targets test masks."""
-    from bioformer.config import RunConfig
     from bioformer.data.pipeline import prepare_data
-    from bioformer.models import build_model
-    from bioformer.training.checkpoint import load_weights
     from bioformer.training.floors import Floors
     from bioformer.training.loop import evaluate
+    from bioformer.training.reader import RunReader
 
     cfg, out, s = bioformer_run
     assert 0.5 < s["test_prior_targets_cells_share"] <= 1.0
     assert s["test_prior_targets_mse_vs_floor"] == pytest.approx(s["test_prior_targets_mse"] / s["floor_prior_targets_gene_mean_mse"])
-    cfg = RunConfig.load(out / "config.yaml")
+    cfg = RunReader(out).config()
     data = prepare_data(cfg.data, seed=cfg.train.seed, quiet=True)
-    model = build_model(cfg.model, len(data.vocab), use_prior=True)
-    load_weights(model, out / "model.safetensors")
+    model = RunReader(out).model()
     floors = Floors.fit(data.adata.X, data.gene_token_ids, data.split["train"], len(data.vocab), False)
     pt = evaluate(model, data.dataset("test", mask_strategy="prior-targets"), data.prior, floors=floors)
     assert pt["mse"] == pytest.approx(s["test_prior_targets_mse"], rel=1e-5)

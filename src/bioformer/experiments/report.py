@@ -8,7 +8,6 @@ Holm-adjusted paired-t p-values over the study's pairs (per metric).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from bioformer.experiments.power import paired_power, power_verdict
 from bioformer.experiments.stats import holm, paired_test, t_interval
 from bioformer.training.checkpoint import atomic_write_text
 from bioformer.training.metrics import FLOOR_NAMES, EvalResult
+from bioformer.training.reader import RunReader
 
 # per-gene Pearson (across cells) and per-cell Spearman separate gene-gene skill from gene
 # identity; pooled Pearson and MRE are kept for continuity (see bioformer.training.metrics)
@@ -52,12 +52,12 @@ def collect_results(study_dir: Path, study: str, arms: list[str]) -> pd.DataFram
     rows = []
     for arm in arms:
         for run in sorted((study_dir / "runs" / arm).glob("seed*/summary.json")):
-            s = json.loads(run.read_text())
-            cfg = _read_config(run.parent)
+            reader = RunReader(run.parent)
+            s, cfg = reader.summary(), reader.saved_config()
             row = {"study": study, "arm": arm, "model": s.get("model"), "seed": s.get("seed")}
             metrics = EvalResult.from_dict(s["test"]).flat("test_") if "test" in s else s  # older runs: flat keys only
             row.update({k: v for k, v in {**s, **metrics}.items() if k in RESULT_COLUMNS})
-            row.update(_unsampled(run.parent))
+            row.update(_unsampled(reader))
             row["d_model"] = cfg.get("model", {}).get("d_model")
             row["nlayers"] = cfg.get("model", {}).get("nlayers")
             row["prior"] = cfg.get("data", {}).get("prior") if _reads_prior(cfg) else "-"
@@ -72,12 +72,11 @@ def collect_results(study_dir: Path, study: str, arms: list[str]) -> pd.DataFram
     return df.sort_values(["arm", "seed"], key=lambda c: c.map({a: i for i, a in enumerate(arms)}) if c.name == "arm" else c).reset_index(drop=True)
 
 
-def _unsampled(run_dir: Path) -> dict[str, float]:
-    """The second test set's columns (run_dir/extra_test.json: never-sampled cells), if scored."""
-    p = run_dir / "extra_test.json"
-    if not p.exists():
+def _unsampled(reader: RunReader) -> dict[str, float]:
+    """The second test set's columns (extra_test.json: never-sampled cells), if scored."""
+    d = reader.extra_test()
+    if d is None:
         return {}
-    d = json.loads(p.read_text())
     r = EvalResult.from_dict(d["test"])
     out = {"test_unsampled_mse": r.model["mse"], "unsampled_n_cells": d["n_cells"]}
     out.update({f"unsampled_floor_{k}_mse": v["mse"] for k, v in r.floors.items() if k in ("cell", "tree", "gene_mean")})
@@ -94,20 +93,13 @@ def _reads_prior(cfg: dict[str, Any]) -> bool:
     return model_class(model_cfg.model).reads_prior(model_cfg)
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    p = run_dir / "config.yaml"
-    return yaml.safe_load(p.read_text()) if p.exists() else {}
-
-
 def collect_curves(study_dir: Path, arms: list[str]) -> dict[str, list[pd.DataFrame]]:
     out: dict[str, list[pd.DataFrame]] = {}
     for arm in arms:
         for run in sorted((study_dir / "runs" / arm).glob("seed*/summary.json")):
-            m = run.parent / "metrics.csv"
-            if m.exists():
-                out.setdefault(arm, []).append(pd.read_csv(m))
+            m = RunReader(run.parent).metrics()
+            if m is not None:
+                out.setdefault(arm, []).append(m)
     return out
 
 

@@ -26,7 +26,9 @@ Adding a readout is one small class registered in one place:
         def scores(self, model, inputs, cache):
             ...  # inputs = (gene_ids, values, padding_mask, prior); return [B, r, r]
 
-A readout that lives in its own module (e.g. `bioformer/inference/perturbation.py`) registers
+Readouts run under `torch.inference_mode()` (`Run.pair_scores` / `embed` / `imputation`): one
+that needs gradients must open its own `torch.inference_mode(False)` / `enable_grad` block on
+inputs it creates itself. A readout that lives in its own module (e.g. `bioformer/inference/perturbation.py`) registers
 itself when imported: add the module's name to `READOUT_MODULES` below. A family of readouts
 named by a pattern (like "block<k> l2") is one class registered with `register_family`.
 """

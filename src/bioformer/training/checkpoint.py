@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from bioformer.errors import BioformerError
@@ -72,10 +71,6 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    model.load_state_dict(load_file(str(path)))
 
 
 TRAINING_STATE = "last.pt"

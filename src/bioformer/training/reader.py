@@ -12,6 +12,7 @@ checked when it is read, with one BioformerError naming the file and the fix:
     heldout_edges.csv  `heldout_edges()`   GRN truth, sha256-checked against summary.json
     summary.json       `summary()`         test metrics, file checksums ("files")
     last.pt            `training_state()`  what `train --resume` continues from
+    metrics.csv        `metrics()`         per-epoch history; extra_test.json `extra_test()` (studies)
 
 and two facts derived from them, decided here only: the prior the model was given
 (`given_edges` / `prior`: the run's prior without its held-out edges) and the run's own cells
@@ -42,6 +43,7 @@ from bioformer.training.checkpoint import TRAINING_STATE, load_training_state
 from bioformer.training.rundir import HELDOUT_EDGES, sha256_file
 
 SUMMARY, CONFIG, VOCAB, WEIGHTS, SPLIT = "summary.json", "config.yaml", "vocab.json", "model.safetensors", "split.npz"
+METRICS, EXTRA_TEST = "metrics.csv", "extra_test.json"
 
 
 class RunReader:
@@ -157,6 +159,21 @@ class RunReader:
         elif not path.is_file():
             return None
         return pd.read_csv(path)
+
+    def saved_config(self) -> dict[str, Any]:
+        """config.yaml as written, unvalidated ({} when absent): for tables over runs of any age."""
+        path = self.dir / CONFIG
+        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+    def metrics(self) -> pd.DataFrame | None:
+        """metrics.csv: one row per finished epoch (None before the first)."""
+        path = self.dir / METRICS
+        return pd.read_csv(path) if path.is_file() else None
+
+    def extra_test(self) -> dict[str, Any] | None:
+        """extra_test.json: a study's second test set (never-sampled cells), when it was scored."""
+        path = self.dir / EXTRA_TEST
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def training_state(self) -> dict[str, Any] | None:
         """last.pt (None when no epoch finished yet); see `load_training_state` for its checks."""
