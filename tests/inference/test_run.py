@@ -76,6 +76,8 @@ def test_embedding_batch_size_order_and_subsampling_do_not_matter(runs, cells):
     e64 = run.embed(cells, batch_size=64)
     assert e1.shape == (cells.n_obs, run.config.model.d_model)
     np.testing.assert_allclose(e1, e64, atol=1e-5)
+    assert run.batch_size() == min(512, 2**22 // run.config.data.max_len**2)  # the default: a gene-pair budget (full-mode z)
+    np.testing.assert_allclose(run.embed(cells), e64, atol=1e-5)
     perm = np.random.default_rng(0).permutation(cells.n_obs)
     np.testing.assert_allclose(run.embed(cells[perm].copy(), batch_size=7), e64[perm], atol=1e-5)
     alone = run.embed(cells[[5]].copy(), batch_size=1)
