@@ -20,17 +20,21 @@ decided by a positive control (`bioformer.inference.readout_choice`).
 Adding a readout is one small class registered in one place:
 
     @register
-    class Perturbation(PairReadout):
-        '''Change in gene j's prediction when gene i's value is masked: [B, r, r].'''
-        name = "perturbation"
+    class ValueProduct(PairReadout):
+        '''value_i * value_j of each pair [B, r, r].'''
+        name = "value_product"
         def scores(self, model, inputs, cache):
-            ...  # inputs = (gene_ids, values, padding_mask, prior); return [B, r, r]
+            gene_ids, values, padding_mask, prior = inputs  # the cells' unmasked sequences
+            return values[:, :, None] * values[:, None, :]  # averaged over cells by the caller
 
 Readouts run under `torch.inference_mode()` (`Run.pair_scores` / `embed` / `imputation`): one
 that needs gradients must open its own `torch.inference_mode(False)` / `enable_grad` block on
-inputs it creates itself. A readout that lives in its own module (e.g. `bioformer/inference/perturbation.py`) registers
-itself when imported: add the module's name to `READOUT_MODULES` below. A family of readouts
-named by a pattern (like "block<k> l2") is one class registered with `register_family`.
+inputs it creates itself. A readout that lives in its own module (e.g.
+`bioformer/inference/my_readout.py`) registers itself when imported: add the module's name to
+`READOUT_MODULES` below. A family of readouts named by a pattern (like "block<k> l2") is one
+class registered with `register_family`. (The in-silico perturbation readout,
+`bioformer.inference.perturb`, is not registered: it builds its own masked fold sequences and
+centres each source row over all cells, outside this per-batch contract.)
 """
 
 from __future__ import annotations
