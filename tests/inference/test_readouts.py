@@ -53,6 +53,17 @@ def test_pair_bias_readouts_are_their_definition(runs, cells):
     assert default.readout == "pair_bias" and ro.get_readout("block0_l2", "grn").name == "block0 l2"
 
 
+def test_the_api_and_the_cli_take_and_list_readouts(runs, cells, capsys):
+    run = Run.load(runs["bioformer"], device="cpu")
+    out = bioformer.tl.embed(cells, run, readout="mean", copy=True)
+    np.testing.assert_allclose(out.obsm["X_bioformer"], run.embed(cells, pooling="mean"), atol=1e-6)
+    assert out.uns["X_bioformer"]["readout"] == "mean"
+    assert not np.allclose(out.obsm["X_bioformer"], run.embed(cells))  # the default (cls) differs
+    assert main(["readouts", str(runs["bioformer"])]) == 0
+    listed = capsys.readouterr().out
+    assert "block1 head1" in listed and 'varp["bioformer_pair_scores"]' in listed and "attention" not in listed
+
+
 def test_every_listed_readout_of_a_run_runs_with_its_shape(runs, cells):
     for name in ("bioformer", "scgpt"):
         run = Run.load(runs[name], device="cpu")
