@@ -9,7 +9,9 @@ Arms: `new` = this tree; `before` = the pair-path classes (`OuterProductMean.for
 (e.g. `git archive <commit> src | tar -x -C /tmp/old`, then `--before /tmp/old/src`) swapped
 into the same model; `no-flash` = this tree with the full mode's dense-bias attention on SDPA's
 math path instead of `norm_bias.dense_bias_attention`; `linear` and `scgpt` = the other
-families at the same shape (their own parameters). Same weights, batch and seeds per arm.
+families at the same shape (their own parameters), `linear-noprior` = the linear mode with a
+zero z (no prior bias). Same weights, batch and seeds per arm. BioFormer arms take
+`--bioformer-d-model` (64, the main job; 60 gives train_step's equal-parameter models).
 
     python -m benchmarks.full_mode_ab --before /tmp/old/src [--steps 6] [--batch-size 32] [--n-genes 128]
 """
@@ -67,6 +69,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--n-genes", type=int, default=128)
     ap.add_argument("--arms", default="before,new,no-flash,linear,scgpt")
+    ap.add_argument("--bioformer-d-model", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(1)
     before = load_before(args.before) if args.before else None
@@ -76,9 +79,10 @@ def main() -> None:
     models, opts = {}, {}
     for arm in arms:
         torch.manual_seed(0)
-        cfg = {"scgpt": ModelConfig.of(model="scgpt"), "linear": ModelConfig.of(model="bioformer", pair_mode="linear")}.get(
-            arm, ModelConfig.of(model="bioformer"))
-        models[arm] = build_model(cfg, vocab, use_prior=True).train()
+        d = args.bioformer_d_model
+        cfg = ModelConfig.of(model="scgpt") if arm == "scgpt" else ModelConfig.of(
+            model="bioformer", d_model=d, pair_mode="linear" if arm.startswith("linear") else "full")
+        models[arm] = build_model(cfg, vocab, use_prior=arm != "linear-noprior").train()
         opts[arm] = torch.optim.AdamW(models[arm].parameters(), lr=1e-4)
     cpu: dict[str, list[float]] = {a: [] for a in arms}
     wall: dict[str, list[float]] = {a: [] for a in arms}
@@ -89,7 +93,7 @@ def main() -> None:
             with patched(arm, before):
                 torch.manual_seed(i)
                 t0, c0 = time.perf_counter(), time.process_time()
-                out = model(g, v, pm, prior=prior if arm != "scgpt" else None)
+                out = model(g, v, pm, prior=prior if arm not in ("scgpt", "linear-noprior") else None)
                 out["pred"][~pm].pow(2).mean().backward()
                 opts[arm].step()
                 opts[arm].zero_grad(set_to_none=True)
@@ -102,7 +106,7 @@ def main() -> None:
     rows = [{"arm": a, "cpu_s": statistics.median(cpu[a]), "wall_s": statistics.median(wall[a]),
              "vs_before": statistics.median(cpu[a]) / base if base else None,
              "vs_scgpt": statistics.median(cpu[a]) / ref if ref else None} for a in arms]
-    print(f"\ntraining step, B={B}, r={r}, d_model 64, fp32, 1 thread, one process, arms alternated, median of {args.steps} steps")
+    print(f"\ntraining step, B={B}, r={r}, d_model 64 (BioFormer {args.bioformer_d_model}), fp32, 1 thread, one process, arms alternated, median of {args.steps} steps")
     print(table(rows, [("arm", "arm"), ("cpu_s", "CPU s/step"), ("wall_s", "wall s/step"), ("vs_before", "CPU / before"),
                        ("vs_scgpt", "CPU / scGPT")]))
     path = write_results(f"full_mode_ab_B{B}_r{r}", {"batch_size": B, "r": r, "before_src": args.before, "rows": rows,
