@@ -67,7 +67,7 @@ class _NormBias(torch.autograd.Function):
         dgamma = sum_h d(wg) w; dbeta = w^T (sum_p g). (ds is 0 at padded keys, where out is the
         dtype's minimum: finite, so ds . out stays 0 there.)"""
         with torch.autocast(dout.device.type, enabled=False):
-            return _norm_bias_backward(dout.float(), *ctx.saved_tensors)
+            return _norm_bias_backward(dout.to(ctx.saved_tensors[0].dtype), *ctx.saved_tensors)
 
 
 def _norm_bias_backward(dout, z, w, gamma, beta, keep, mu, rstd, out) -> tuple:
@@ -96,12 +96,13 @@ def norm_bias(
     padding_mask: torch.Tensor,  # [B, r] True = pad
 ) -> torch.Tensor:  # [B, H, r, r]
     """The attention mask `Linear(LN(z))` per head with the dtype's minimum on padded keys,
-    in fp32 (also under autocast: z is fp32 and the statistics want it)."""
+    in fp32 at least (also under autocast: z is fp32 and the statistics want it)."""
     B, C, r, _ = z.shape
-    keep = (~padding_mask).to(torch.float32)[:, None, None, :].expand(B, 1, r, r).reshape(B, 1, r * r)  # [B, 1, P]
+    dt = torch.promote_types(z.dtype, torch.float32)
+    keep = (~padding_mask).to(dt)[:, None, None, :].expand(B, 1, r, r).reshape(B, 1, r * r)  # [B, 1, P]
     with torch.autocast(z.device.type, enabled=False):
-        out = _NormBias.apply(z.float().reshape(B, C, r * r), weight.float(), norm.weight.float(),
-                              norm.bias.float(), keep, norm.eps)  # [B, H, P]
+        out = _NormBias.apply(z.to(dt).reshape(B, C, r * r), weight.to(dt), norm.weight.to(dt),
+                              norm.bias.to(dt), keep, norm.eps)  # [B, H, P]
     return out.view(B, -1, r, r)
 
 
