@@ -66,8 +66,9 @@ class _NormBias(torch.autograd.Function):
         d(wg)[h, c] = sum_p ds (z_c - mu); dw = d(wg) gamma + (sum_p g) beta;
         dgamma = sum_h d(wg) w; dbeta = w^T (sum_p g). (ds is 0 at padded keys, where out is the
         dtype's minimum: finite, so ds . out stays 0 there.)"""
+        saved = ctx.saved_tensors  # unpacked once (checkpointing allows no second unpack)
         with torch.autocast(dout.device.type, enabled=False):
-            return _norm_bias_backward(dout.to(ctx.saved_tensors[0].dtype), *ctx.saved_tensors)
+            return _norm_bias_backward(dout.to(saved[0].dtype), *saved)
 
 
 def _norm_bias_backward(dout, z, w, gamma, beta, keep, mu, rstd, out) -> tuple:
@@ -139,6 +140,7 @@ def dense_bias_attention(
     v: torch.Tensor,  # [B, H, r, d]
     mask: torch.Tensor,  # [B, H, rq, r] float: the pair bias with the dtype's minimum on padded keys
     dropout_p: float = 0.0,
+    scale: float | None = None,  # default 1 / sqrt(d)
 ) -> torch.Tensor:  # [B, H, rq, d]
     """`scaled_dot_product_attention(q, k, v, attn_mask=mask)` for a float mask that needs a
     gradient: on CPU's fused kernel in fp32 training without attention dropout (`_FlashDenseBias`),
@@ -146,5 +148,5 @@ def dense_bias_attention(
     if (q.device.type == "cpu" and dropout_p == 0 and _FLASH is not None and torch.is_grad_enabled()
             and mask.requires_grad and q.dtype == torch.float32 and mask.dtype == torch.float32
             and mask.shape == (*q.shape[:3], k.shape[2]) and v.shape[-1] == q.shape[-1]):
-        return _FlashDenseBias.apply(q, k, v, mask, q.shape[-1] ** -0.5)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return _FlashDenseBias.apply(q, k, v, mask, scale if scale is not None else q.shape[-1] ** -0.5)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
