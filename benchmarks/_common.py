@@ -130,13 +130,13 @@ def _model_step(spec: dict) -> dict:
     del_prior = None
     amp = torch.autocast(device, dtype=torch.bfloat16) if spec.get("amp") else None
     steps = spec.get("steps", 1)
-    times = []
+    times, cpu_times = [], []
     if spec.get("training", True):
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for _ in range(steps):
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if amp is not None:
                 with amp:
                     out = model(gene_ids, values, pm, prior=prior)
@@ -148,6 +148,7 @@ def _model_step(spec: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             _sync(device)
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)  # this process's CPU: immune to waiting for a core
             del out, loss
     else:
         model.eval()
@@ -158,7 +159,7 @@ def _model_step(spec: dict) -> dict:
                 _sync(device)
                 times.append(time.perf_counter() - t0)
     del del_prior
-    result = {"times": times, "n_params": sum(p.numel() for p in model.parameters())}
+    result = {"times": times, "cpu_times": cpu_times, "n_params": sum(p.numel() for p in model.parameters())}
     if spec.get("count_flops"):  # matmul/attention FLOPs of forward + backward (not timed)
         from torch.utils.flop_counter import FlopCounterMode
 

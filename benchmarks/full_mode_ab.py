@@ -9,9 +9,12 @@ Arms: `new` = this tree; `before` = the pair-path classes (`OuterProductMean.for
 (e.g. `git archive <commit> src | tar -x -C /tmp/old`, then `--before /tmp/old/src`) swapped
 into the same model; `no-flash` = this tree with the full mode's dense-bias attention on SDPA's
 math path instead of `norm_bias.dense_bias_attention`; `linear` and `scgpt` = the other
-families at the same shape (their own parameters). Same weights, batch and seeds per arm.
+families at the same shape (their own parameters), `linear-noprior` = the linear mode with a
+zero z (no prior bias). Same weights, batch and seeds per arm. BioFormer arms take
+`--bioformer-d-model` (64, the main job; 60 gives train_step's equal-parameter models).
 
     python -m benchmarks.full_mode_ab --before /tmp/old/src [--steps 6] [--batch-size 32] [--n-genes 128]
+    python -m benchmarks.full_mode_ab --before /tmp/old/src --exactness
 """
 
 from __future__ import annotations
@@ -60,6 +63,39 @@ def patched(arm: str, before):
          pair.dense_bias_attention) = saved
 
 
+def exactness(before) -> None:
+    """Output and every gradient of one full-mode model (3 blocks, dropout 0, B = 8, r = 128,
+    weights perturbed off their initial values) in fp32 before and after, each against the
+    same model in float64 run the old way: max |a - b| / max |b| per tensor. Gradients that are
+    zero in exact arithmetic (LayerNorm(z)'s beta, whose bias is constant over keys and cancels in
+    the softmax, and the decoder's output bias under a zero-sum loss) are rounding noise, left out."""
+    import copy
+
+    g, v, pm, prior = _random_batch(8, 128, 1027, "cpu", prior_rows_frac=0.05)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.of(model="bioformer", dropout=0.0, nlayers=3), 1027, use_prior=True).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+
+    def run(m, arm: str, dt: torch.dtype) -> dict[str, torch.Tensor]:
+        m.zero_grad()
+        with patched(arm, before):
+            out = m(g, v.to(dt), pm, prior=prior)["pred"]
+            (out[~pm] * torch.linspace(-1, 1, int((~pm).sum()), dtype=dt)).sum().backward()
+        return {"out": out.detach().double(), **{n: p.grad.double() for n, p in m.named_parameters() if p.grad is not None}}
+
+    ref = run(copy.deepcopy(model).double(), "before", torch.float64)
+    got = {arm: run(model, arm, torch.float32) for arm in ("before", "new")}
+    names = [n for n in ref if "norm_z.bias" not in n and n != "decoder.value.4.bias"]
+    err = {arm: {n: ((t[n] - ref[n]).abs().max() / ref[n].abs().max()).item() for n in names} for arm, t in got.items()}
+    worst = sorted(names, key=lambda n: -max(err["before"][n], err["new"][n]))[:5]
+    print(f"\nfp32 vs float64, max |a - b| / max |b| over the output and {len(names) - 1} gradients")
+    print(table([{"tensor": n, "before": err["before"][n], "new": err["new"][n]} for n in worst] +
+                [{"tensor": "worst of all", "before": max(err["before"].values()), "new": max(err["new"].values())}],
+                [("tensor", "tensor"), ("before", "before (fp32)"), ("new", "new (fp32)")]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", metavar="SRC", help="source tree whose pair.py is the 'before' arm")
@@ -67,18 +103,23 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--n-genes", type=int, default=128)
     ap.add_argument("--arms", default="before,new,no-flash,linear,scgpt")
+    ap.add_argument("--bioformer-d-model", type=int, default=64)
+    ap.add_argument("--exactness", action="store_true", help="only compare before / new with a float64 evaluation")
     args = ap.parse_args()
     torch.set_num_threads(1)
     before = load_before(args.before) if args.before else None
+    if args.exactness:
+        return exactness(before)
     arms = [a for a in args.arms.split(",") if a != "before" or before is not None]
     B, r, vocab = args.batch_size, args.n_genes, 1027
     batch = _random_batch(B, r, vocab, "cpu", prior_rows_frac=0.05)
     models, opts = {}, {}
     for arm in arms:
         torch.manual_seed(0)
-        cfg = {"scgpt": ModelConfig.of(model="scgpt"), "linear": ModelConfig.of(model="bioformer", pair_mode="linear")}.get(
-            arm, ModelConfig.of(model="bioformer"))
-        models[arm] = build_model(cfg, vocab, use_prior=True).train()
+        d = args.bioformer_d_model
+        cfg = ModelConfig.of(model="scgpt") if arm == "scgpt" else ModelConfig.of(
+            model="bioformer", d_model=d, pair_mode="linear" if arm.startswith("linear") else "full")
+        models[arm] = build_model(cfg, vocab, use_prior=arm != "linear-noprior").train()
         opts[arm] = torch.optim.AdamW(models[arm].parameters(), lr=1e-4)
     cpu: dict[str, list[float]] = {a: [] for a in arms}
     wall: dict[str, list[float]] = {a: [] for a in arms}
@@ -89,7 +130,7 @@ def main() -> None:
             with patched(arm, before):
                 torch.manual_seed(i)
                 t0, c0 = time.perf_counter(), time.process_time()
-                out = model(g, v, pm, prior=prior if arm != "scgpt" else None)
+                out = model(g, v, pm, prior=prior if arm not in ("scgpt", "linear-noprior") else None)
                 out["pred"][~pm].pow(2).mean().backward()
                 opts[arm].step()
                 opts[arm].zero_grad(set_to_none=True)
@@ -102,7 +143,7 @@ def main() -> None:
     rows = [{"arm": a, "cpu_s": statistics.median(cpu[a]), "wall_s": statistics.median(wall[a]),
              "vs_before": statistics.median(cpu[a]) / base if base else None,
              "vs_scgpt": statistics.median(cpu[a]) / ref if ref else None} for a in arms]
-    print(f"\ntraining step, B={B}, r={r}, d_model 64, fp32, 1 thread, one process, arms alternated, median of {args.steps} steps")
+    print(f"\ntraining step, B={B}, r={r}, d_model 64 (BioFormer {args.bioformer_d_model}), fp32, 1 thread, one process, arms alternated, median of {args.steps} steps")
     print(table(rows, [("arm", "arm"), ("cpu_s", "CPU s/step"), ("wall_s", "wall s/step"), ("vs_before", "CPU / before"),
                        ("vs_scgpt", "CPU / scGPT")]))
     path = write_results(f"full_mode_ab_B{B}_r{r}", {"batch_size": B, "r": r, "before_src": args.before, "rows": rows,

@@ -18,15 +18,17 @@ spare value channel that is zero in v (so dO . v is unchanged) and set to 1 in O
 for the backward (so D_i drops by g_i). Everything else is plain autograd over O(B H S r) terms.
 
 The result equals the math path's to float rounding (tests/models/test_fused_bias.py). Anything
-else (attention dropout, other devices, no gradient) keeps `scaled_dot_product_attention` with
-the dense mask, which is also the pure-PyTorch reference.
+else (short sequences, many regulators, attention dropout, other devices, no gradient) takes the
+dense mask through `norm_bias.dense_bias_attention`: CPU's fused kernel with the mask's gradient
+from the log-sum-exp in fp32 training without attention dropout, else
+`scaled_dot_product_attention` (the pure-PyTorch reference).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from bioformer.models.norm_bias import dense_bias_attention
 from bioformer.models.pair import PriorCodes, code_lookup
 
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -127,10 +129,10 @@ def coded_bias_attention(
 ) -> torch.Tensor:  # [B, H, rq, d_v]
     """Attention of these query rows with the prior's per-code bias (and pads masked): split and
     fused where `split_applies` and v is as wide as q (for a gradient the caller gives v a zero
-    last channel), else `scaled_dot_product_attention` with the dense mask (the reference)."""
+    last channel), else the dense mask through `dense_bias_attention`."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
     if split_applies(q, dropout_p, prior, k.shape[2]) and v.shape[-1] == q.shape[-1]:
         return _split_attention(q, k, v, delta, prior, padding_mask, start, scale)
     mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return dense_bias_attention(q, k, v, mask, dropout_p, scale)  # fused on CPU in fp32 training too
 

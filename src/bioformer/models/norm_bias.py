@@ -66,8 +66,9 @@ class _NormBias(torch.autograd.Function):
         d(wg)[h, c] = sum_p ds (z_c - mu); dw = d(wg) gamma + (sum_p g) beta;
         dgamma = sum_h d(wg) w; dbeta = w^T (sum_p g). (ds is 0 at padded keys, where out is the
         dtype's minimum: finite, so ds . out stays 0 there.)"""
+        saved = ctx.saved_tensors  # unpacked once (checkpointing allows no second unpack)
         with torch.autocast(dout.device.type, enabled=False):
-            return _norm_bias_backward(dout.float(), *ctx.saved_tensors)
+            return _norm_bias_backward(dout.to(saved[0].dtype), *saved)
 
 
 def _norm_bias_backward(dout, z, w, gamma, beta, keep, mu, rstd, out) -> tuple:
@@ -96,12 +97,13 @@ def norm_bias(
     padding_mask: torch.Tensor,  # [B, r] True = pad
 ) -> torch.Tensor:  # [B, H, r, r]
     """The attention mask `Linear(LN(z))` per head with the dtype's minimum on padded keys,
-    in fp32 (also under autocast: z is fp32 and the statistics want it)."""
+    in fp32 at least (also under autocast: z is fp32 and the statistics want it)."""
     B, C, r, _ = z.shape
-    keep = (~padding_mask).to(torch.float32)[:, None, None, :].expand(B, 1, r, r).reshape(B, 1, r * r)  # [B, 1, P]
+    dt = torch.promote_types(z.dtype, torch.float32)
+    keep = (~padding_mask).to(dt)[:, None, None, :].expand(B, 1, r, r).reshape(B, 1, r * r)  # [B, 1, P]
     with torch.autocast(z.device.type, enabled=False):
-        out = _NormBias.apply(z.float().reshape(B, C, r * r), weight.float(), norm.weight.float(),
-                              norm.bias.float(), keep, norm.eps)  # [B, H, P]
+        out = _NormBias.apply(z.to(dt).reshape(B, C, r * r), weight.to(dt), norm.weight.to(dt),
+                              norm.bias.to(dt), keep, norm.eps)  # [B, H, P]
     return out.view(B, -1, r, r)
 
 
@@ -138,6 +140,7 @@ def dense_bias_attention(
     v: torch.Tensor,  # [B, H, r, d]
     mask: torch.Tensor,  # [B, H, rq, r] float: the pair bias with the dtype's minimum on padded keys
     dropout_p: float = 0.0,
+    scale: float | None = None,  # default 1 / sqrt(d)
 ) -> torch.Tensor:  # [B, H, rq, d]
     """`scaled_dot_product_attention(q, k, v, attn_mask=mask)` for a float mask that needs a
     gradient: on CPU's fused kernel in fp32 training without attention dropout (`_FlashDenseBias`),
@@ -145,5 +148,5 @@ def dense_bias_attention(
     if (q.device.type == "cpu" and dropout_p == 0 and _FLASH is not None and torch.is_grad_enabled()
             and mask.requires_grad and q.dtype == torch.float32 and mask.dtype == torch.float32
             and mask.shape == (*q.shape[:3], k.shape[2]) and v.shape[-1] == q.shape[-1]):
-        return _FlashDenseBias.apply(q, k, v, mask, q.shape[-1] ** -0.5)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return _FlashDenseBias.apply(q, k, v, mask, scale if scale is not None else q.shape[-1] ** -0.5)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
