@@ -27,11 +27,11 @@ PRIOR, OTHERS = "planted-both-directions", ("zero-z", "planted-rewired", "scgpt"
 
 def edge_sets(run_dir: Path) -> dict[str, pd.DataFrame]:
     """{"heldout": held-out true edges, "heldout-only": those whose target has no given regulator}."""
+    from bioformer.config import RunConfig
     from bioformer.data.pipeline import drop_edges
     from bioformer.data.prior import load_edges
-    from bioformer.training.run import load_run
 
-    cfg, _ = load_run(run_dir)
+    cfg = RunConfig.load(run_dir / "config.yaml")
     held = pd.read_csv(run_dir / "heldout_edges.csv")
     given = drop_edges(load_edges(cfg.data.gene_prior or cfg.data.prior, seed=cfg.train.seed), held)
     held = held.assign(sign=held["sign"] if "sign" in held else 1)
@@ -40,23 +40,23 @@ def edge_sets(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 def rescore(run_dir: Path) -> list[dict]:
     """The run's test MSE on masked targets of each edge set (its role split swapped)."""
-    import bioformer.training.run as run_mod
+    import bioformer.training.evaluate as evaluate_mod
     from bioformer.data.prior import PriorMatrix
 
     rows = []
-    original = run_mod.role_prior
+    original = evaluate_mod.role_prior  # the role split of `evaluate_run` (swapped, then restored)
     try:
         for name, edges in edge_sets(run_dir).items():
-            run_mod.role_prior = lambda cfg, t2i, seed=0, e=edges: PriorMatrix.from_edges(e, t2i)
-            result, _ = run_mod.evaluate_run(run_dir, quiet=True)
+            evaluate_mod.role_prior = lambda cfg, t2i, seed=0, e=edges: PriorMatrix.from_edges(e, t2i)
+            result, _ = evaluate_mod.evaluate_run(run_dir, quiet=True)
             rows.append({"set": name, "mse": result.model["mse_role_target"], "positions": result.counts.get("role_target", 0)})
     finally:
-        run_mod.role_prior = original
+        evaluate_mod.role_prior = original
     return rows
 
 
 def main() -> None:
-    from bioformer.experiments.report import paired_test
+    from bioformer.experiments.stats import paired_test
 
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("results/planted")
     alphas = sys.argv[2:] or sorted(p.name[5:] for p in root.glob("alpha*"))

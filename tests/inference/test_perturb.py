@@ -64,10 +64,26 @@ def test_centred_readout_removes_a_common_offset_per_source():
     assert scores[ABS_CENTRED][0, 1] == pytest.approx(0.2) and scores[ABS_CENTRED][0, 2] == pytest.approx(0.2)
 
 
+def test_registered_readout_is_the_centred_absolute_effect_per_cell():
+    from bioformer.inference.readouts import get_readout
+
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(8, 8, generator=g)
+    gene_ids = torch.tensor([[2, 3, 4, 5, 6, 7]])
+    values = torch.tensor([[3.0, 12.0, 50.0, 1.0, 20.0, 8.0]])
+    pad = torch.zeros(1, 6, dtype=torch.bool)
+    got = get_readout("perturbation", "grn").scores(_Linear(A), (gene_ids, values, pad, None), {})  # [1, 6, 6]
+    coef = A[gene_ids[0][:, None], gene_ids[0][None, :]].clone()  # [6, 6]: every pair measured (6 folds of 1)
+    coef.fill_diagonal_(float("nan"))
+    want = torch.nan_to_num((coef - coef.nanmedian(dim=1, keepdim=True).values).abs(), nan=0.0)
+    assert torch.allclose(got[0], want, atol=1e-4), (got[0], want)
+
+
 def _control_auroc(tmp_path, prior: str) -> tuple[float, float, float]:
     """(pooled AUROC, AP, random AP) of the default perturbation readout on the given true edges."""
     from bioformer.data.load import load_anndata
-    from bioformer.evaluation.grn import auroc, run_truth, score_matrix
+    from bioformer.data.prior import load_edges
+    from bioformer.evaluation.grn import auroc, score_matrix
     from bioformer.inference import Run
     from bioformer.inference.perturb import perturbation_pair_scores
     from bioformer.inference.readout_choice import control_truth
@@ -83,10 +99,9 @@ def _control_auroc(tmp_path, prior: str) -> tuple[float, float, float]:
     run = Run.load(run_dir, device="cpu")
     split = np.load(f"{run_dir}/split.npz", allow_pickle=False)
     cells = load_anndata(SPEC, max_cells=None, quiet=True)[list(split["obs_names"][split["valid"]])]
-    rt = run_truth(run_dir, run.genes)
-    tfs = sorted(set(rt.prior["source"]))
-    scores, _ = perturbation_pair_scores(run, cells, regulators=tfs)
-    truth = control_truth(rt.given, run.genes)
+    given = load_edges(SPEC)  # recall 1: every true edge is given
+    scores, _ = perturbation_pair_scores(run, cells, regulators=sorted(set(given["source"])))
+    truth = control_truth(given, run.genes)
     S = scores[ABS_CENTRED]
     m = score_matrix(S, truth)
     return auroc(S[truth.candidates], truth.truth[truth.candidates]), m["average_precision"], m["random"]

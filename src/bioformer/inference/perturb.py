@@ -23,14 +23,22 @@ It needs no access to a model's internals, so it applies to BioFormer (any z) an
 
     from bioformer.inference.perturb import perturbation_pair_scores
     scores, counts = perturbation_pair_scores(Run.load(run_dir), adata, regulators=tfs)
+
+It is also the registered grn readout "perturbation" (`--readout perturbation`, `Run.pair_scores(...,
+readout="perturbation")`): per cell, the same folds and shifts, centred per (cell, source) and
+made absolute, so averaging over cells gives a mean |centred effect| (every gene a source, so
+2 x r forward passes per fold: opt-in, not a candidate of the automatic readout choice).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 
 from bioformer.data.tokenize import MASK_VALUE
+from bioformer.inference.readouts import Inputs, PairReadout, register
 
 ABS_CENTRED, CENTRED, ABS_MEAN = "perturb abs-centred", "perturb centred", "perturb abs-mean"
 PERTURB_READOUTS = (ABS_CENTRED, CENTRED, ABS_MEAN)  # the first is the default
@@ -132,7 +140,7 @@ def perturbation_pair_scores(run, adata, regulators: list[str] | None = None, de
     is_source[-1] = False
     acc = EffectAccumulator(len(run.genes))
     n_bins = run.config.data.n_bins
-    for chunk in run._cell_chunks(cells.n_cells, batch_size, False, "perturb"):
+    for chunk in run._cell_chunks(cells.n_cells, 4 * batch_size, False, "perturb"):
         seqs = [s for i in chunk for s in _fold_sequences(run, cells, i, n_folds)]
         for _, batch in run._batches(seqs, batch_size):
             gene_ids, values, padding_mask, prior = run._model_inputs(batch)
@@ -140,3 +148,37 @@ def perturbation_pair_scores(run, adata, regulators: list[str] | None = None, de
             effects = perturbation_effects(run.model, gene_ids, values, padding_mask, prior, sources, n_bins, delta)
             acc.add(effects, batch["columns"])
     return acc.result()
+
+
+def cell_effect_scores(model: torch.nn.Module, inputs: Inputs, n_folds: int = 7, delta: float = DEFAULT_DELTA) -> torch.Tensor:
+    """Per-cell |centred effect| [B, r(source), r(target)] of unmasked sequences: positions in
+    `n_folds` complementary folds (position index mod n_folds), each fold masked in turn, every
+    visible gene shifted; each (cell, source) row centred by its median over measured targets.
+    0 where not measured (pads, <cls>, a source and target in the same fold); the top bin is the
+    batch's largest value (the model does not know n_bins)."""
+    gene_ids, values, padding_mask, prior = inputs
+    B, r = values.shape
+    n_bins = int(values.max().item()) + 1
+    fold = torch.arange(r, device=values.device) % n_folds  # [r]
+    effects = torch.full((B, r, r), float("nan"), device=values.device)
+    for f in range(n_folds):
+        masked = (fold == f)[None, :] & (values >= 1) & ~padding_mask  # [B, r]
+        if not masked.any():
+            continue
+        v = torch.where(masked, torch.full_like(values, MASK_VALUE), values)
+        e = perturbation_effects(model, gene_ids, v, padding_mask, prior, ~masked, n_bins, delta)
+        effects = torch.where(torch.isnan(e), effects, e)
+    centred = effects - effects.nanmedian(dim=2, keepdim=True).values  # [B, r, r]
+    return torch.nan_to_num(centred.abs(), nan=0.0)
+
+
+@register
+class Perturbation(PairReadout):
+    """In-silico perturbation: |change of a masked target's prediction per bin of a visible
+    source's shift|, centred per source (bins are per-cell ranks) [B, r(source), r(target)]."""
+
+    name = "perturbation"
+    candidate = False  # 2 x r forward passes per fold: chosen by name, not by the automatic choice
+
+    def scores(self, model: torch.nn.Module, inputs: Inputs, cache: dict[Any, torch.Tensor]) -> torch.Tensor:
+        return cell_effect_scores(model, inputs)

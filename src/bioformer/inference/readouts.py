@@ -48,7 +48,7 @@ import torch
 from bioformer.errors import BioformerError
 
 # modules that define and register readouts of their own (imported when the registry is read)
-READOUT_MODULES: tuple[str, ...] = ()
+READOUT_MODULES: tuple[str, ...] = ("bioformer.inference.perturb",)
 HEAD_AGGREGATES = ("mean", "l2", "max")
 TASKS = ("embed", "impute", "grn")
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # gene_ids, values, padding_mask, prior
