@@ -117,7 +117,7 @@ def _model_step(spec: dict) -> dict:
     import torch
 
     from bioformer.config import ModelConfig
-    from bioformer.models import build_model
+    from bioformer.models import build_model, count_parameters
 
     device = spec.get("device", "cpu")
     cfg = ModelConfig.of(**spec["model"])
@@ -159,7 +159,7 @@ def _model_step(spec: dict) -> dict:
                 _sync(device)
                 times.append(time.perf_counter() - t0)
     del del_prior
-    result = {"times": times, "cpu_times": cpu_times, "n_params": sum(p.numel() for p in model.parameters())}
+    result = {"times": times, "cpu_times": cpu_times, "n_params": count_parameters(model)}
     if spec.get("count_flops"):  # matmul/attention FLOPs of forward + backward (not timed)
         from torch.utils.flop_counter import FlopCounterMode
 
