@@ -219,14 +219,7 @@ def train(
         valid = evaluate(core, valid_set, prior, cfg.batch_size * 2, device, floors=floors, amp_dtype=amp_dtype)
         if step >= cfg.warmup_steps:
             optim.plateau.step(valid["mse"])
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            **valid.flat("valid_", "valid_"),
-            "lr": optim.opt.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - t0,
-            "train_seconds": train_seconds,
-        }
+        row = _history_row(epoch, train_loss, valid, optim, time.perf_counter() - t0, train_seconds)
         result.history.append(row)
         if result.keep_if_best(core, valid["mse"], epoch) and on_best is not None and distributed.is_main():
             on_best(core, epoch, row)
@@ -340,6 +333,19 @@ def _save_state(path: str | Path, core: torch.nn.Module, optim: Optimiser, epoch
     if distributed.is_main():
         state = training_state(core, optim.opt, optim.plateau, optim.scaler, epoch, step, result, rngs)
         save_training_state(path, {**state, **(meta or {})})
+
+
+def _history_row(epoch: int, train_loss: float, valid: EvalResult, optim: Optimiser, seconds: float,
+                 train_seconds: float) -> dict[str, float]:
+    """One epoch's line of metrics.csv: training loss, validation metrics, LR, wall time."""
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        **valid.flat("valid_", "valid_"),
+        "lr": optim.opt.param_groups[0]["lr"],
+        "seconds": seconds,
+        "train_seconds": train_seconds,
+    }
 
 
 def _print_epoch(epoch: int, row: dict[str, float], valid: EvalResult) -> None:
