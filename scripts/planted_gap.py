@@ -64,10 +64,10 @@ def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
 
 
 def main() -> None:
+    from bioformer.experiments.headroom import alpha_dirs
+
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("results/planted")
-    alphas = sys.argv[2:] or sorted(p.name[5:] for p in root.glob("alpha*"))
-    for a in alphas:
-        adir = root / f"alpha{a}"
+    for a, adir in alpha_dirs(root, sys.argv[2:]):
         df = gap_table(adir)
         df.to_csv(adir / "gap.csv", index=False)
         arms = [c[:-7] for c in df.columns if c.endswith("_closed")]

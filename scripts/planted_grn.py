@@ -118,10 +118,10 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> None:
+    from bioformer.experiments.headroom import alpha_dirs
+
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("results/planted")
-    alphas = sys.argv[2:] or sorted(p.name[5:] for p in root.glob("alpha*"))
-    for a in alphas:
-        adir = root / f"alpha{a}"
+    for a, adir in alpha_dirs(root, sys.argv[2:]):
         df = score_alpha(adir)
         if df.empty:
             continue

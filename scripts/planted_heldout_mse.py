@@ -56,12 +56,11 @@ def rescore(run_dir: Path) -> list[dict]:
 
 
 def main() -> None:
+    from bioformer.experiments.headroom import alpha_dirs
     from bioformer.experiments.stats import paired_test
 
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("results/planted")
-    alphas = sys.argv[2:] or sorted(p.name[5:] for p in root.glob("alpha*"))
-    for a in alphas:
-        adir = root / f"alpha{a}"
+    for a, adir in alpha_dirs(root, sys.argv[2:]):
         rows = []
         for run_dir in sorted(adir.glob("runs/*/seed*")):
             if (run_dir / "summary.json").exists():

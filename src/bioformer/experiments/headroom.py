@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -228,3 +229,11 @@ def compare_counts(sim_counts, reference: str, n_genes: int) -> pd.DataFrame:
     hvg = sc.pp.highly_variable_genes(real, n_top_genes=min(n_genes, real.n_vars), flavor="seurat_v3", inplace=False)
     X = real.X[:, hvg["highly_variable"].to_numpy()]
     return pd.DataFrame({"simulated": count_stats(sim_counts), f"{reference} (top {n_genes} HVG)": count_stats(X)})
+
+
+def alpha_dirs(root: str | Path, alphas: list[str] | None = None) -> list[tuple[str, Path]]:
+    """(alpha, directory) of a planted study's results, `root/alpha<A>`: the alphas given, or
+    every one under `root` (what the planted-study scripts report on)."""
+    root = Path(root)
+    names = alphas or sorted(p.name[len("alpha"):] for p in root.glob("alpha*"))
+    return [(a, root / f"alpha{a}") for a in names]

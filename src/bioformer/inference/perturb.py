@@ -41,7 +41,6 @@ from bioformer.data.tokenize import MASK_VALUE
 from bioformer.inference.readouts import Inputs, PairReadout, register
 
 ABS_CENTRED, CENTRED, ABS_MEAN = "perturb abs-centred", "perturb centred", "perturb abs-mean"
-PERTURB_READOUTS = (ABS_CENTRED, CENTRED, ABS_MEAN)  # the first is the default
 DEFAULT_DELTA = 5.0  # bins (of n_bins - 1 = 50 expressed levels by default)
 
 
