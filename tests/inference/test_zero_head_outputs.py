@@ -23,10 +23,11 @@ from tests.conftest import H5AD
 def _zero_head_run(run_dir, zero_gene_frac: float = 0.0) -> Run:
     run = copy.copy(Run.load(run_dir, device="cpu"))
     cfg = copy.deepcopy(run.config)
-    cfg.model = dataclasses.replace(cfg.model, explicit_zero_prob=True)
+    cfg.model = cfg.model.replace(explicit_zero_prob=True)
     cfg.data = dataclasses.replace(cfg.data, zero_gene_frac=zero_gene_frac)
     torch.manual_seed(0)
     run.config = cfg
+    run.tokenizer = dataclasses.replace(run.tokenizer, zero_gene_frac=zero_gene_frac)
     run.model = build_model(cfg.model, len(run.vocab), run.vocab.pad_id, use_prior=False).eval()
     run.model.start_at(25.0)  # values in the middle of the bins, so every mapping is exercised
     return run

@@ -45,7 +45,7 @@ def two_groups(n_cells: int = 240, n_genes: int = 32, detection: bool = False, n
 
 def tiny_model(family: str, seed: int, **over) -> torch.nn.Module:
     torch.manual_seed(seed)
-    cfg = ModelConfig(model=family, d_model=16, nhead=2, nlayers=2, dropout=0.0, d_z=4, d_opm=4, **over)
+    cfg = ModelConfig.of(model=family, d_model=16, nhead=2, nlayers=2, dropout=0.0, d_z=4, d_opm=4, **over)
     model = build_model(cfg, N_SPECIAL + 32, 0, use_prior=False)
     model.start_at(25.0)
     return model
