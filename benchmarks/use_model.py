@@ -191,8 +191,8 @@ def benchmark_data(data: str, runs: Path, knn_train_cells: int, impute_cells: in
     tr, te = np.arange(len(knn_train)), np.arange(len(knn_train), len(cells))
     result = {"data": data, "n_cells": int(raw.n_obs), "n_train_cells": int(len(train)), "n_test_cells": int(len(test)),
               "knn_train_cells": int(len(knn_train)), "n_run_genes": len(genes), "label": LABELS[data], "epochs": EPOCHS[data],
-              "train_seconds": {n: json.loads((d / "summary.json").read_text())["wall_seconds"] for n, d in run_dirs.items()},
-              "test_mse_vs_floor": {n: json.loads((d / "summary.json").read_text())["test_mse_vs_floor"] for n, d in run_dirs.items()}}
+              **{key: {n: json.loads((d / "summary.json").read_text()).get(field) for n, d in run_dirs.items()}
+                 for key, field in (("train_seconds", "wall_seconds"), ("epochs_trained", "epochs"), ("test_mse_vs_floor", "test_mse_vs_floor"))}}
     with_untrained = {**models, **{f"untrained {fam}": untrained_like(models[f"{arm} {fam}"]) for fam in FAMILIES
                                    for arm in [next((a for a in ARMS if f"{a} {fam}" in models), None)] if arm}}
     result["embedding"] = embeddings(with_untrained, raw, labels, cells, tr, te, pcs)
@@ -208,7 +208,7 @@ def main() -> None:
     p.add_argument("--runs", default=str(ROOT / "runs" / "use_model"), help="where the trained runs are (or go): RUNS/ARM/DATA-FAMILY")
     p.add_argument("--knn-train-cells", type=int, default=2000, help="training cells (seeded subsample) the kNN classifier is fitted on")
     p.add_argument("--impute-cells", type=int, default=100, help="test cells (seeded subsample) for the imputation benchmark")
-    p.add_argument("--no-grn", action="store_true", help="skip the GRN readout table")
+    p.add_argument("--grn-data", nargs="*", default=list(LABELS), choices=list(LABELS), help="data sets that get the GRN readout table (none: skip it)")
     p.add_argument("--no-train", action="store_true", help="score only the runs that exist (no training)")
     p.add_argument("--out", default=str(RESULTS / "use_model.json"))
     args = p.parse_args()
@@ -218,7 +218,7 @@ def main() -> None:
                "command": "python benchmarks/use_model.py " + " ".join(sys.argv[1:]), "arms": ARMS, "epochs": EPOCHS}
     for data in args.data:
         print(f"== {data}", flush=True)
-        results[data] = benchmark_data(data, Path(args.runs), args.knn_train_cells, args.impute_cells, not args.no_grn, not args.no_train)
+        results[data] = benchmark_data(data, Path(args.runs), args.knn_train_cells, args.impute_cells, data in args.grn_data, not args.no_train)
         tmp = out_json.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=2) + "\n")
         tmp.replace(out_json)
@@ -238,7 +238,7 @@ def format_table(results: dict) -> str:
             c, m = e[f"{name} cls"], e[f"{name} mean"]
             secs = r["train_seconds"].get(name)
             lines.append(f"  {name:<18} kNN cls {c['knn_accuracy']:.3f} mean {m['knn_accuracy']:.3f}  silhouette cls {c['silhouette']:.3f} mean {m['silhouette']:.3f}"
-                         + (f"  trained in {secs / 60:.1f} min" if secs else ""))
+                         + (f"  trained in {secs / 60:.1f} min ({r['epochs_trained'][name]} epochs)" if secs else ""))
         for name, s in r["imputation"].items():
             if isinstance(s, dict):
                 extra = f"  (expected value MSE {s['mse_expected_value']:.3f})" if "mse_expected_value" in s else ""

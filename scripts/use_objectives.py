@@ -124,6 +124,28 @@ def paired(rows: list[dict], arm: str, metric: str) -> dict[str, float]:
     return {"mean": float(d.mean()), "low": float(d.mean() - half), "high": float(d.mean() + half), "n": len(d)}
 
 
+REPORTED = ("cls_knn_accuracy", "mean_knn_accuracy", "cls_silhouette", "test_mse_nonzero", "impute_mse", "auroc_hidden_vs_zero")
+
+
+def report(doc: dict) -> str:
+    """Markdown: per arm, the mean over seeds and the paired difference to base [95% t CI]."""
+    rows, diffs = doc["rows"], doc["difference_to_base"]
+    arms = ["base", *sorted(diffs)]
+    head = "| metric | " + " | ".join(arms) + " |\n|---|" + "---|" * len(arms)
+    lines = [head]
+    for m in REPORTED:
+        cells = []
+        for arm in arms:
+            vals = [r[m] for r in rows if r["arm"] == arm]
+            cell = f"{np.mean(vals):.3f} (n={len(vals)})" if vals else "-"
+            if arm != "base" and m in diffs.get(arm, {}):
+                d = diffs[arm][m]
+                cell += f"; {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            cells.append(cell)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="pbmc3k", choices=list(LABELS))
@@ -138,6 +160,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "results" / "use-objectives"))
     p.add_argument("--table", default=None, help="JSON file name under --out (default DATA-FAMILY.json); --merge reads every other")
     p.add_argument("--merge", nargs="*", default=[], help="more tables (same arms) whose rows join this one")
+    p.add_argument("--report", action="store_true", help="print the paired table of the existing JSON and exit")
     p.add_argument("--rescore-imputation", action="store_true", help="recompute the imputation scores of every row (runs kept)")
     p.add_argument("--extra", default="", help="more train flags for every arm, e.g. '--max-cells 2000'")
     args = p.parse_args()
@@ -147,6 +170,9 @@ def main() -> None:
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     table = out / (args.table or f"{args.data}-{args.family}.json")
+    if args.report:
+        print(report(json.loads(table.read_text())))
+        return
     rows = json.loads(table.read_text())["rows"] if table.exists() else []
     for other in args.merge:
         rows += [r for r in json.loads((out / other).read_text())["rows"] if (r["arm"], r["seed"]) not in {(q["arm"], q["seed"]) for q in rows}]
