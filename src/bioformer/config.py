@@ -154,7 +154,10 @@ class ModelConfig:
     ff_factor: int = 4  # transition / feed-forward width = ff_factor * d_model (scGPT paper: 1)
     dropout: float = 0.1  # residual, feed-forward and embedding dropout
     attention_dropout: float = 0.0  # dropout on attention probabilities; 0 keeps SDPA on its fused kernel
-    explicit_zero_prob: bool = False  # a head for P(value is 0); "pred" is then the expected value
+    # a head for P(value is 0); "pred" is then the expected value. None (default): on exactly when
+    # the sequences hold unexpressed genes (data.zero_gene_frac > 0 or include_zero_genes), where
+    # it helps (docs/use-model.md); decided by RunConfig.resolved when a run starts
+    explicit_zero_prob: bool | None = None
     # weight of the cell-embedding objective (scGPT's MVC / GEPC): each masked value is also
     # predicted from the cell embedding (<cls>, else the mean over genes) and the gene's embedding
     # alone, so the embedding must carry the cell. 0 = off (the head is not built)
@@ -323,6 +326,14 @@ class RunConfig:
         self.data.validate()
         self.model.validate()
         self.train.validate(check_hardware=check_hardware)
+        return self
+
+    def resolved(self) -> RunConfig:
+        """Self with the defaults that depend on other sections decided (before a run is built and
+        saved): the zero head (`explicit_zero_prob` None) is on exactly when the sequences hold
+        unexpressed genes. Returns self."""
+        if self.model.explicit_zero_prob is None:
+            self.model = self.model.replace(explicit_zero_prob=self.data.has_zero_genes)
         return self
 
     @classmethod

@@ -35,3 +35,18 @@ def test_dataset_lengths_match_its_items():
     ds = CellDataset(X, np.arange(3, 53), np.arange(30), seed=0, max_len=17, zero_gene_frac=0.5)
     assert [len(ds[i]["gene_ids"]) for i in range(30)] == ds.lengths().tolist()
     assert all((ds[i]["target_values"][1:] == 0).sum() >= 8 for i in range(30))
+
+
+def test_zero_head_is_on_by_default_exactly_where_sequences_hold_zeros():
+    """Mutant: the default resolved without looking at the data options (always off / always on)."""
+    from bioformer.config import DataConfig, RunConfig
+
+    def head(**data) -> bool:
+        return RunConfig(data=DataConfig(**data)).validate(check_hardware=False).resolved().model.explicit_zero_prob
+
+    assert head() is False
+    assert head(zero_gene_frac=0.25) is True
+    assert head(include_zero_genes=True) is True
+    cfg = RunConfig(data=DataConfig(zero_gene_frac=0.25))
+    cfg.model = cfg.model.replace(explicit_zero_prob=False)  # an explicit choice is kept
+    assert cfg.resolved().model.explicit_zero_prob is False
