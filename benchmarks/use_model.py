@@ -1,23 +1,25 @@
-"""Use a trained model: embeddings, imputation and speed, each against a straightforward floor.
+"""The judge of issue 27: is a trained model worth using, next to what scanpy gives in one line?
 
-For each data set (PBMC3k `celltype`, Kang 2018 `cell_type`) and each model (BioFormer, scGPT),
-on the run's own **test** cells (never seen in training or model selection):
+On the held-out **test** cells of PBMC3k (`celltype`) and Kang 2018 (`cell_type`), every cell of
+each data set (train / valid / test split of the run), side by side in one run, for each model
+(BioFormer and scGPT families; arm `before` = the issue-27 options off, `after` = on: the MVC
+cell-embedding objective, unexpressed genes in the sequences, the zero head):
 
-- embeddings: kNN (k = 15, fitted on the training cells) cell-type accuracy of `Run.embed`, next
-  to 50 PCs of the log-normalised run genes (the HVGs + prior genes) of the same cells;
-- imputation: hide 10% of the observed non-zero counts of each test cell (a seeded subsample of
-  `--impute-cells` test cells, 100 by default: imputation asks every run gene), `Run.impute`, and
-  score the hidden entries (Pearson r, MSE on log-normalised values) against the per-gene mean
-  (training cells where the gene is expressed) and a kNN-smoothing floor (the mean of the 15
-  nearest training cells in PCA space; also its mean over the neighbours that express the gene);
-- inference speed (cells/s of embed, impute, pair scores) on the CPU;
-- peak memory (max RSS) of a process that reads all 13,576 Kang cells and embeds them;
-- a UMAP of the embedding coloured by cell type (PNG).
+- embeddings: kNN (k = 15, fitted on `--knn-train-cells` training cells) cell-type accuracy and
+  silhouette of the <cls> and mean embeddings, next to 50 PCs of the log-normalised run genes and
+  an untrained model of the same configuration;
+- imputation: hide 10% of each of `--impute-cells` test cells' non-zero counts; MSE / Pearson of
+  the hidden values (value if detected for a zero-head model; its expected value too) against the
+  per-gene mean and kNN smoothing (mean of the 15 nearest training cells in PCA space, also over
+  the neighbours that express the gene), and the AUROC of hidden non-zero vs true zero
+  (P(detected), else the predicted bin; floors: the kNN mean, the gene's detection rate);
+- GRN: per-TF AUROC on the held-out prior edges of each model's best readout (chosen on the given
+  edges, `inference/readout_choice.py`) vs |Pearson| co-expression;
+- training time of each model (`summary.json`, contended).
 
-Runs are trained first if missing (`bioformer train ... --epochs 10 --num-threads 1`), e.g.
+Runs are trained first if missing (`bioformer train`, EPOCHS per data set, all cells):
 
-    python benchmarks/use_model.py                 # both data sets, writes benchmarks/results/use_model.json
-    python benchmarks/use_model.py --data pbmc3k   # one data set (merged into the same JSON)
+    python benchmarks/use_model.py                 # writes benchmarks/results/use_model.json
 
 Timings on a shared machine are contended: compare them within one run of this script only.
 """
@@ -26,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,266 +38,222 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LABELS = {"pbmc3k": "celltype", "kang2018": "cell_type"}
-MAX_CELLS = {"pbmc3k": None, "kang2018": 3000}
-MODELS = ("bioformer", "scgpt")
+EPOCHS = {"pbmc3k": 10, "kang2018": 3}  # Kang has 5x the cells: 3 epochs are ~1.5x PBMC3k's steps
+FAMILIES = ("bioformer", "scgpt")
+ARMS = {  # every arm names every issue-27 option, so a change of default cannot move an arm
+    "before": ["--mvc-weight", "0", "--zero-gene-frac", "0", "--no-explicit-zero-prob"],
+    "after": ["--mvc-weight", "1", "--zero-gene-frac", "0.25", "--explicit-zero-prob"],
+}
 
 
-def train_if_missing(data: str, model: str, runs: Path, epochs: int) -> Path:
-    out = runs / f"{data}-{model}"
+def train_if_missing(runs: Path, arm: str, data: str, family: str, train: bool = True) -> Path | None:
+    """The run directory of (arm, data, family), trained first if missing (None: missing and not `train`)."""
+    out = runs / arm / f"{data}-{family}"
     if not (out / "summary.json").exists():
-        cmd = [sys.executable, "-m", "bioformer.cli", "-q", "train", "--data", data, "--model", model,
-               "--epochs", str(epochs), "--num-threads", "1", "--no-progress", "--out", str(out)]
-        if MAX_CELLS[data]:
-            cmd += ["--max-cells", str(MAX_CELLS[data])]
+        if not train:
+            print(f"missing (not trained: --no-train): {out}", flush=True)
+            return None
+        cmd = [sys.executable, "-m", "bioformer.cli", "-q", "train", "--data", data, "--model", family,
+               "--epochs", str(EPOCHS[data]), "--num-threads", "1", "--no-progress", "--out", str(out), *ARMS[arm]]
         print("training:", " ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, check=True)
     return out
 
 
-def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 15) -> float:
-    from sklearn.neighbors import KNeighborsClassifier
+def untrained_like(run):
+    """The same Run with a freshly initialised model of its configuration (seeded)."""
+    import copy
 
-    clf = KNeighborsClassifier(n_neighbors=k).fit(train_x, train_y)
-    return float((clf.predict(test_x) == test_y).mean())
-
-
-def lognorm(counts):
-    """normalize_total(1e4) + log1p, as training does (scanpy)."""
-    import anndata as ad
-    import scanpy as sc
-
-    a = ad.AnnData(X=counts.copy())
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
-    return a.X.tocsr()
-
-
-def hide_nonzeros(counts, frac: float, seed: int):
-    """Counts with `frac` of each cell's non-zero entries set to 0, and the (row, col) hidden."""
-    import scipy.sparse as sp
-
-    X = sp.csr_matrix(counts, copy=True)
-    X.sort_indices()
-    rng = np.random.default_rng(seed)
-    rows, cols = [], []
-    for i in range(X.shape[0]):
-        lo, hi = X.indptr[i], X.indptr[i + 1]
-        n = hi - lo
-        k = int(round(frac * n))
-        if k == 0:
-            continue
-        pick = lo + rng.choice(n, size=k, replace=False)
-        rows.append(np.full(k, i))
-        cols.append(X.indices[pick])
-        X.data[pick] = 0
-    X.eliminate_zeros()
-    return X, np.concatenate(rows), np.concatenate(cols)
-
-
-def scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    return {"pearson": float(np.corrcoef(pred, truth)[0, 1]), "mse": float(np.mean((pred - truth) ** 2))}
-
-
-def benchmark_data(data: str, runs: Path, epochs: int, batch_size: int, out_png: Path, impute_cells: int = 100) -> dict:
-    import anndata as ad
-    import scanpy as sc
-    import torch
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import NearestNeighbors
-
-    from bioformer import Run
-    from bioformer.data.load import load_anndata
-
-    torch.set_num_threads(1)
-    run_dirs = {m: train_if_missing(data, m, runs, epochs) for m in MODELS}
-    loaded = {m: Run.load(d, device="cpu") for m, d in run_dirs.items()}
-    first = loaded["bioformer"]
-    raw = load_anndata(data, max_cells=MAX_CELLS[data], seed=first.config.train.seed, quiet=True)
-    labels = raw.obs[LABELS[data]].astype(str).to_numpy()
-    split = np.load(run_dirs["bioformer"] / "split.npz")
-    names = split["obs_names"]
-    train_names, test_names = names[split["train"]], names[split["test"]]
-    pos = {n: i for i, n in enumerate(raw.obs_names)}
-    train_idx = np.array([pos[n] for n in train_names])
-    test_idx = np.array([pos[n] for n in test_names])
-    for m in loaded:  # every model was trained on the same split (same seed and data)
-        s = np.load(run_dirs[m] / "split.npz")
-        assert np.array_equal(s["obs_names"][s["test"]], test_names), m
-    genes = first.genes
-    gene_pos = {g: i for i, g in enumerate(raw.var_names)}
-    gcols = np.array([gene_pos[g] for g in genes if g in gene_pos])
-    logn = lognorm(raw.X)  # cells x all genes
-    logn_run = logn[:, gcols].toarray()  # cells x run genes (dense: 2.7k x 768)
-    pca = PCA(n_components=50, random_state=0).fit(logn_run[train_idx])
-    pcs = pca.transform(logn_run)
-    y_train, y_test = labels[train_idx], labels[test_idx]
-    result: dict = {"data": data, "n_train_cells": int(len(train_idx)), "n_test_cells": int(len(test_idx)),
-                    "n_run_genes": len(genes), "label": LABELS[data],
-                    "knn_accuracy": {"pca50": knn_accuracy(pcs[train_idx], y_train, pcs[test_idx], y_test)}}
-
-    print(f"{data}: PCA kNN accuracy {result['knn_accuracy']['pca50']:.3f}", flush=True)
-    # imputation: hide 10% of each test cell's non-zero counts (on a seeded subsample of test cells)
-    imp_idx = test_idx if impute_cells >= len(test_idx) else np.sort(np.random.default_rng(0).choice(test_idx, impute_cells, replace=False))
-    test_counts = raw.X[imp_idx]
-    hidden_counts, hr, hc = hide_nonzeros(test_counts, 0.10, seed=0)
-    run_col = {g: i for i, g in enumerate(genes)}
-    col_name = np.asarray(raw.var_names)
-    in_run = np.array([c in run_col for c in col_name[hc]])
-    hr, hc = hr[in_run], hc[in_run]
-    truth = np.asarray(logn[imp_idx][hr, hc]).ravel()
-    hidden = ad.AnnData(X=hidden_counts, obs=raw.obs.iloc[imp_idx].copy())
-    hidden.var_names = raw.var_names
-    run_cols = np.array([run_col[g] for g in col_name[hc]])
-    # floors: per-gene mean over training cells that express the gene; kNN smoothing in PCA space
-    tr = logn[train_idx][:, gcols].tocsc()
-    n_expr = np.diff(tr.indptr)
-    gene_mean = np.asarray(tr.sum(axis=0)).ravel() / np.maximum(n_expr, 1)
-    gcol_of_run = {g: j for j, g in enumerate(g for g in genes if g in gene_pos)}
-    jj = np.array([gcol_of_run[g] for g in col_name[hc]])
-    hidden_logn_run = lognorm(hidden_counts)[:, gcols].toarray()
-    nn = NearestNeighbors(n_neighbors=15).fit(pcs[train_idx])
-    _, nbr = nn.kneighbors(pca.transform(hidden_logn_run))
-    neigh = logn_run[train_idx][nbr]  # [test, 15, genes]
-    knn_mean = neigh.mean(axis=1)
-    knn_expr = np.divide(neigh.sum(axis=1), (neigh > 0).sum(axis=1), out=np.zeros_like(knn_mean), where=(neigh > 0).sum(axis=1) > 0)
-    imput = {
-        "n_cells": int(len(imp_idx)),
-        "n_hidden": int(len(truth)),
-        "per_gene_mean": scores(gene_mean[jj], truth),
-        "knn15_mean": scores(knn_mean[hr, jj], truth),
-        "knn15_mean_of_expressing": scores(np.where(knn_expr[hr, jj] > 0, knn_expr[hr, jj], gene_mean[jj]), truth),
-    }
-    speed: dict = {}
-    emb_all = {}
-    print(f"{data}: floors {imput}", flush=True)
-    for m, run in loaded.items():
-        t0 = time.perf_counter()
-        emb = run.embed(raw, batch_size=batch_size)
-        speed[f"{m}_embed_cells_per_s"] = raw.n_obs / (time.perf_counter() - t0)
-        emb_all[m] = emb
-        result["knn_accuracy"][m] = knn_accuracy(emb[train_idx], y_train, emb[test_idx], y_test)
-        print(f"{data} {m}: embed {speed[f'{m}_embed_cells_per_s']:.1f} cells/s, kNN accuracy {result['knn_accuracy'][m]:.3f}", flush=True)
-        t0 = time.perf_counter()
-        pred = run.impute(hidden, batch_size=batch_size)
-        speed[f"{m}_impute_cells_per_s"] = hidden.n_obs / (time.perf_counter() - t0)
-        imput[m] = scores(pred[hr, run_cols], truth)
-        print(f"{data} {m}: impute {speed[f'{m}_impute_cells_per_s']:.2f} cells/s, {imput[m]}", flush=True)
-        if m == "bioformer" and not run.model.uses_z:
-            continue
-        sub = raw[test_idx].copy()
-        t0 = time.perf_counter()
-        run.pair_scores(sub, batch_size=batch_size)
-        speed[f"{m}_pair_scores_cells_per_s"] = sub.n_obs / (time.perf_counter() - t0)
-    result["imputation"] = imput
-    result["speed_cpu_1_thread_contended"] = speed
-    result["test_mse_vs_floor"] = {m: json.loads((run_dirs[m] / "summary.json").read_text())["test_mse_vs_floor"] for m in MODELS}
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    for ax, (name, rep) in zip(axes, [("BioFormer <cls>", emb_all["bioformer"]), ("scGPT <cls>", emb_all["scgpt"]), ("50 PCs", pcs)], strict=True):
-        a = ad.AnnData(X=np.zeros((raw.n_obs, 1), dtype=np.float32), obs={"cell type": labels})
-        a.obsm["rep"] = rep
-        sc.pp.neighbors(a, use_rep="rep", random_state=0)
-        sc.tl.umap(a, random_state=0)
-        sc.pl.umap(a, color="cell type", ax=ax, show=False, title=f"{data}: {name}", legend_loc="right margin" if ax is axes[-1] else None)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    result["umap_png"] = str(out_png.relative_to(ROOT))
-    return result
-
-
-def knn_by_pooling(data: str, runs: Path, epochs: int, batch_size: int) -> dict:
-    """kNN (k = 15) test accuracy of both poolings (<cls>, mean over gene tokens) of both models."""
     import torch
 
-    from bioformer import Run
-    from bioformer.data.load import load_anndata
+    from bioformer.models import build_model, uses_prior
 
-    torch.set_num_threads(1)
-    out = {}
-    for m in MODELS:
-        run_dir = train_if_missing(data, m, runs, epochs)
-        run = Run.load(run_dir, device="cpu")
-        raw = load_anndata(data, max_cells=MAX_CELLS[data], seed=run.config.train.seed, quiet=True)
-        labels = raw.obs[LABELS[data]].astype(str).to_numpy()
-        split = np.load(run_dir / "split.npz")
-        pos = {n: i for i, n in enumerate(raw.obs_names)}
-        tr = np.array([pos[n] for n in split["obs_names"][split["train"]]])
-        te = np.array([pos[n] for n in split["obs_names"][split["test"]]])
+    fresh = copy.copy(run)
+    torch.manual_seed(0)
+    cfg = run.config
+    fresh.model = build_model(cfg.model, len(run.vocab), run.vocab.pad_id, use_prior=uses_prior(cfg.model, cfg.data.prior)).eval()
+    return fresh
+
+
+def embeddings(models: dict, raw, labels, cells, tr, te, pcs) -> dict:
+    """kNN accuracy and silhouette of every model's <cls> / mean embedding, 50 PCs, untrained models."""
+    from bioformer.evaluation.use import embedding_scores
+
+    sub = raw[cells].copy()
+    out = {"pca50": embedding_scores(pcs[cells], labels[cells], tr, te)}
+    for name, run in models.items():
         for pooling in ("cls", "mean"):
-            emb = run.embed(raw, pooling=pooling, batch_size=batch_size)
-            out[f"{m}_{pooling}"] = knn_accuracy(emb[tr], labels[tr], emb[te], labels[te])
-            print(f"{data} {m} {pooling}: kNN accuracy {out[f'{m}_{pooling}']:.3f}", flush=True)
+            t0 = time.perf_counter()
+            emb = run.embed(sub, pooling=pooling)
+            out[f"{name} {pooling}"] = {**embedding_scores(emb, labels[cells], tr, te), "cells_per_s": len(cells) / (time.perf_counter() - t0)}
+            print(f"  embedding {name} {pooling}: {out[f'{name} {pooling}']}", flush=True)
     return out
 
 
-def embed_memory(run_dir: Path, batch_size: int) -> dict:
-    """Max RSS of a fresh process that reads all Kang cells (sparse) and embeds them."""
-    sparse = Path("/tmp") / f"kang_sparse_{os.getpid()}.h5ad"
-    prep = ("from bioformer.data.load import load_anndata; a = load_anndata('kang2018', quiet=True); "
-            f"a.obs = a.obs[['cell_type']]; a.write_h5ad({str(sparse)!r})")
-    subprocess.run([sys.executable, "-c", prep], check=True)
-    code = f"""
-import resource, time, json, anndata as ad, torch
-torch.set_num_threads(1)
-from bioformer import Run
-run = Run.load({str(run_dir)!r}, device="cpu")
-a = ad.read_h5ad({str(sparse)!r})
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t = time.perf_counter()
-emb = run.embed(a, batch_size={batch_size})
-sec = time.perf_counter() - t
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"n_cells": a.n_obs, "shape": list(emb.shape), "max_rss_before_embed_mib": before / 1024, "max_rss_after_embed_mib": after / 1024, "seconds": sec}}))
-"""
-    try:
-        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    finally:
-        sparse.unlink(missing_ok=True)
-    return json.loads(out.strip().splitlines()[-1])
+def imputation(models: dict, raw, logn, gcols, train, test, pca, n_cells: int) -> dict:
+    """Hidden-value and hidden-vs-zero scores of every model and the floors on `n_cells` test cells."""
+    import anndata as ad
+
+    from bioformer.evaluation.use import (
+        hide_nonzeros,
+        imputation_scores,
+        knn_smoothing,
+        lognorm,
+        zero_positions,
+    )
+
+    imp = np.sort(np.random.default_rng(0).choice(test, min(n_cells, len(test)), replace=False))
+    hidden, hr, hc = hide_nonzeros(raw.X[imp], 0.10, seed=0)
+    j_of = {c: j for j, c in enumerate(gcols)}  # raw column -> position among the run genes
+    keep = np.isin(hc, gcols)
+    hr, hj = hr[keep], np.array([j_of[c] for c in hc[keep]])
+    zr, zc = zero_positions(raw.X[imp], gcols)
+    zj = np.array([j_of[c] for c in zc])
+    truth = np.asarray(logn[imp][hr, gcols[hj]]).ravel()
+    tr_logn = logn[train][:, gcols].toarray()
+    expressing = (tr_logn > 0).sum(0)
+    gene_mean = tr_logn.sum(0) / np.maximum(expressing, 1)
+    hidden_logn = lognorm(hidden)[:, gcols].toarray()
+    knn_mean, knn_expr = knn_smoothing(tr_logn, pca.transform(logn[train][:, gcols].toarray()), pca.transform(hidden_logn))
+    detection = np.broadcast_to(expressing / len(train), knn_mean.shape)
+
+    def floor(value, detect):
+        return imputation_scores(value[hr, hj], truth, detect[hr, hj], detect[zr, zj])
+
+    gm = np.broadcast_to(gene_mean, knn_mean.shape)
+    out = {"n_cells": len(imp), "n_hidden": int(len(truth)), "n_true_zeros": int(len(zr)),
+           "per-gene mean (detection rate for AUROC)": floor(gm, detection),
+           "kNN-15 mean": floor(knn_mean, knn_mean),
+           "kNN-15 mean of expressing neighbours": floor(np.where(knn_expr > 0, knn_expr, gm), knn_mean)}
+    a = ad.AnnData(X=hidden, obs=raw.obs.iloc[imp].copy())
+    a.var_names = raw.var_names
+    for name, run in models.items():
+        t0 = time.perf_counter()
+        res = run.imputation(a)
+        secs = time.perf_counter() - t0
+        pos = np.array([run.genes.index(g) for g in raw.var_names[gcols]])  # run genes in gcols order
+        value = (res.value_if_detected if res.value_if_detected is not None else res.expression)[:, pos]
+        detect = (res.detected_prob if res.detected_prob is not None else res.bins)[:, pos]
+        out[name] = {**floor(value, detect), "cells_per_s": len(imp) / secs}
+        if res.value_if_detected is not None:
+            out[name]["mse_expected_value"] = float(np.mean((res.expression[:, pos][hr, hj] - truth) ** 2))
+        print(f"  imputation {name}: {out[name]}", flush=True)
+    return out
+
+
+def grn(run_dirs: dict) -> dict:
+    """Per-TF AUROC (held-out prior edges) of each model's chosen readout and of co-expression."""
+    from bioformer.inference.readout_choice import run_readout_table
+
+    out = {}
+    for name, run_dir in run_dirs.items():
+        df = run_readout_table(run_dir, genie3=False)
+        held = df[df["truth"] == "heldout prior edges"]
+        if held.empty:
+            continue
+        best = held[held["chosen"] == True]  # noqa: E712 (a pandas column)
+        co = held[held["predictor"] == "pearson co-expression"]
+        pick = lambda r: {k: float(r[k]) for k in ("per_tf_auroc", "per_tf_auroc_low", "per_tf_auroc_high", "average_precision")}  # noqa: E731
+        out[name] = {"readout": str(best.iloc[0]["predictor"]), **pick(best.iloc[0]),
+                     "passes_control": bool(best.iloc[0]["passes_control"]), "coexpression": pick(co.iloc[0])}
+        print(f"  GRN {name}: {out[name]}", flush=True)
+    return out
+
+
+def benchmark_data(data: str, runs: Path, knn_train_cells: int, impute_cells: int, with_grn: bool, train: bool = True,
+                   embed_test_cells: int | None = None) -> dict:
+    import pandas as pd
+    import torch
+    from sklearn.decomposition import PCA
+
+    from bioformer import Run
+    from bioformer.data.load import load_anndata
+    from bioformer.evaluation.use import lognorm
+
+    torch.set_num_threads(1)
+    run_dirs = {f"{arm} {fam}": train_if_missing(runs, arm, data, fam, train) for arm in ARMS for fam in FAMILIES}
+    run_dirs = {name: d for name, d in run_dirs.items() if d is not None}
+    models = {name: Run.load(d, device="cpu") for name, d in run_dirs.items()}
+    raw = load_anndata(data, quiet=True)  # every cell
+    labels = raw.obs[LABELS[data]].astype(str).to_numpy()
+    split = np.load(next(iter(run_dirs.values())) / "split.npz")
+    for name, d in run_dirs.items():  # same data and seed: the same split for every model
+        assert np.array_equal(np.load(d / "split.npz")["test"], split["test"]), name
+    pos = {n: i for i, n in enumerate(raw.obs_names)}
+    train = np.array([pos[n] for n in split["obs_names"][split["train"]]])
+    test = np.array([pos[n] for n in split["obs_names"][split["test"]]])
+    genes = next(iter(models.values())).genes
+    gene_pos = {g: i for i, g in enumerate(raw.var_names)}
+    gcols = np.array([gene_pos[g] for g in genes if g in gene_pos])
+    logn = lognorm(raw.X)
+    pca = PCA(n_components=50, random_state=0).fit(logn[train][:, gcols].toarray())
+    pcs = pca.transform(logn[:, gcols].toarray())
+    knn_train = np.sort(np.random.default_rng(0).choice(train, min(knn_train_cells, len(train)), replace=False))
+    knn_test = np.sort(np.random.default_rng(1).choice(test, min(embed_test_cells or len(test), len(test)), replace=False))
+    cells = np.r_[knn_train, knn_test]
+    tr, te = np.arange(len(knn_train)), np.arange(len(knn_train), len(cells))
+    result = {"data": data, "n_cells": int(raw.n_obs), "n_train_cells": int(len(train)), "n_test_cells": int(len(test)),
+              "knn_train_cells": int(len(knn_train)), "embedding_test_cells": int(len(knn_test)), "n_run_genes": len(genes), "label": LABELS[data], "epochs": EPOCHS[data],
+              # training time: the per-epoch seconds of metrics.csv (train + validation; a resumed run's
+              # summary.json wall time counts only its last process)
+              "train_seconds": {n: float(pd.read_csv(d / "metrics.csv")["seconds"].sum()) for n, d in run_dirs.items()},
+              **{key: {n: json.loads((d / "summary.json").read_text()).get(field) for n, d in run_dirs.items()}
+                 for key, field in (("epochs_trained", "epochs"), ("test_mse_vs_floor", "test_mse_vs_floor"))}}
+    with_untrained = {**models, **{f"untrained {fam}": untrained_like(models[f"{arm} {fam}"]) for fam in FAMILIES
+                                   for arm in [next((a for a in ARMS if f"{a} {fam}" in models), None)] if arm}}
+    result["embedding"] = embeddings(with_untrained, raw, labels, cells, tr, te, pcs)
+    result["imputation"] = imputation(models, raw, logn, gcols, train, test, pca, impute_cells)
+    if with_grn:
+        result["grn"] = grn(run_dirs)
+    return result
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", default=list(LABELS), choices=list(LABELS))
-    p.add_argument("--runs", default=str(ROOT / "runs" / "use_model"), help="where the trained runs are (or go)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--runs", default=str(ROOT / "runs" / "use_model"), help="where the trained runs are (or go): RUNS/ARM/DATA-FAMILY")
+    p.add_argument("--knn-train-cells", type=int, default=2000, help="training cells (seeded subsample) the kNN classifier is fitted on")
+    p.add_argument("--embed-test-cells", type=int, default=None, help="test cells (seeded subsample) scored by the embeddings (default all)")
     p.add_argument("--impute-cells", type=int, default=100, help="test cells (seeded subsample) for the imputation benchmark")
-    p.add_argument("--no-memory", action="store_true", help="skip the Kang embed peak-memory process")
-    p.add_argument("--memory-only", action="store_true", help="only the Kang embed peak-memory process")
-    p.add_argument("--pooling-only", action="store_true", help="only kNN accuracy of <cls> vs mean pooling (key DATA_knn_by_pooling)")
+    p.add_argument("--grn-data", nargs="*", default=list(LABELS), choices=list(LABELS), help="data sets that get the GRN readout table (none: skip it)")
+    p.add_argument("--no-train", action="store_true", help="score only the runs that exist (no training)")
+    p.add_argument("--out", default=str(RESULTS / "use_model.json"))
     args = p.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out_json = RESULTS / "use_model.json"
-
-    def save(key: str, value) -> None:  # re-read first: a parallel --memory-only run writes its own key
-        results = json.loads(out_json.read_text()) if out_json.exists() else {}
-        results["note"] = "CPU, 1 thread, on a shared 2-core machine: timings are contended; compare them within one run only"
-        results[key] = value
-        out_json.write_text(json.dumps(results, indent=2) + "\n")
-
-    runs = Path(args.runs)
-    if args.pooling_only:
-        for data in args.data:
-            save(f"{data}_knn_by_pooling", knn_by_pooling(data, runs, args.epochs, args.batch_size))
-        return
-    for data in [] if args.memory_only else args.data:
-        r = benchmark_data(data, runs, args.epochs, args.batch_size, RESULTS / f"use_model_umap_{data}.png", args.impute_cells)
-        r["max_rss_mib_so_far"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(r, indent=2), flush=True)
-        save(data, r)
-    if not args.no_memory:
-        kang_run = train_if_missing("kang2018", "bioformer", runs, args.epochs)
-        mem = {"run": "kang2018-bioformer", "batch_size": args.batch_size, **embed_memory(kang_run, args.batch_size)}
-        print(json.dumps(mem, indent=2), flush=True)
-        save("kang_embed_memory", mem)
+    out_json = Path(args.out)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    results = {"note": "CPU, 1 thread, on a shared 2-core machine: timings are contended; compare them within one run only",
+               "command": "python benchmarks/use_model.py " + " ".join(sys.argv[1:]), "arms": ARMS, "epochs": EPOCHS}
+    for data in args.data:
+        print(f"== {data}", flush=True)
+        results[data] = benchmark_data(data, Path(args.runs), args.knn_train_cells, args.impute_cells, data in args.grn_data, not args.no_train, args.embed_test_cells)
+        tmp = out_json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(out_json)
+    print(format_table(results))
     print(f"wrote {out_json}", flush=True)
+
+
+def format_table(results: dict) -> str:
+    """The before / after table: one block per data set."""
+    lines = []
+    for data in (d for d in LABELS if d in results):
+        r = results[data]
+        lines.append(f"{data}: {r['embedding_test_cells']} of {r['n_test_cells']} test cells embedded, kNN fitted on {r['knn_train_cells']} training cells")
+        e = r["embedding"]
+        lines.append(f"  PCA-50: kNN {e['pca50']['knn_accuracy']:.3f}  silhouette {e['pca50']['silhouette']:.3f}")
+        for name in (k.rsplit(" ", 1)[0] for k in e if k.endswith(" cls")):
+            c, m = e[f"{name} cls"], e[f"{name} mean"]
+            secs = r["train_seconds"].get(name)
+            lines.append(f"  {name:<18} kNN cls {c['knn_accuracy']:.3f} mean {m['knn_accuracy']:.3f}  silhouette cls {c['silhouette']:.3f} mean {m['silhouette']:.3f}"
+                         + (f"  trained in {secs / 60:.1f} min ({r['epochs_trained'][name]} epochs)" if secs else ""))
+        for name, s in r["imputation"].items():
+            if isinstance(s, dict):
+                extra = f"  (expected value MSE {s['mse_expected_value']:.3f})" if "mse_expected_value" in s else ""
+                lines.append(f"  impute {name:<40} MSE {s['mse']:.3f}  r {s['pearson']:.3f}  AUROC {s['auroc_hidden_vs_zero']:.3f}{extra}")
+        for name, g in r.get("grn", {}).items():
+            lines.append(f"  GRN {name:<18} {g['readout']}: per-TF AUROC {g['per_tf_auroc']:.3f} vs co-expression {g['coexpression']['per_tf_auroc']:.3f}")
+    return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()

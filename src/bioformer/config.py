@@ -50,6 +50,10 @@ class DataConfig:
     max_prior_genes: int = 256  # hvg+prior: cap on added prior genes
     n_bins: int = 51
     include_zero_genes: bool = False
+    # share of each sequence's gene positions given to genes the cell does not express, drawn per
+    # cell (bioformer.data.zero_genes); sequences then hold min(genes, max_len - cls) genes.
+    # 0: expressed genes only, so a model never sees a zero and predicts "the value if detected"
+    zero_gene_frac: float = 0.0
     max_len: int = 128  # sequence length cap (incl. <cls>); PBMC3k default genes: median cell ~90
     append_cls: bool = True
     mask_ratio: float = 0.15
@@ -65,6 +69,11 @@ class DataConfig:
     backed_hvg_cells: int = 20000  # backed mode: gene selection on this many cells (seeded subsample)
     heldout_edge_frac: float = 0.2  # share of the prior's edges among the genes withheld from z (GRN truth)
 
+    @property
+    def has_zero_genes(self) -> bool:
+        """Whether sequences hold unexpressed genes (zeros to predict), by either option."""
+        return self.include_zero_genes or self.zero_gene_frac > 0
+
     def validate(self) -> None:
         """Raise BioformerError on a value that cannot work (types first, then ranges)."""
         check_types("data", self)
@@ -79,6 +88,9 @@ class DataConfig:
         need(self.backed_hvg_cells >= 1, "backed_hvg_cells", ">= 1", self.backed_hvg_cells)
         need(self.n_bins >= 3, "n_bins", ">= 3 (bin 0 is zero; two or more bins for non-zero values)", self.n_bins)
         need(self.max_len >= 2, "max_len", ">= 2 (room for <cls> and one gene)", self.max_len)
+        need(0.0 <= self.zero_gene_frac < 1.0, "zero_gene_frac", "in [0, 1)", self.zero_gene_frac)
+        if self.zero_gene_frac > 0 and self.include_zero_genes:
+            raise BioformerError("--zero-gene-frac samples unexpressed genes per cell; --include-zero-genes already holds all of them: use one")
         need(0.0 < self.mask_ratio < 1.0, "mask_ratio", "between 0 and 1 (exclusive)", self.mask_ratio)
         need(0.0 < self.valid_frac < 1.0, "valid_frac", "between 0 and 1 (exclusive)", self.valid_frac)
         need(0.0 < self.test_frac < 1.0, "test_frac", "between 0 and 1 (exclusive)", self.test_frac)
@@ -142,7 +154,14 @@ class ModelConfig:
     ff_factor: int = 4  # transition / feed-forward width = ff_factor * d_model (scGPT paper: 1)
     dropout: float = 0.1  # residual, feed-forward and embedding dropout
     attention_dropout: float = 0.0  # dropout on attention probabilities; 0 keeps SDPA on its fused kernel
-    explicit_zero_prob: bool = False
+    # a head for P(value is 0); "pred" is then the expected value. None (default): on exactly when
+    # the sequences hold unexpressed genes (data.zero_gene_frac > 0 or include_zero_genes), where
+    # it helps (docs/use-model.md); decided by RunConfig.resolved when a run starts
+    explicit_zero_prob: bool | None = None
+    # weight of the cell-embedding objective (scGPT's MVC / GEPC): each masked value is also
+    # predicted from the cell embedding (<cls>, else the mean over genes) and the gene's embedding
+    # alone, so the embedding must carry the cell. 0 = off (the head is not built)
+    mvc_weight: float = 0.0
     # value encoder input = bin * value_scale (bins 1..50 -> 0.04..2; mask -1 and pad -2 unscaled).
     # At 1.0 (raw bins, runs before this field) Linear -> ReLU -> Linear -> LayerNorm maps every
     # bin above a few to nearly the same vector: the model could not see how high a visible
@@ -199,6 +218,7 @@ class ModelConfig:
             raise BioformerError(f"--d-model {self.d_model} is not divisible by --nhead {self.nhead}; pick d_model a multiple of nhead")
         need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
         need(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "in [0, 1)", self.attention_dropout)
+        need(math.isfinite(self.mvc_weight) and self.mvc_weight >= 0, "mvc_weight", "a finite number >= 0", self.mvc_weight)
         need(math.isfinite(self.value_scale) and self.value_scale > 0, "value_scale", "a finite number > 0", self.value_scale)
         for name, kind in FAMILY_SECTIONS.items():
             section = getattr(self, name)
@@ -267,6 +287,23 @@ class TrainConfig:
             check_device(self.device)
 
 
+# Fields a run saved before they existed must read as "off", whatever today's default is.
+OFF_WHEN_UNSAVED = {"data": {"zero_gene_frac": 0.0}, "model": {"mvc_weight": 0.0}}
+
+
+def with_unsaved_fields_off(cfg: RunConfig, saved: dict[str, Any]) -> RunConfig:
+    """`cfg` (loaded from a run's config.yaml, `saved` its raw mapping) with every field of
+    OFF_WHEN_UNSAVED that the file lacks set to its "off" value, so an old run is rebuilt as
+    it was trained (no MVC head, expressed genes only)."""
+    for section, fields in OFF_WHEN_UNSAVED.items():
+        given = saved.get(section) or {}
+        off = {k: v for k, v in fields.items() if k not in given}
+        if off:
+            part = getattr(cfg, section)
+            setattr(cfg, section, part.replace(**off) if isinstance(part, ModelConfig) else dataclasses.replace(part, **off))
+    return cfg
+
+
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -289,6 +326,14 @@ class RunConfig:
         self.data.validate()
         self.model.validate()
         self.train.validate(check_hardware=check_hardware)
+        return self
+
+    def resolved(self) -> RunConfig:
+        """Self with the defaults that depend on other sections decided (before a run is built and
+        saved): the zero head (`explicit_zero_prob` None) is on exactly when the sequences hold
+        unexpressed genes. Returns self."""
+        if self.model.explicit_zero_prob is None:
+            self.model = self.model.replace(explicit_zero_prob=self.data.has_zero_genes)
         return self
 
     @classmethod

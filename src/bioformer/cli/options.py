@@ -19,6 +19,9 @@ HELP = {
     "n_hvg": "number of highly variable genes",
     "genes": "gene selection: hvg, or hvg+prior (HVGs plus detected prior TFs/targets)",
     "include_zero_genes": "every cell's sequence holds all selected genes, zeros included",
+    "zero_gene_frac": "share of each sequence given to genes the cell does not express (sampled per cell; 0 = expressed genes only)",
+    "explicit_zero_prob": "zero head: P(value is 0); the prediction becomes the expected value, impute writes P(detected)",
+    "mvc_weight": "weight of the cell-embedding objective (scGPT's MVC/GEPC: masked values from the cell embedding; 0 = off)",
     "max_len": "max sequence length incl. <cls> (longer cells are subsampled)",
     "prior": "TF prior: collectri | dorothea | all | none | PATH (source,target[,sign]); controls: NAME-rewired (degree-preserving, avoids NAME's edges), NAME-random (same density and sign mix), NAME-shuffled (old target permutation)",
     "prior_direction": "z codes both directions of each gene pair (both) or only i -> j (outgoing, the first version)",
@@ -50,9 +53,19 @@ def _base_type(tp):
     return tp, False
 
 
+class _ExplicitNone:
+    """`--max-cells none` on the command line: set the option to None (not "flag not given")."""
+
+    def __repr__(self) -> str:
+        return "None"
+
+
+EXPLICIT_NONE = _ExplicitNone()
+
+
 def _optional(kind):
     def parse(s: str):
-        return None if s.lower() in ("none", "null") else kind(s)
+        return EXPLICIT_NONE if s.lower() in ("none", "null") else kind(s)
 
     return parse
 
@@ -117,5 +130,5 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     for key, value in vars(args).items():
         if "." in key and value is not None:
             section, name = key.split(".", 1)
-            out[section][name] = value
+            out[section][name] = None if value is EXPLICIT_NONE else value
     return out

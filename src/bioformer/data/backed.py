@@ -196,7 +196,7 @@ class BackedCellDataset(CellDataset):
         **options: Any,
     ) -> None:
         """`options`: CellDataset's sequence and mask options (max_len, include_zero_genes,
-        append_cls, mask_ratio, cls_id, fixed_masks)."""
+        append_cls, mask_ratio, cls_id, fixed_masks, zero_gene_frac)."""
         super().__init__(sp.csr_matrix((0, n_genes), dtype=np.float32), gene_token_ids, cells, seed, **options)
         self.binned = None  # rows come from the file
         self.matrix, self.file_rows, self.positions, self.n_bins = matrix, file_rows, positions, n_bins
@@ -255,7 +255,7 @@ def prepare_backed(
     is_train = np.zeros(n_obs, dtype=bool)
     is_train[kept[split["train"]]] = True
     col_sum, col_n = _floor_sums(m, positions, is_train, len(genes), cfg.n_bins, chunks, path.name)
-    if cfg.include_zero_genes:
+    if cfg.has_zero_genes:
         col_n = np.full(len(genes), float(len(split["train"])))
 
     obs_names = pd.Index(ad.utils.make_index_unique(pd.Index(m.names("obs"))))[kept]
@@ -336,4 +336,5 @@ class BackedData:
             self.matrix, self.kept, self.positions, self.n_genes, self.n_bins, self.expressed, gene_token_ids,
             cells, seed, max_len=cfg.max_len, include_zero_genes=cfg.include_zero_genes, append_cls=cfg.append_cls,
             mask_ratio=cfg.mask_ratio, cls_id=cls_id, fixed_masks=fixed_masks,
+            zero_gene_frac=cfg.zero_gene_frac,
         )

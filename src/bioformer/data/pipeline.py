@@ -59,7 +59,7 @@ class PreparedData:
             self.adata.X, self.gene_token_ids, self.split[split], seed=self.seed,
             max_len=c.max_len, include_zero_genes=c.include_zero_genes, append_cls=c.append_cls,
             mask_ratio=c.mask_ratio, cls_id=self.vocab.cls_id, fixed_masks=(split != "train"),
-            mask_strategy=mask_strategy or c.mask_strategy, target_graph=self.target_graph,
+            mask_strategy=mask_strategy or c.mask_strategy, target_graph=self.target_graph, zero_gene_frac=c.zero_gene_frac,
         )
 
     def coverage_of(self, prior: PriorMatrix) -> dict[str, float]:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bioformer.config import MASK_STRATEGIES
+from bioformer.data.zero_genes import sequence_length, with_unexpressed_genes
 from bioformer.errors import BioformerError
 
 PAD, CLS, MASK = "<pad>", "<cls>", "<mask>"
@@ -123,6 +124,7 @@ class Tokenizer:
     append_cls: bool
     cls_id: int
     seed: int
+    zero_gene_frac: float = 0.0  # > 0: unexpressed genes sampled into every sequence (data/zero_genes.py)
 
     def __post_init__(self) -> None:
         if self.max_genes < 1:
@@ -155,6 +157,8 @@ class Tokenizer:
             row[cols] = bins
             shared = self.shared_columns(epoch_key)
             return shared, row[shared]
+        if self.zero_gene_frac > 0:
+            return with_unexpressed_genes(cols, bins, self.n_genes, self.max_genes, self.zero_gene_frac, rng)
         vals = np.asarray(bins, dtype=np.float32)
         if cols.size > self.max_genes:
             pick = np.sort(rng.choice(cols.size, size=self.max_genes, replace=False))
@@ -163,7 +167,8 @@ class Tokenizer:
 
     def lengths(self, expressed: np.ndarray) -> np.ndarray:
         """Sequence lengths (<cls> included) of cells with `expressed` non-zero genes each."""
-        n = np.full(len(expressed), min(self.n_genes, self.max_genes)) if self.include_zero_genes else np.minimum(expressed, self.max_genes)
+        fixed = self.include_zero_genes or self.zero_gene_frac > 0
+        n = np.full(len(expressed), sequence_length(self.n_genes, self.max_genes)) if fixed else np.minimum(expressed, self.max_genes)
         return n + int(self.append_cls)
 
     def sequence(self, cols: np.ndarray, **fields: np.ndarray) -> dict[str, np.ndarray]:
@@ -222,10 +227,11 @@ class CellDataset(Dataset):
         fixed_masks: bool = False,
         mask_strategy: str = "random",
         target_graph: sp.csr_matrix | None = None,
+        zero_gene_frac: float = 0.0,
     ) -> None:
         self.binned = binned.tocsr()
         self.binned.sort_indices()
-        self.tokenizer = Tokenizer(np.asarray(gene_token_ids, dtype=np.int64), max_len, include_zero_genes, append_cls, cls_id, seed)
+        self.tokenizer = Tokenizer(np.asarray(gene_token_ids, dtype=np.int64), max_len, include_zero_genes, append_cls, cls_id, seed, zero_gene_frac)
         self.cells = np.asarray(cells)
         self.seed = seed
         self.include_zero_genes = include_zero_genes
@@ -263,6 +269,11 @@ class CellDataset(Dataset):
     def lengths(self) -> np.ndarray:
         """Sequence length of every item (incl. <cls>), without building the items."""
         return self.tokenizer.lengths(self.expressed_counts())
+
+    @property
+    def has_zero_genes(self) -> bool:
+        """Whether sequences hold unexpressed genes (zero targets), by either option."""
+        return self.tokenizer.include_zero_genes or self.tokenizer.zero_gene_frac > 0
 
     def expressed_counts(self) -> np.ndarray:
         """Number of non-zero selected genes of every cell of the dataset."""

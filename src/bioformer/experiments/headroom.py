@@ -146,7 +146,7 @@ def headroom(data: PreparedData, truth: pd.DataFrame, state: np.ndarray | None =
     n = len(genes)
     regs, weights = regulator_table(truth, genes, with_weights=True)
     tr, te = masked_positions(data, "train", regs), masked_positions(data, "test", regs)
-    floors = Floors.fit(data.adata.X, np.arange(n), data.split["train"], n, data.config.include_zero_genes)
+    floors = Floors.fit(data.adata.X, np.arange(n), data.split["train"], n, data.config.has_zero_genes)
     gene_mean = floors.gene_mean.numpy().astype(np.float64)
     row = {
         "positions": float(len(te.target)),

@@ -66,7 +66,7 @@ class StudyPlan:
         return RunConfig(
             data=dataclasses.replace(self.data, prior=prior, gene_prior=self.data.prior), model=arm.model,
             train=dataclasses.replace(self.train, seed=seed), name=arm.name, out=str(self.run_dir(arm.name, seed)),
-        )
+        ).resolved()  # as the run saves it (a finished run is compared with this config)
 
 
 def plan_study(

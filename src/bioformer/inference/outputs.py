@@ -74,14 +74,14 @@ def add_imputation(run: Run, adata: ad.AnnData, cells: PreparedCells, batch_size
                    n_query: int | None = None, progress: bool = False, key: str | None = None,
                    readout: str | None = None) -> str:
     """layers[key] (log-normalised; default "<family>_imputed") and layers[key + "_bins"], over the
-    input's genes (run genes only; others zero); the zero head's P(zero) in layers[key +
-    "_zero_prob"] when there is one. Returns the key."""
+    input's genes (run genes only; others zero). With a zero head the imputed value is the
+    expected value and layers[key + "_p_detected"] holds P(detected) = 1 - P(zero). Returns the key."""
     key = key or default_key(run, "impute")
     imp = run.imputation(cells, batch_size=batch_size, n_query=n_query, progress=progress, readout=readout)
     adata.layers[key] = _on_input_genes(imp.expression, cells)
     adata.layers[key + "_bins"] = _on_input_genes(imp.bins, cells)
-    if imp.zero_prob is not None:
-        adata.layers[key + "_zero_prob"] = _on_input_genes(imp.zero_prob, cells)
+    if imp.detected_prob is not None:
+        adata.layers[key + "_p_detected"] = _on_input_genes(imp.detected_prob, cells)
     adata.uns[key] = provenance(run, readout=imp.readout, n_missing_genes=cells.n_missing, n_bins=run.config.data.n_bins)
     return key
 

@@ -61,6 +61,12 @@ class Imputation:
     expression: np.ndarray  # the bin mapped back to log-normalised expression via the cell's edges
     zero_prob: np.ndarray | None  # P(value is 0) from the zero head, when the model has one
     readout: str = "expression"  # the impute readout that made `bins`
+    value_if_detected: np.ndarray | None = None  # zero head: log-normalised value if the gene is detected
+
+    @property
+    def detected_prob(self) -> np.ndarray | None:
+        """P(detected) = 1 - P(value is 0), when the model has a zero head."""
+        return None if self.zero_prob is None else 1.0 - self.zero_prob
 
 
 class Run:
@@ -78,7 +84,7 @@ class Run:
         t2i = self.vocab.token_to_id
         d = self.config.data
         token_of_column = np.array([t2i[g] for g in self.genes], dtype=np.int64)  # [n_run_genes]
-        self.tokenizer = Tokenizer(token_of_column, d.max_len, d.include_zero_genes, d.append_cls, self.vocab.cls_id, self.config.train.seed)
+        self.tokenizer = Tokenizer(token_of_column, d.max_len, d.include_zero_genes, d.append_cls, self.vocab.cls_id, self.config.train.seed, d.zero_gene_frac)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -241,7 +247,9 @@ class Run:
         cell's own bin edges.
 
         `n_query` masked positions per sequence (default: the training mask share of max_len).
-        With a zero head, a gene whose predicted P(zero) exceeds 0.5 is imputed as 0.
+        With a zero head `bins` is the expected bin (the model's "pred"), `expression` the
+        expected value P(detected) x value-if-detected (`value_if_detected`) and `zero_prob`
+        P(value is 0).
         """
         value = self.readout("impute", readout)
         cells = self.prepare(adata, layer, gene_column, quiet=True)
@@ -254,6 +262,7 @@ class Run:
         bins = np.full((cells.n_cells, n_genes), np.nan, dtype=np.float32)
         has_zero_head = bool(self.config.model.explicit_zero_prob)
         zero_prob = np.full_like(bins, np.nan) if has_zero_head else None
+        value_bins = np.full_like(bins, np.nan) if has_zero_head else None
         batch_size = self.batch_size(batch_size)
         for chunk in self._cell_chunks(cells.n_cells, 4 * batch_size, progress, "impute"):
             seqs, owner = [], []
@@ -270,11 +279,19 @@ class Run:
                 bins[rows, cols] = value(out).float().cpu()[asked].numpy()
                 if zero_prob is not None:
                     zero_prob[rows, cols] = torch.sigmoid(out["zero_logit"].float()).cpu()[asked].numpy()
+                    value_bins[rows, cols] = out["value"].float().cpu()[asked].numpy()
+
+        def expression_of(b: np.ndarray) -> np.ndarray:  # bins -> log-normalised, through each cell's edges
+            b = np.clip(b, 0, n_bins - 1)
+            return np.stack([bins_to_values(b[i], cells.bin_edges[i]) for i in range(cells.n_cells)]).astype(np.float32) if cells.n_cells else b.copy()
+
         bins = np.clip(bins, 0, n_bins - 1)
-        if zero_prob is not None:
-            bins = np.where(zero_prob > 0.5, 0.0, bins).astype(np.float32)
-        expression = np.stack([bins_to_values(bins[i], cells.bin_edges[i]) for i in range(cells.n_cells)]).astype(np.float32) if cells.n_cells else bins.copy()
-        return Imputation(list(self.genes), bins, expression, zero_prob, value.name)
+        if zero_prob is None:
+            return Imputation(list(self.genes), bins, expression_of(bins), None, value.name)
+        # expected value in expression units: P(detected) x value if detected (the expected bin
+        # read through the cell's edges would land on the flat low edges, i.e. on one count)
+        detected = expression_of(value_bins)
+        return Imputation(list(self.genes), bins, ((1.0 - zero_prob) * detected).astype(np.float32), zero_prob, value.name, detected)
 
     def impute(self, adata: ad.AnnData | PreparedCells, **kwargs: Any) -> np.ndarray:
         """Imputed log-normalised expression of every run gene, [n_cells, n_run_genes]

@@ -10,6 +10,7 @@ from torch import nn
 
 from bioformer.config import ModelConfig
 from bioformer.errors import BioformerError
+from bioformer.models.layers import ExprDecoder, MVCDecoder, cell_embedding
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,9 @@ class PairPath:
 
 class MaskedValueModel(nn.Module):
     """Base of every model: forward(gene_ids, values, padding_mask, prior=None) -> {"pred": [B, L],
-    optionally "zero_logit": [B, L]}; built from a ModelConfig; owns its loss.
+    optionally "value" and "zero_logit" [B, L] (zero head), "mvc_pred" [B, L] (cell-embedding
+    objective, in training)}; built from a ModelConfig; owns its heads (`build_heads`, `heads`)
+    and its loss.
 
     `needs_prior` (instance): whether forward expects per-cell prior codes.
     """
@@ -69,11 +72,11 @@ class MaskedValueModel(nn.Module):
         """Role of one parameter from its qualified name, for sizing tables: embeddings (gene
         embedding + value encoder), attention (projections, their LayerNorm, a gate), transition
         (feed-forward + LayerNorm), pair_path (everything that exists only because of z), decoder
-        (the expression decoder and a final LayerNorm), else other."""
+        (the expression decoder, the MVC head and a final LayerNorm), else other."""
         parts = name.split(".")
         if parts[0] in ("gene_encoder", "value_encoder"):
             return "embeddings"
-        if parts[0] in ("decoder", "norm"):
+        if parts[0] in ("decoder", "norm", "mvc"):
             return "decoder"
         if any(p in cls.PAIR_PARTS for p in parts):
             return "pair_path"
@@ -83,11 +86,30 @@ class MaskedValueModel(nn.Module):
             return "transition"
         return "other"
 
+    def build_heads(self, cfg: ModelConfig, d_model: int) -> None:
+        """The output heads every family shares: the expression decoder (with the zero head when
+        `explicit_zero_prob`) and, when `mvc_weight` > 0, the cell-embedding (MVC) head."""
+        self.decoder = ExprDecoder(d_model, cfg.explicit_zero_prob)
+        self.mvc_weight = float(cfg.mvc_weight)
+        self.mvc = MVCDecoder(d_model) if self.mvc_weight > 0 else None
+
+    def heads(self, h: torch.Tensor, gene_ids: torch.Tensor, padding_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Outputs from the hidden states h [B, L, c] (what `encode` returns); the MVC prediction
+        only in training (it is a training signal for the cell embedding, not an output)."""
+        out = self.decoder(h)
+        if self.mvc is not None and self.training:
+            cell = cell_embedding(h, gene_ids, padding_mask)  # [B, c]
+            out["mvc_pred"] = self.mvc(cell, self.gene_encoder(gene_ids))  # [B, L]
+        return out
+
     def start_at(self, mean_value: float) -> None:
         """Start the expression decoder's output at `mean_value` (its last bias; e.g. the training
-        mean bin), so the first steps are not spent moving the output from 0 to ~25 bins."""
+        mean bin), so the first steps are not spent moving the output from 0 to ~25 bins; the
+        MVC head's bias too."""
         with torch.no_grad():
             self.decoder.value[-1].bias.fill_(float(mean_value))
+            if getattr(self, "mvc", None) is not None:
+                self.mvc.bias.fill_(float(mean_value))
 
     def encode(self, gene_ids: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor,
                prior: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,9 +122,12 @@ class MaskedValueModel(nn.Module):
         raise BioformerError(f"model {self.name!r} has no gene-pair readout")
 
     def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Masked MSE, plus the Bernoulli NLL of "value is zero" when the model has a zero head."""
-        pred = out["pred"].float()
-        loss = F.mse_loss(pred[mask], target[mask])
+        """Masked MSE of "pred", plus the Bernoulli NLL of "value is zero" when the model has a zero
+        head, plus `mvc_weight` x the masked MSE of the cell-embedding prediction when it has one."""
+        target = target[mask]
+        loss = F.mse_loss(out["pred"].float()[mask], target)
         if "zero_logit" in out:
-            loss = loss + F.binary_cross_entropy_with_logits(out["zero_logit"].float()[mask], (target[mask] == 0).float())
+            loss = loss + F.binary_cross_entropy_with_logits(out["zero_logit"].float()[mask], (target == 0).float())
+        if "mvc_pred" in out:
+            loss = loss + self.mvc_weight * F.mse_loss(out["mvc_pred"].float()[mask], target)
         return loss

@@ -10,7 +10,7 @@ from bioformer.config import ModelConfig
 from bioformer.data.prior import N_PAIR_CODES, PRIOR_DIRECTIONS, pair_codes
 from bioformer.errors import BioformerError
 from bioformer.models.base import MaskedValueModel, PairPath
-from bioformer.models.layers import ExprDecoder, GeneEncoder, Transition, ValueEncoder
+from bioformer.models.layers import GeneEncoder, Transition, ValueEncoder
 from bioformer.models.linear_pair import OPMTerm, linear_pair_attention
 from bioformer.models.pair import CodedPair, OuterProductMean, PairBiasAttention, PriorCodes
 from bioformer.models.pair_modes import FullPair, pair_engine
@@ -132,7 +132,7 @@ class BioFormer(MaskedValueModel):
         self.checkpoint_blocks = p.checkpoint_blocks
         self.gene_encoder = GeneEncoder(vocab_size, d_model, pad_id)
         self.value_encoder = ValueEncoder(d_model, cfg.dropout, scale=cfg.value_scale)
-        self.decoder = ExprDecoder(d_model, cfg.explicit_zero_prob)  # built before the stack, as in ScGPT
+        self.build_heads(cfg, d_model)  # before the stack, as in ScGPT
         self.prior_encoder = _prior_embedding(d_z) if self.uses_z else None
         if self.prior_encoder is not None and not self.needs_prior:
             self.prior_encoder.weight.requires_grad_(False)  # zero z: built for init pairing, never read (DDP skips it)
@@ -183,7 +183,7 @@ class BioFormer(MaskedValueModel):
         padding_mask: torch.Tensor,  # [B, r] True = pad
         prior: torch.Tensor | None = None,  # [B, r, r] edge codes
     ) -> dict[str, torch.Tensor]:
-        return self.decoder(self.encode(gene_ids, values, padding_mask, prior))
+        return self.heads(self.encode(gene_ids, values, padding_mask, prior), gene_ids, padding_mask)
 
     def encode(
         self,
@@ -217,7 +217,7 @@ class BioFormer(MaskedValueModel):
     ) -> dict[str, torch.Tensor]:
         """The forward of either pair mode with z materialised (the linear mode's reference)."""
         m, _ = FullPair().trunk(self, gene_ids, values, padding_mask, prior, len(self.blocks))
-        return self.decoder(self.norm(m))
+        return self.heads(self.norm(m), gene_ids, padding_mask)
 
     def pair_bias_logits(
         self,

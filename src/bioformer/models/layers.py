@@ -42,7 +42,11 @@ class ValueEncoder(nn.Module):
 
 
 class ExprDecoder(nn.Module):
-    """MLP c->c->c->1 with LeakyReLU for the value; optional zero-probability head (logit)."""
+    """MLP c->c->c->1 with LeakyReLU for the value; optional zero-probability head (logit).
+
+    Without the zero head "pred" is the value. With it, "value" is the value if the gene is
+    detected, "zero_logit" the logit of P(value == 0) and "pred" the expected value
+    P(detected) * value, so the masked MSE (on zeros and non-zeros) stays the score of "pred"."""
 
     def __init__(self, d_model: int, explicit_zero_prob: bool = False) -> None:
         super().__init__()
@@ -58,10 +62,37 @@ class ExprDecoder(nn.Module):
         self.zero_logit = mlp() if explicit_zero_prob else None
 
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {"pred": self.value(h).squeeze(-1)}  # [B, L]
-        if self.zero_logit is not None:
-            out["zero_logit"] = self.zero_logit(h).squeeze(-1)  # [B, L]; sigmoid = P(value == 0)
-        return out
+        value = self.value(h).squeeze(-1)  # [B, L]
+        if self.zero_logit is None:
+            return {"pred": value}
+        zero_logit = self.zero_logit(h).squeeze(-1)  # [B, L]; sigmoid = P(value == 0)
+        return {"pred": torch.sigmoid(-zero_logit) * value, "value": value, "zero_logit": zero_logit}
+
+
+class MVCDecoder(nn.Module):
+    """scGPT's MVC / GEPC head: a gene's value from the cell embedding and the gene's embedding
+    only, pred_j = <W sigmoid(Q e_j), cell> + b (scGPT's "inner product" form). Nothing but the
+    cell embedding carries the cell, so this loss trains it to summarise the cell."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.gene2query = nn.Linear(d_model, d_model)
+        self.weight = nn.Linear(d_model, d_model, bias=False)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, cell: torch.Tensor, gene_emb: torch.Tensor) -> torch.Tensor:
+        # cell [B, c], gene_emb [B, L, c] -> [B, L]
+        query = self.weight(torch.sigmoid(self.gene2query(gene_emb)))  # [B, L, c]
+        return torch.einsum("blc,bc->bl", query, cell) + self.bias
+
+
+def cell_embedding(h: torch.Tensor, gene_ids: torch.Tensor, padding_mask: torch.Tensor, cls_id: int = 1) -> torch.Tensor:
+    """One vector per cell [B, c] from hidden states h [B, L, c]: the <cls> position when the
+    sequences start with <cls> (token id `cls_id`), else the mean over non-pad positions."""
+    keep = (~padding_mask).unsqueeze(-1).to(h.dtype)  # [B, L, 1]
+    mean = (h * keep).sum(1) / keep.sum(1).clamp(min=1)  # [B, c]
+    starts_with_cls = (gene_ids[:, :1] == cls_id)  # [B, 1]
+    return torch.where(starts_with_cls, h[:, 0], mean)
 
 
 class Transition(nn.Module):

@@ -10,7 +10,7 @@ from torch import nn
 
 from bioformer.config import ModelConfig
 from bioformer.models.base import MaskedValueModel
-from bioformer.models.layers import ExprDecoder, GeneEncoder, ValueEncoder
+from bioformer.models.layers import GeneEncoder, ValueEncoder
 from bioformer.models.registry import register_model
 
 
@@ -31,15 +31,15 @@ def _no_mha_fastpath() -> Iterator[None]:
 class ScGPT(MaskedValueModel):
     """A faithful small scGPT: post-LN `nn.TransformerEncoderLayer` (as scGPT), feed-forward
     width `ff_factor * d_model` (4 by default as in the notes; scGPT's paper used 1).
-    Reads d_model, nhead, nlayers, ff_factor, dropout, attention_dropout and explicit_zero_prob of
-    the config: `dropout` on the residual branches and feed-forward, `attention_dropout` on the
+    Reads d_model, nhead, nlayers, ff_factor, dropout, attention_dropout, explicit_zero_prob and
+    mvc_weight of the config: `dropout` on the residual branches and feed-forward, `attention_dropout` on the
     attention probabilities (0 keeps SDPA on its fused kernel in training)."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 0, use_prior: bool = False) -> None:
         super().__init__()
         self.gene_encoder = GeneEncoder(vocab_size, cfg.d_model, pad_id)
         self.value_encoder = ValueEncoder(cfg.d_model, cfg.dropout, scale=cfg.value_scale)
-        self.decoder = ExprDecoder(cfg.d_model, cfg.explicit_zero_prob)  # before the stack: init-matched with BioFormer
+        self.build_heads(cfg, cfg.d_model)  # before the stack: init-matched with BioFormer
         layer = nn.TransformerEncoderLayer(
             cfg.d_model, cfg.nhead, dim_feedforward=cfg.ff_factor * cfg.d_model, dropout=cfg.dropout, batch_first=True,
         )
@@ -85,4 +85,4 @@ class ScGPT(MaskedValueModel):
         padding_mask: torch.Tensor,  # [B, L] True = pad
         prior: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        return self.decoder(self.encode(gene_ids, values, padding_mask, prior))
+        return self.heads(self.encode(gene_ids, values, padding_mask, prior), gene_ids, padding_mask)

@@ -199,7 +199,7 @@ class Floors:
         n_bins = data.config.n_bins
         if data.backed is not None:
             return cls.from_sums(data.backed.col_sum, data.backed.col_n, data.gene_token_ids, len(data.vocab), train_set, n_bins)
-        return cls.fit(data.adata.X, data.gene_token_ids, data.split["train"], len(data.vocab), data.config.include_zero_genes, train_set, n_bins)
+        return cls.fit(data.adata.X, data.gene_token_ids, data.split["train"], len(data.vocab), data.config.has_zero_genes, train_set, n_bins)
 
     def predict(self, gene_ids: torch.Tensor, batch: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         out = {

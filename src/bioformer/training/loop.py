@@ -101,7 +101,7 @@ def evaluate(
     return score_positions(
         cat(cells), cat(genes), cat(targets), {k: cat(v) for k, v in preds.items()},
         bin_edges=bin_edges, roles={"tf": cat(is_tf), "target": cat(is_target)} if roles is not None else None,
-        by_zero=dataset.include_zero_genes, n_boot=n_boot, seed=seed, n_folds=folds,
+        by_zero=dataset.has_zero_genes, n_boot=n_boot, seed=seed, n_folds=folds,
     )
 
 

@@ -33,7 +33,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from bioformer.config import RunConfig
+from bioformer.config import RunConfig, with_unsaved_fields_off
 from bioformer.data.pipeline import PreparedData, edges_for_genes, prepare_data
 from bioformer.data.prior import PriorMatrix
 from bioformer.data.tokenize import GeneVocab
@@ -107,6 +107,7 @@ class RunReader:
         saved = yaml.safe_load(path.read_text()) or {}
         if "value_scale" not in (saved.get("model") or {}):  # trained before the field: raw bins
             cfg.model = dataclasses.replace(cfg.model, value_scale=1.0)
+        cfg = with_unsaved_fields_off(cfg, saved)  # issue-27 options: off for runs saved before them
         try:
             cfg.validate(check_hardware=False)
         except BioformerError as e:

@@ -152,7 +152,7 @@ def run_training(
     without summary.json (unfinished, resumable). Under torchrun every rank calls this; rank 0
     alone writes files and logs.
     """
-    cfg.validate()
+    cfg.validate().resolved()  # defaults that depend on other sections (the zero head), before anything is built or saved
     model_class(cfg.model.model)  # a registered family (the registry, not the config, knows them)
     check_data_file(cfg.data.data)
     if resume and overwrite:
