@@ -143,7 +143,7 @@ def _planted_data(tmp_path):
 def test_planted_prior_pair_ranks_first_in_the_right_direction(tmp_path):
     a, path, prior = _planted_data(tmp_path)
     cfg = tiny_config(tmp_path, data={"data": str(path), "prior": str(prior), "genes": "hvg", "n_hvg": 30, "max_len": 64, "hvg_flavor": "cell_ranger"},
-                      model={"nlayers": 1, "opm": False})
+                      model={"nlayers": 1, "opm": False, "pair_mode": "full"})  # LN on z: full mode
     cfg.train.epochs = 1
     out, _ = run_training(cfg, quiet=True)
     run = Run.load(out, device="cpu")
