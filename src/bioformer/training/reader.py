@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import cached_property
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,23 @@ from bioformer.training.rundir import HELDOUT_EDGES, sha256_file
 
 SUMMARY, CONFIG, VOCAB, WEIGHTS, SPLIT = "summary.json", "config.yaml", "vocab.json", "model.safetensors", "split.npz"
 METRICS, EXTRA_TEST = "metrics.csv", "extra_test.json"
+
+
+T = TypeVar("T")
+
+
+def _read_once(read: Callable[[Any], T]) -> Callable[[Any], T]:
+    """A `RunReader` method that reads its file on the first call and returns that same object
+    on every later one (a failed read is not kept: it raises again)."""
+    slot = f"_{read.__name__}_read"
+
+    @wraps(read)
+    def method(self: Any) -> T:
+        if slot not in self.__dict__:
+            self.__dict__[slot] = read(self)
+        return self.__dict__[slot]
+
+    return method
 
 
 class RunReader:
@@ -71,12 +89,9 @@ class RunReader:
     def is_finished(self) -> bool:
         return (self.dir / SUMMARY).is_file()
 
+    @_read_once
     def summary(self) -> dict[str, Any] | None:
         """summary.json (None when training has not finished); a damaged file is an error."""
-        return self._summary
-
-    @cached_property
-    def _summary(self) -> dict[str, Any] | None:
         path = self.dir / SUMMARY
         if not path.is_file():
             return None
@@ -95,12 +110,9 @@ class RunReader:
                 f"{self.dir} is not a finished run directory (missing {', '.join(missing)}); pass a directory written by bioformer train"
             )
 
+    @_read_once
     def config(self) -> RunConfig:
         """config.yaml, resolved and validated (not the hardware: the run may come from elsewhere)."""
-        return self._config
-
-    @cached_property
-    def _config(self) -> RunConfig:
         self._require()
         path = self.dir / CONFIG
         cfg = RunConfig.load(path)
@@ -114,12 +126,9 @@ class RunReader:
             raise BioformerError(f"{path} is damaged: {e}") from None
         return cfg
 
+    @_read_once
     def vocab(self) -> GeneVocab:
         """vocab.json: the run's tokens (special tokens, then its genes in column order)."""
-        return self._vocab
-
-    @cached_property
-    def _vocab(self) -> GeneVocab:
         self._require()
         path = self.dir / VOCAB
         try:
@@ -130,6 +139,7 @@ class RunReader:
             raise BioformerError(f"{path} is damaged ({e}); retrain the run or restore the file") from None
         return GeneVocab(vocab["tokens"])
 
+    @_read_once
     def split(self) -> dict[str, np.ndarray]:
         """split.npz: train / valid / test cell indices and the obs_names they index."""
         try:
@@ -142,10 +152,6 @@ class RunReader:
         """heldout_edges.csv (None when the run holds none), checked against summary.json's file
         list: a missing, added or edited file is an error (what is scored must be what training
         withheld). Runs written before the list (no "files") are taken as they are."""
-        return self._heldout
-
-    @cached_property
-    def _heldout(self) -> pd.DataFrame | None:
         path = self.dir / HELDOUT_EDGES
         files = (self.summary() or {}).get("files")
         if isinstance(files, dict):
