@@ -174,7 +174,7 @@ class BioFormer(MaskedValueModel):
 
     def prior_codes(self, prior: torch.Tensor) -> PriorCodes:
         """The batch's edge codes [B, r, r] as the pair codes z embeds, by regulator rows/columns."""
-        return PriorCodes.of(pair_codes(prior, self.prior_direction), self.prior_encoder.weight)
+        return PriorCodes.of_edges(prior, self.prior_direction, self.prior_encoder.weight)
 
     def forward(
         self,

@@ -26,10 +26,12 @@ from the log-sum-exp in fp32 training without attention dropout, else
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from bioformer.models.norm_bias import dense_bias_attention
-from bioformer.models.pair import PriorCodes, code_lookup
+from bioformer.models.pair import PriorCodes
 
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
@@ -46,80 +48,148 @@ def split_applies(q: torch.Tensor, dropout_p: float, prior: PriorCodes | None, r
             and prior is not None and r >= SPLIT_MIN_GENES and prior.sources.shape[1] <= SPLIT_MAX_SHARE * r)
 
 
-class _FlashLse(torch.autograd.Function):
-    """(out [B, H, rq, d], lse [B, H, rq]) of CPU's fused kernel, differentiable in both.
-    v's last channel must be a zero pad whose output is never read: it is the spare channel that
-    carries lse's gradient (its own gradient is returned as 0)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, mask, scale: float):
-        out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mask, ctx.scale = mask, scale
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse = ctx.saved_tensors
-        grad_out = torch.zeros_like(out) if grad_out is None else grad_out.clone()
-        if grad_lse is not None:  # D_i - g_i through the spare channel (zero in v)
-            out = out.clone()
-            out[..., -1] = 1.0
-            grad_out[..., -1] = -grad_lse
-        dq, dk, dv = _FLASH_BWD(grad_out.contiguous(), q, k, v, out, lse, 0.0, False, attn_mask=ctx.mask, scale=ctx.scale)
-        if grad_lse is not None:
-            dv[..., -1] = 0.0  # the spare channel is a constant pad: its output is never read
-        return dq, dk, dv, None, None
-
-
 def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x [B, H, n, w] at rows idx [B, S] (the same rows for every head): [B, H, S, w]."""
     B, H, _, w = x.shape
     return x.gather(2, idx[:, None, :, None].expand(B, H, idx.shape[1], w))
 
 
-def _heads_first(bias: torch.Tensor) -> torch.Tensor:
-    return bias.permute(0, 3, 1, 2)  # [B, n, m, H] -> [B, H, n, m]
+def _scatter_rows_(x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x [B, H, n, w] += rows [B, H, S, w] at rows idx [B, S], in place (repeated rows add up)."""
+    return x.scatter_add_(2, idx[:, None, :, None].expand_as(rows), rows)
 
 
-def _split_attention(q, k, v, delta, prior: PriorCodes, padding_mask, start: int, scale: float) -> torch.Tensor:
-    """The split computation of the module docstring for query rows [start, start + rq)."""
-    B, H, rq, _ = q.shape
-    r = k.shape[2]
-    neg = torch.finfo(q.dtype).min
-    src = prior.sources  # [B, S]
-    valid = prior.valid if prior.valid is not None else prior.row_codes.ne(0).any(-1)  # [B, S]
-    # A: every key but the regulators, on the fused kernel
-    is_src_key = torch.zeros(B, r, dtype=torch.int32, device=q.device).scatter_add_(1, src, valid.int()) > 0  # [B, r]
-    key_mask = torch.zeros(B, 1, 1, r, dtype=q.dtype, device=q.device).masked_fill_((padding_mask | is_src_key)[:, None, None, :], neg)
-    out_a, lse_a = _FlashLse.apply(q, k, v, key_mask.expand(B, H, rq, r), scale)  # [B, H, rq, d], [B, H, rq]
-    # B: the regulator keys with their column codes
-    col = prior.col_codes[:, start:start + rq] if prior.col_codes is not None else src.new_zeros(B, rq, src.shape[1])
-    s_b = (q @ _gather_rows(k, src).transpose(-1, -2)) * scale + _heads_first(code_lookup(delta, col))  # [B, H, rq, S]
-    s_b = s_b.masked_fill(~(valid & ~padding_mask.gather(1, src))[:, None, None, :], neg)
-    lse_b = torch.logsumexp(s_b, dim=-1)  # [B, H, rq]
-    out_b = torch.softmax(s_b, dim=-1) @ _gather_rows(v, src)  # [B, H, rq, d]
-    lse = torch.logaddexp(lse_a, lse_b)
-    out = (torch.exp(lse_a - lse).unsqueeze(-1) * out_a + torch.exp(lse_b - lse).unsqueeze(-1) * out_b).to(out_a.dtype)  # [B, H, rq, d]
-    # the regulators' own query rows in this chunk: their whole row is biased
-    local = src - start
-    inside = valid & (local >= 0) & (local < rq)  # [B, S]
-    keep = inside.any(dim=0).nonzero().squeeze(1)  # [S'] the slots in this chunk in any cell
-    if not keep.numel():
+def _heads_first_codes(codes: torch.Tensor, H: int, n_codes: int) -> torch.Tensor:
+    """[B, H, n, m] long: codes [B, n, m] as flat indices h * n_codes + code into a
+    [H, n_codes] table, so one `take` gives the per-head lookup already heads first."""
+    heads = torch.arange(H, device=codes.device).view(1, H, 1, 1) * n_codes
+    return codes.unsqueeze(1) + heads
+
+
+def _code_grad(ds: torch.Tensor, flat_codes: torch.Tensor, n_codes: int) -> torch.Tensor:
+    """[n_codes, H]: ds [B, H, n, m] summed by `_heads_first_codes` indices [B, H, n, m]."""
+    B, H = ds.shape[:2]
+    out = ds.new_zeros(B, H * n_codes).scatter_add_(1, flat_codes.reshape(B, -1), ds.reshape(B, -1))
+    return out.sum(0).view(H, n_codes).t()
+
+
+@dataclass
+class _Layout:
+    """Where the prior's bias sits for query rows [start, start + rq): the regulator keys (masked
+    off the fused kernel by `key_mask`), their codes per query row `col`, the regulator rows
+    inside the chunk (local rows `idx`, `inside` per cell) and their codes `row`. Codes are
+    `_heads_first_codes` into the [H, K + 1] table whose last code K marks a masked pair (a pad
+    or an empty slot). Built once per batch and chunk, shared by every block (`PriorCodes.cache`)."""
+
+    key_mask: torch.Tensor  # [B, 1, 1, r] the dtype's min on pads and regulator keys, else 0
+    src: torch.Tensor  # [B, S] regulator key positions
+    col: torch.Tensor  # [B, H, rq, S] long
+    idx: torch.Tensor  # [B, S'] local row of each kept slot (clamped; see inside)
+    inside: torch.Tensor  # [B, S'] the slot is a regulator row of this chunk in this cell
+    row: torch.Tensor  # [B, H, S', r] long
+
+    @classmethod
+    def of(cls, prior: PriorCodes, padding_mask: torch.Tensor, start: int, rq: int, dtype: torch.dtype,
+           K: int, H: int) -> _Layout:
+        key = ("split", start, rq, dtype, K, H)
+        hit = prior.cache.get(key)
+        if hit is not None and hit[0] is padding_mask:
+            return hit[1]
+        B, r = padding_mask.shape
+        src = prior.sources  # [B, S]
+        valid = prior.valid if prior.valid is not None else prior.row_codes.ne(0).any(-1)  # [B, S]
+        key_ok = valid & ~padding_mask.gather(1, src)  # [B, S] the slot is a real regulator key
+        is_src_key = torch.zeros(B, r, dtype=torch.int32, device=src.device).scatter_add_(1, src, key_ok.int()) > 0
+        key_mask = torch.zeros(B, 1, 1, r, dtype=dtype, device=src.device).masked_fill_(
+            (padding_mask | is_src_key)[:, None, None, :], torch.finfo(dtype).min)
+        col = prior.col_codes[:, start:start + rq].long() if prior.col_codes is not None else src.new_zeros(B, rq, src.shape[1])
+        col = col.masked_fill(~key_ok[:, None, :], K)
+        local = src - start
+        inside = valid & (local >= 0) & (local < rq)  # [B, S]
+        keep = inside.any(dim=0).nonzero().squeeze(1)  # [S'] the slots in this chunk in any cell
+        row = prior.row_codes[:, keep].long().masked_fill(padding_mask[:, None, :], K)  # [B, S', r]
+        lay = cls(key_mask, src, _heads_first_codes(col, H, K + 1), local[:, keep].clamp(0, max(rq - 1, 0)),
+                  inside[:, keep], _heads_first_codes(row, H, K + 1))
+        prior.cache[key] = (padding_mask, lay)
+        return lay
+
+
+def _biased_scores(bias: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """bias + scale q k^T: [B, H, n, m] from bias [B, H, n, m], q [B, H, n, d], k [B, H, m, d], one pass."""
+    B, H, n, m = bias.shape
+    d = q.shape[-1]
+    return torch.baddbmm(bias.view(B * H, n, m), q.reshape(B * H, n, d), k.reshape(B * H, m, d).transpose(1, 2),
+                         alpha=scale).view(B, H, n, m)
+
+
+def _softmax_grad(d_out: torch.Tensor, out: torch.Tensor, v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """dS = P (dO v^T - D), D = rowsum(dO . O): [B, H, n, m] from d_out, out [B, H, n, d], v [B, H, m, d]."""
+    B, H, n, m = p.shape
+    d = v.shape[-1]
+    D = (d_out * out).sum(-1, keepdim=True).reshape(B * H, n, 1)
+    return torch.baddbmm(D, d_out.reshape(B * H, n, d), v.reshape(B * H, m, d).transpose(1, 2),
+                         beta=-1).view(B, H, n, m).mul_(p)
+
+
+class _SplitAttention(torch.autograd.Function):
+    """The split computation of the module docstring, one node with its own backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, delta, lay: _Layout, scale: float):
+        K, H = delta.shape
+        table = torch.cat([delta, delta.new_full((1, H), torch.finfo(delta.dtype).min)]).t().reshape(-1)  # [H * (K + 1)]
+        # A: every key but the regulators, on the fused kernel
+        out_a, lse_a = _FLASH(q, k, v, 0.0, False, attn_mask=lay.key_mask, scale=scale)  # [B, H, rq, d], [B, H, rq]
+        # B: the regulator keys with their column codes, merged by log-sum-exp
+        k_s, v_s = _gather_rows(k, lay.src), _gather_rows(v, lay.src)  # [B, H, S, d]
+        s_b = _biased_scores(table.take(lay.col), q, k_s, scale)  # [B, H, rq, S]
+        m = torch.maximum(s_b.amax(dim=-1), lse_a)  # [B, H, rq]
+        e_b = s_b.sub_(m.unsqueeze(-1)).exp_()
+        e_a = torch.exp(lse_a - m)
+        z = e_b.sum(dim=-1).add_(e_a)
+        lse = m.add_(z.log())  # the whole row's log-sum-exp
+        p_b = e_b.div_(z.unsqueeze(-1))  # the softmax's probabilities at the regulator keys
+        out = torch.matmul(p_b, v_s).addcmul_(out_a, e_a.div_(z).unsqueeze(-1))  # [B, H, rq, d]
+        # R: the regulators' own query rows, whole rows with their row codes, replace those rows
+        q_r = _gather_rows(q, lay.idx)  # [B, H, S', d]
+        p_r = torch.softmax(_biased_scores(table.take(lay.row), q_r, k, scale), dim=-1)  # [B, H, S', r]
+        out_r = torch.matmul(p_r, v)  # [B, H, S', d]
+        bi, si = lay.inside.nonzero(as_tuple=True)
+        out[bi, :, lay.idx[bi, si]] = out_r[bi, :, si]
+        ctx.save_for_backward(q, k, v, out, lse, k_s, v_s, p_b, q_r, p_r, out_r)
+        ctx.lay, ctx.scale, ctx.K = lay, scale, K
         return out
-    inside, idx, row_codes = inside[:, keep], local[:, keep].clamp(0, rq - 1), prior.row_codes[:, keep]
-    s_r = (_gather_rows(q, idx) @ k.transpose(-1, -2)) * scale + _heads_first(code_lookup(delta, row_codes))  # [B, H, S', r]
-    s_r = s_r.masked_fill(padding_mask[:, None, None, :], neg)
-    out_r = ((torch.softmax(s_r, dim=-1) @ v) * inside[:, None, :, None]).to(out.dtype)  # [B, H, S', d]
-    placed = torch.zeros_like(out).scatter_add(2, idx[:, None, :, None].expand_as(out_r), out_r)  # [B, H, rq, d]
-    is_row = torch.zeros(B, rq, device=q.device).scatter_add_(1, idx, inside.float()) > 0  # [B, rq]
-    return torch.where(is_row[:, None, :, None], placed, out)
+
+    @staticmethod
+    def backward(ctx, d_out):
+        """dS = P (dO . v - D), D = dO . O, over each part's pairs: the fused kernel's backward
+        with the merged out and lse recomputes exactly the softmax's P on the unbiased keys (its
+        D is dO . out), so A needs no log-sum-exp gradient; the regulator rows are cut out of
+        A and B (zero dO there) and get theirs from R."""
+        q, k, v, out, lse, k_s, v_s, p_b, q_r, p_r, out_r = ctx.saved_tensors
+        lay, scale, K = ctx.lay, ctx.scale, ctx.K
+        d_r = _gather_rows(d_out, lay.idx) * lay.inside[:, None, :, None].to(d_out.dtype)  # [B, H, S', d]
+        bi, si = lay.inside.nonzero(as_tuple=True)
+        d_a = d_out.contiguous().clone()
+        d_a[bi, :, lay.idx[bi, si]] = 0  # dO with the regulator rows zeroed
+        dq, dk, dv = _FLASH_BWD(d_a, q, k, v, out, lse, 0.0, False, attn_mask=lay.key_mask, scale=scale)
+        ds_b = _softmax_grad(d_a, out, v_s, p_b)  # [B, H, rq, S]
+        dq = dq.add(torch.matmul(ds_b, k_s), alpha=scale)
+        dk = _scatter_rows_(dk.contiguous(), lay.src, torch.matmul(ds_b.transpose(-1, -2), q).mul_(scale))
+        dv = _scatter_rows_(dv.contiguous(), lay.src, torch.matmul(p_b.transpose(-1, -2), d_a))
+        ds_r = _softmax_grad(d_r, out_r, v, p_r)  # [B, H, S', r]
+        dq = _scatter_rows_(dq, lay.idx, torch.matmul(ds_r, k).mul_(scale))
+        dk.add_(torch.matmul(ds_r.transpose(-1, -2), q_r), alpha=scale)
+        dv.add_(torch.matmul(p_r.transpose(-1, -2), d_r))
+        g = (_code_grad(ds_b, lay.col, K + 1) + _code_grad(ds_r, lay.row, K + 1))[:K]  # [K, H]
+        g[0] = -g[1:].sum(0)  # every row's dS sums to 0: code 0's gradient over all its pairs
+        return dq, dk, dv, g, None, None
 
 
 def coded_bias_attention(
     q: torch.Tensor,  # [B, H, rq, d] a chunk of query rows (start .. start + rq)
     k: torch.Tensor,  # [B, H, r, d]
-    v: torch.Tensor,  # [B, H, r, d_v]; d_v == d with v[..., -1] == 0 where the fused path runs
+    v: torch.Tensor,  # [B, H, r, d_v]; d_v == d where the fused path runs
     delta: torch.Tensor,  # [K, H] per-code bias relative to code 0 (delta[0] == 0)
     prior: PriorCodes,
     padding_mask: torch.Tensor,  # [B, r] True = pad
@@ -128,11 +198,11 @@ def coded_bias_attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:  # [B, H, rq, d_v]
     """Attention of these query rows with the prior's per-code bias (and pads masked): split and
-    fused where `split_applies` and v is as wide as q (for a gradient the caller gives v a zero
-    last channel), else the dense mask through `dense_bias_attention`."""
+    fused where `split_applies` and v is as wide as q, else the dense mask through
+    `dense_bias_attention`."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
     if split_applies(q, dropout_p, prior, k.shape[2]) and v.shape[-1] == q.shape[-1]:
-        return _split_attention(q, k, v, delta, prior, padding_mask, start, scale)
+        lay = _Layout.of(prior, padding_mask, start, q.shape[2], q.dtype, *delta.shape)
+        return _SplitAttention.apply(q, k, v.to(q.dtype), delta.to(q.dtype), lay, scale)
     mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
     return dense_bias_attention(q, k, v, mask, dropout_p, scale)  # fused on CPU in fp32 training too
-
