@@ -66,11 +66,23 @@ def _heads_first_codes(codes: torch.Tensor, H: int, n_codes: int) -> torch.Tenso
     return codes.unsqueeze(1) + heads
 
 
-def _code_grad(ds: torch.Tensor, flat_codes: torch.Tensor, n_codes: int) -> torch.Tensor:
-    """[n_codes, H]: ds [B, H, n, m] summed by `_heads_first_codes` indices [B, H, n, m]."""
+GRAD_LANES = 8  # partial sums per code in `_code_grad` (one sum per code is a serial chain of adds)
+
+
+def _lane_codes(codes: torch.Tensor) -> torch.Tensor:
+    """[B, 1, n * m]: codes [B, n, m] spread over GRAD_LANES partial sums, code * GRAD_LANES + lane."""
+    B = codes.shape[0]
+    flat = codes.reshape(B, 1, -1)
+    return flat * GRAD_LANES + torch.arange(flat.shape[-1], device=codes.device) % GRAD_LANES
+
+
+def _code_grad(ds: torch.Tensor, lane_codes: torch.Tensor, n_codes: int) -> torch.Tensor:
+    """[n_codes, H]: ds [B, H, n, m] summed by code (`_lane_codes` [B, 1, n * m], the same for
+    every head). Consecutive pairs mostly share a code, so the adds go round GRAD_LANES
+    accumulators per code (2x faster than one on CPU) and are summed at the end."""
     B, H = ds.shape[:2]
-    out = ds.new_zeros(B, H * n_codes).scatter_add_(1, flat_codes.reshape(B, -1), ds.reshape(B, -1))
-    return out.sum(0).view(H, n_codes).t()
+    out = ds.new_zeros(B, H, n_codes * GRAD_LANES).scatter_add_(2, lane_codes.expand(B, H, -1), ds.reshape(B, H, -1))
+    return out.view(B, H, n_codes, GRAD_LANES).sum(dim=(0, 3)).t()
 
 
 @dataclass
@@ -83,10 +95,12 @@ class _Layout:
 
     key_mask: torch.Tensor  # [B, 1, 1, r] the dtype's min on pads and regulator keys, else 0
     src: torch.Tensor  # [B, S] regulator key positions
-    col: torch.Tensor  # [B, H, rq, S] long
+    col: torch.Tensor  # [B, 1, rq * S] the codes per query row and regulator key, as `_lane_codes`
     idx: torch.Tensor  # [B, S'] local row of each kept slot (clamped; see inside)
     inside: torch.Tensor  # [B, S'] the slot is a regulator row of this chunk in this cell
-    row: torch.Tensor  # [B, H, S', r] long
+    row: torch.Tensor  # [B, 1, S' * r] the regulator rows' codes, as `_lane_codes`
+    col_h: torch.Tensor  # [B, H, rq, S] `col` as `_heads_first_codes`
+    row_h: torch.Tensor  # [B, H, S', r] `row` as `_heads_first_codes`
 
     @classmethod
     def of(cls, prior: PriorCodes, padding_mask: torch.Tensor, start: int, rq: int, dtype: torch.dtype,
@@ -108,18 +122,32 @@ class _Layout:
         inside = valid & (local >= 0) & (local < rq)  # [B, S]
         keep = inside.any(dim=0).nonzero().squeeze(1)  # [S'] the slots in this chunk in any cell
         row = prior.row_codes[:, keep].long().masked_fill(padding_mask[:, None, :], K)  # [B, S', r]
-        lay = cls(key_mask, src, _heads_first_codes(col, H, K + 1), local[:, keep].clamp(0, max(rq - 1, 0)),
-                  inside[:, keep], _heads_first_codes(row, H, K + 1))
+        lay = cls(key_mask, src, _lane_codes(col), local[:, keep].clamp(0, max(rq - 1, 0)), inside[:, keep], _lane_codes(row),
+                  _heads_first_codes(col, H, K + 1), _heads_first_codes(row, H, K + 1))
         prior.cache[key] = (padding_mask, lay)
         return lay
 
 
-def _biased_scores(bias: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """bias + scale q k^T: [B, H, n, m] from bias [B, H, n, m], q [B, H, n, d], k [B, H, m, d], one pass."""
-    B, H, n, m = bias.shape
+EXP_FLOOR = -87.0  # exp's argument floor: exp(-87) = 1.6e-38, the smallest normal float
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b over [B, H, n, k] x [B, H, k, m] (either may be a transposed view) as one bmm."""
+    B, H, n, k = a.shape
+    return torch.bmm(a.reshape(B * H, n, k), b.reshape(B * H, k, b.shape[-1])).view(B, H, n, -1)
+
+
+def _t(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(-1, -2)
+
+
+def _biased_scores(table: torch.Tensor, codes: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """table[codes] + scale q k^T: [B, H, n, m] from `_heads_first_codes` [B, H, n, m], q [B, H, n, d],
+    k [B, H, m, d], the product accumulated in place into the looked-up bias."""
+    B, H, n, m = codes.shape
     d = q.shape[-1]
-    return torch.baddbmm(bias.view(B * H, n, m), q.reshape(B * H, n, d), k.reshape(B * H, m, d).transpose(1, 2),
-                         alpha=scale).view(B, H, n, m)
+    bias = table.index_select(0, codes.reshape(-1)).view(B * H, n, m)
+    return bias.baddbmm_(q.reshape(B * H, n, d), k.reshape(B * H, m, d).transpose(1, 2), alpha=scale).view(B, H, n, m)
 
 
 def _softmax_grad(d_out: torch.Tensor, out: torch.Tensor, v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -132,7 +160,12 @@ def _softmax_grad(d_out: torch.Tensor, out: torch.Tensor, v: torch.Tensor, p: to
 
 
 class _SplitAttention(torch.autograd.Function):
-    """The split computation of the module docstring, one node with its own backward."""
+    """The split computation of the module docstring, one node with its own backward. Products
+    with a long inner dimension are taken in the orientation whose bmm is fast on CPU (a
+    [r, S] x [S, d] product with the [r, S] factor transposed measured ~10x slower than
+    ([d, S] x [S, r])^T), and exp's argument is floored at EXP_FLOOR (below it the vectorised
+    exp takes a 4-15x slower path): a masked pair's probability is ~1e-38 instead of 0,
+    invisible in fp32 next to the row's total (>= 1 before normalising)."""
 
     @staticmethod
     def forward(ctx, q, k, v, delta, lay: _Layout, scale: float):
@@ -142,18 +175,18 @@ class _SplitAttention(torch.autograd.Function):
         out_a, lse_a = _FLASH(q, k, v, 0.0, False, attn_mask=lay.key_mask, scale=scale)  # [B, H, rq, d], [B, H, rq]
         # B: the regulator keys with their column codes, merged by log-sum-exp
         k_s, v_s = _gather_rows(k, lay.src), _gather_rows(v, lay.src)  # [B, H, S, d]
-        s_b = _biased_scores(table.take(lay.col), q, k_s, scale)  # [B, H, rq, S]
+        s_b = _biased_scores(table, lay.col_h, q, k_s, scale)  # [B, H, rq, S]
         m = torch.maximum(s_b.amax(dim=-1), lse_a)  # [B, H, rq]
-        e_b = s_b.sub_(m.unsqueeze(-1)).exp_()
+        e_b = s_b.sub_(m.unsqueeze(-1)).clamp_min_(EXP_FLOOR).exp_()
         e_a = torch.exp(lse_a - m)
         z = e_b.sum(dim=-1).add_(e_a)
         lse = m.add_(z.log())  # the whole row's log-sum-exp
         p_b = e_b.div_(z.unsqueeze(-1))  # the softmax's probabilities at the regulator keys
-        out = torch.matmul(p_b, v_s).addcmul_(out_a, e_a.div_(z).unsqueeze(-1))  # [B, H, rq, d]
+        out = _bmm(p_b, v_s).addcmul_(out_a, e_a.div_(z).unsqueeze(-1))  # [B, H, rq, d]
         # R: the regulators' own query rows, whole rows with their row codes, replace those rows
         q_r = _gather_rows(q, lay.idx)  # [B, H, S', d]
-        p_r = torch.softmax(_biased_scores(table.take(lay.row), q_r, k, scale), dim=-1)  # [B, H, S', r]
-        out_r = torch.matmul(p_r, v)  # [B, H, S', d]
+        p_r = torch.softmax(_biased_scores(table, lay.row_h, q_r, k, scale), dim=-1)  # [B, H, S', r]
+        out_r = _bmm(p_r, v)  # [B, H, S', d]
         bi, si = lay.inside.nonzero(as_tuple=True)
         out[bi, :, lay.idx[bi, si]] = out_r[bi, :, si]
         ctx.save_for_backward(q, k, v, out, lse, k_s, v_s, p_b, q_r, p_r, out_r)
@@ -174,13 +207,13 @@ class _SplitAttention(torch.autograd.Function):
         d_a[bi, :, lay.idx[bi, si]] = 0  # dO with the regulator rows zeroed
         dq, dk, dv = _FLASH_BWD(d_a, q, k, v, out, lse, 0.0, False, attn_mask=lay.key_mask, scale=scale)
         ds_b = _softmax_grad(d_a, out, v_s, p_b)  # [B, H, rq, S]
-        dq = dq.add(torch.matmul(ds_b, k_s), alpha=scale)
-        dk = _scatter_rows_(dk.contiguous(), lay.src, torch.matmul(ds_b.transpose(-1, -2), q).mul_(scale))
-        dv = _scatter_rows_(dv.contiguous(), lay.src, torch.matmul(p_b.transpose(-1, -2), d_a))
+        dq = dq.add_(_bmm(ds_b, k_s), alpha=scale)
+        dk = _scatter_rows_(dk, lay.src, _t(_bmm(_t(q), ds_b)).mul_(scale))
+        dv = _scatter_rows_(dv, lay.src, _t(_bmm(_t(d_a), p_b)))
         ds_r = _softmax_grad(d_r, out_r, v, p_r)  # [B, H, S', r]
-        dq = _scatter_rows_(dq, lay.idx, torch.matmul(ds_r, k).mul_(scale))
-        dk.add_(torch.matmul(ds_r.transpose(-1, -2), q_r), alpha=scale)
-        dv.add_(torch.matmul(p_r.transpose(-1, -2), d_r))
+        dq = _scatter_rows_(dq, lay.idx, _bmm(ds_r, k).mul_(scale))
+        dk.add_(_t(_bmm(_t(q_r), ds_r)), alpha=scale)
+        dv.add_(_t(_bmm(_t(d_r), p_r)))
         g = (_code_grad(ds_b, lay.col, K + 1) + _code_grad(ds_r, lay.row, K + 1))[:K]  # [K, H]
         g[0] = -g[1:].sum(0)  # every row's dS sums to 0: code 0's gradient over all its pairs
         return dq, dk, dv, g, None, None
