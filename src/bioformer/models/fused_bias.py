@@ -134,7 +134,8 @@ EXP_FLOOR = -87.0  # exp's argument floor: exp(-87) = 1.6e-38, the smallest norm
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b over [B, H, n, k] x [B, H, k, m] (either may be a transposed view) as one bmm."""
     B, H, n, k = a.shape
-    return torch.bmm(a.reshape(B * H, n, k), b.reshape(B * H, k, b.shape[-1])).view(B, H, n, -1)
+    m = b.shape[-1]
+    return torch.bmm(a.reshape(B * H, n, k), b.reshape(B * H, k, m)).view(B, H, n, m)
 
 
 def _t(x: torch.Tensor) -> torch.Tensor:
