@@ -99,9 +99,7 @@ def _training_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, math_path:
     parts["m activations"] = per_token * T * act
     z_pairs = 0.0
     if pair_bias:
-        z_pairs = 1.0  # int8 prior codes
-        if use_prior:
-            z_pairs += 1  # the pair codes (int8; block 0 reads them by regulator rows/columns)
+        z_pairs = 1.0  # int8 prior codes (block 0 reads them by regulator rows/columns: no pair codes over r^2)
         # each OPM writes a new z (fp32, kept also under checkpointing: it is a block input);
         # a block that reads it keeps LN(z)'s mean/rstd (fp32; LN(z) itself is never written,
         # models/norm_bias.py; its bias is the attention's mask, counted there)
@@ -136,7 +134,7 @@ def _inference_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, act: int,
     parts: dict[str, float] = {}
     parts["m activations"] = (4 * c + ff) * T * act
     if pair_bias:
-        z_pairs = 1.0 + (1 if use_prior else 0)  # int8 prior codes and pair codes
+        z_pairs = 1.0  # int8 prior codes
         # live at once: z, LN(z)'s mean/rstd, and the next z written by the OPM
         z_pairs += (2 * cz * 4 + 2 * 4) if n_opm else 0
         parts["z activations"] = z_pairs * pairs
@@ -155,10 +153,13 @@ def _linear_pair_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, trainin
     and values widen to d' = d_head + (earlier OPMs) * c_opm, padded to a multiple of 8. The
     prior is a float mask built per chunk of query rows (all r rows while B * H * r * r is at
     most BIAS_CHUNK_ELEMENTS, unless attention_chunk_size is set), from its regulators' codes
-    (int8, O(B S r): small). The only [B, r, r] tensors are the int8 codes (the batch's and
-    the pair codes), the prior's float mask (kept for backward per block by the fused kernel,
-    one chunk at a time when chunked), and, on the math path (CPU training with attention
-    dropout), the scores of one chunk of query rows (kept per block when not chunked)."""
+    (int8, O(B S r): small). The only [B, r, r] tensors are the batch's int8 codes, the
+    prior's float mask (kept for backward per block by the fused kernel, one chunk at a time
+    when chunked), and, on the math path (CPU training with attention dropout), the scores of
+    one chunk of query rows (kept per block when not chunked). The split path (CPU, no
+    attention dropout, r >= SPLIT_MIN_GENES; models/fused_bias.py) has no mask: per block it
+    keeps the probabilities at the regulator keys [B, H, r, S] and rows [B, H, S, r], and per
+    batch the uint8 codes of both every block reads."""
     from bioformer.models.fused_bias import SPLIT_MIN_GENES
     from bioformer.models.linear_pair import BIAS_CHUNK_ELEMENTS
 
@@ -171,14 +172,19 @@ def _linear_pair_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, trainin
     chunk = path.attention_chunk_size or (max(1, BIAS_CHUNK_ELEMENTS // (B * H * r)) if use_prior and not split else r)
     chunk = min(chunk, r)
     mask = H * act * B * chunk * r if use_prior else 0.0  # one chunk's float mask
-    if split:  # no mask: a few of the regulators' scores, [B, H, chunk, S] (S ~ share * r) and
-        # [B, H, S_chunk, r] (the chunk's own regulators, S_chunk ~ share * chunk)
-        mask = 3 * H * act * B * REGULATOR_SHARE * 2 * chunk * r
+    shared = 0.0  # held once for all blocks
+    if split:  # no mask: the probabilities at the regulator keys [B, H, chunk, S] (S ~ share * r)
+        # and rows [B, H, S_chunk, r] (S_chunk ~ share * chunk), kept per block; in backward one
+        # block's score gradients and lookups (~3 more); the index layouts of every chunk
+        s_pairs = B * REGULATOR_SHARE * chunk * r
+        mask = 2 * H * act * s_pairs
+        # backward of one block: score gradients, looked-up bias and int64 indices (8 H bytes)
+        shared = (2 * H * act + 8 * H) * s_pairs + 2 * B * REGULATOR_SHARE * r * r  # + uint8 codes of every chunk
     parts = dict.fromkeys(CATEGORIES, 0.0)
-    z_pairs = 2.0 if use_prior else 0.0  # int8 codes of the batch + the pair codes
+    z_pairs = 1.0 if use_prior else 0.0  # the batch's int8 codes
     if not training:
         parts["m activations"] = (4 * c + ff) * T * act
-        parts["attention"] = 4 * H * max(widths) * T * act + mask  # one block's q', k', v', output (fused kernels)
+        parts["attention"] = 4 * H * max(widths) * T * act + mask + shared  # one block's q', k', v', output (fused kernels)
         parts["OPM intermediates"] = n_opm * 2 * co * T * act
         parts["z activations"] = z_pairs * pairs
         return parts
@@ -192,7 +198,7 @@ def _linear_pair_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, trainin
         # plus the scores/gradients (and the mask) of the block in backward; chunked: one chunk at a time
         scores = H * act * B * chunk * r
         parts["attention"] += 6 * scores if chunk < r else (2.75 * n_kept + 3) * scores
-    parts["attention"] += mask * (n_kept if chunk >= r and not math_path else 1)
+    parts["attention"] += mask * (n_kept if (chunk >= r or split) and not math_path else 1) + shared
     parts["z activations"] = z_pairs * pairs
     return parts
 

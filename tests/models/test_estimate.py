@@ -86,7 +86,7 @@ def test_matches_a_hand_count_on_a_tiny_configuration():
     assert infer == {
         "parameters + optimizer state": 4 * 1000,  # fp32 weights
         "m activations": (4 * 8 + 32) * 20 * 4,
-        "z activations": (1 + 1 + 2 * 4 * 4 + 8) * 200,  # int8 codes, int8 pair codes, z / next z, LN(z)'s mean/rstd
+        "z activations": (1 + 2 * 4 * 4 + 8) * 200,  # int8 codes (no pair codes: PriorCodes.of_edges), z / next z, LN(z)'s mean/rstd
         "attention": 2 * (2 + 2) * 4 * 200,  # mask, bias, scores, probabilities per head
         "OPM intermediates": (20 * 4 * 4 + 20 * 3 * 3) * 4,  # one OPM (the last block skips it)
     }
@@ -95,9 +95,10 @@ def test_matches_a_hand_count_on_a_tiny_configuration():
     assert train == {
         "parameters + optimizer state": 16 * 1000,  # weights, grads, two AdamW states
         "m activations": (2 * (12 * 8 + 3 * 8 + 2.5 * 32) + 12 * 8) * 20 * 4,
-        # codes 1 + pair codes 1 + the OPM's new z 16 + LN(z)'s stats 8 (LN(z) is never written),
-        # plus the backward transient: the bias gradient 8, its scaled copy 8 and grad z 16
-        "z activations": (1 + 1 + 16 + 8 + 32) * 200,
+        # codes 1 (read by regulator rows/columns, no pair codes) + the OPM's new z 16 + LN(z)'s
+        # stats 8 (LN(z) is never written), plus the backward transient: the bias gradient 8,
+        # its scaled copy 8 and grad z 16
+        "z activations": (1 + 16 + 8 + 32) * 200,
         "attention": 2 * (2 * 4) * 200,  # each block keeps its float bias [B, H, r, r]
         "OPM intermediates": (20 * 4 * 4 * 2 + 20 * 3 * 6) * 4,
     }

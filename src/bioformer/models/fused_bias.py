@@ -60,28 +60,29 @@ def _scatter_rows_(x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> to
 
 
 def _heads_first_codes(codes: torch.Tensor, H: int, n_codes: int) -> torch.Tensor:
-    """[B, H, n, m] long: codes [B, n, m] as flat indices h * n_codes + code into a
-    [H, n_codes] table, so one `take` gives the per-head lookup already heads first."""
+    """[B, H, n, m] long (one pass): codes [B, n, m] (uint8) as flat indices h * n_codes + code
+    into a [H, n_codes] table, so one `index_select` gives the per-head lookup heads first."""
     heads = torch.arange(H, device=codes.device).view(1, H, 1, 1) * n_codes
-    return codes.unsqueeze(1) + heads
+    return heads + codes.unsqueeze(1)
 
 
 GRAD_LANES = 8  # partial sums per code in `_code_grad` (one sum per code is a serial chain of adds)
 
 
 def _lane_codes(codes: torch.Tensor) -> torch.Tensor:
-    """[B, 1, n * m]: codes [B, n, m] spread over GRAD_LANES partial sums, code * GRAD_LANES + lane."""
+    """[B, 1, n * m] long (one pass): codes [B, n, m] (uint8) spread over GRAD_LANES partial sums,
+    code * GRAD_LANES + lane."""
     B = codes.shape[0]
     flat = codes.reshape(B, 1, -1)
-    return flat * GRAD_LANES + torch.arange(flat.shape[-1], device=codes.device) % GRAD_LANES
+    return torch.arange(flat.shape[-1], device=codes.device) % GRAD_LANES + flat * GRAD_LANES
 
 
-def _code_grad(ds: torch.Tensor, lane_codes: torch.Tensor, n_codes: int) -> torch.Tensor:
-    """[n_codes, H]: ds [B, H, n, m] summed by code (`_lane_codes` [B, 1, n * m], the same for
-    every head). Consecutive pairs mostly share a code, so the adds go round GRAD_LANES
-    accumulators per code (2x faster than one on CPU) and are summed at the end."""
+def _code_grad(ds: torch.Tensor, codes: torch.Tensor, n_codes: int) -> torch.Tensor:
+    """[n_codes, H]: ds [B, H, n, m] summed by codes [B, n, m] (the same for every head).
+    Consecutive pairs mostly share a code, so the adds go round GRAD_LANES accumulators per code
+    (`_lane_codes`: 2x faster than one on CPU) and are summed at the end."""
     B, H = ds.shape[:2]
-    out = ds.new_zeros(B, H, n_codes * GRAD_LANES).scatter_add_(2, lane_codes.expand(B, H, -1), ds.reshape(B, H, -1))
+    out = ds.new_zeros(B, H, n_codes * GRAD_LANES).scatter_add_(2, _lane_codes(codes).expand(B, H, -1), ds.reshape(B, H, -1))
     return out.view(B, H, n_codes, GRAD_LANES).sum(dim=(0, 3)).t()
 
 
@@ -89,23 +90,21 @@ def _code_grad(ds: torch.Tensor, lane_codes: torch.Tensor, n_codes: int) -> torc
 class _Layout:
     """Where the prior's bias sits for query rows [start, start + rq): the regulator keys (masked
     off the fused kernel by `key_mask`), their codes per query row `col`, the regulator rows
-    inside the chunk (local rows `idx`, `inside` per cell) and their codes `row`. Codes are
-    `_heads_first_codes` into the [H, K + 1] table whose last code K marks a masked pair (a pad
-    or an empty slot). Built once per batch and chunk, shared by every block (`PriorCodes.cache`)."""
+    inside the chunk (local rows `idx`, `inside` per cell) and their codes `row` (uint8: one byte
+    per pair held; the long indices the lookups want are made per use). Code K, one past the
+    table, marks a masked pair (a pad or an empty slot). Built once per batch and chunk, shared by
+    every block (`PriorCodes.cache`)."""
 
     key_mask: torch.Tensor  # [B, 1, 1, r] the dtype's min on pads and regulator keys, else 0
     src: torch.Tensor  # [B, S] regulator key positions
-    col: torch.Tensor  # [B, 1, rq * S] the codes per query row and regulator key, as `_lane_codes`
+    col: torch.Tensor  # [B, rq, S] uint8 the codes per query row and regulator key
     idx: torch.Tensor  # [B, S'] local row of each kept slot (clamped; see inside)
     inside: torch.Tensor  # [B, S'] the slot is a regulator row of this chunk in this cell
-    row: torch.Tensor  # [B, 1, S' * r] the regulator rows' codes, as `_lane_codes`
-    col_h: torch.Tensor  # [B, H, rq, S] `col` as `_heads_first_codes`
-    row_h: torch.Tensor  # [B, H, S', r] `row` as `_heads_first_codes`
+    row: torch.Tensor  # [B, S', r] uint8 the regulator rows' codes
 
     @classmethod
-    def of(cls, prior: PriorCodes, padding_mask: torch.Tensor, start: int, rq: int, dtype: torch.dtype,
-           K: int, H: int) -> _Layout:
-        key = ("split", start, rq, dtype, K, H)
+    def of(cls, prior: PriorCodes, padding_mask: torch.Tensor, start: int, rq: int, dtype: torch.dtype, K: int) -> _Layout:
+        key = ("split", start, rq, dtype, K)
         hit = prior.cache.get(key)
         if hit is not None and hit[0] is padding_mask:
             return hit[1]
@@ -116,14 +115,14 @@ class _Layout:
         is_src_key = torch.zeros(B, r, dtype=torch.int32, device=src.device).scatter_add_(1, src, key_ok.int()) > 0
         key_mask = torch.zeros(B, 1, 1, r, dtype=dtype, device=src.device).masked_fill_(
             (padding_mask | is_src_key)[:, None, None, :], torch.finfo(dtype).min)
-        col = prior.col_codes[:, start:start + rq].long() if prior.col_codes is not None else src.new_zeros(B, rq, src.shape[1])
+        cols = prior.col_codes[:, start:start + rq] if prior.col_codes is not None else None
+        col = cols.to(torch.uint8) if cols is not None else torch.zeros(B, rq, src.shape[1], dtype=torch.uint8, device=src.device)
         col = col.masked_fill(~key_ok[:, None, :], K)
         local = src - start
         inside = valid & (local >= 0) & (local < rq)  # [B, S]
         keep = inside.any(dim=0).nonzero().squeeze(1)  # [S'] the slots in this chunk in any cell
-        row = prior.row_codes[:, keep].long().masked_fill(padding_mask[:, None, :], K)  # [B, S', r]
-        lay = cls(key_mask, src, _lane_codes(col), local[:, keep].clamp(0, max(rq - 1, 0)), inside[:, keep], _lane_codes(row),
-                  _heads_first_codes(col, H, K + 1), _heads_first_codes(row, H, K + 1))
+        row = prior.row_codes[:, keep].to(torch.uint8).masked_fill(padding_mask[:, None, :], K)  # [B, S', r]
+        lay = cls(key_mask, src, col, local[:, keep].clamp(0, max(rq - 1, 0)), inside[:, keep], row)
         prior.cache[key] = (padding_mask, lay)
         return lay
 
@@ -143,11 +142,11 @@ def _t(x: torch.Tensor) -> torch.Tensor:
 
 
 def _biased_scores(table: torch.Tensor, codes: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """table[codes] + scale q k^T: [B, H, n, m] from `_heads_first_codes` [B, H, n, m], q [B, H, n, d],
-    k [B, H, m, d], the product accumulated in place into the looked-up bias."""
-    B, H, n, m = codes.shape
-    d = q.shape[-1]
-    bias = table.index_select(0, codes.reshape(-1)).view(B * H, n, m)
+    """table[codes] + scale q k^T: [B, H, n, m] from the table [H * (K + 1)], codes [B, n, m],
+    q [B, H, n, d], k [B, H, m, d], the product accumulated in place into the looked-up bias."""
+    B, H, n, d = q.shape
+    m = codes.shape[-1]
+    bias = table.index_select(0, _heads_first_codes(codes, H, table.shape[0] // H).reshape(-1)).view(B * H, n, m)
     return bias.baddbmm_(q.reshape(B * H, n, d), k.reshape(B * H, m, d).transpose(1, 2), alpha=scale).view(B, H, n, m)
 
 
@@ -176,7 +175,7 @@ class _SplitAttention(torch.autograd.Function):
         out_a, lse_a = _FLASH(q, k, v, 0.0, False, attn_mask=lay.key_mask, scale=scale)  # [B, H, rq, d], [B, H, rq]
         # B: the regulator keys with their column codes, merged by log-sum-exp
         k_s, v_s = _gather_rows(k, lay.src), _gather_rows(v, lay.src)  # [B, H, S, d]
-        s_b = _biased_scores(table, lay.col_h, q, k_s, scale)  # [B, H, rq, S]
+        s_b = _biased_scores(table, lay.col, q, k_s, scale)  # [B, H, rq, S]
         m = torch.maximum(s_b.amax(dim=-1), lse_a)  # [B, H, rq]
         e_b = s_b.sub_(m.unsqueeze(-1)).clamp_min_(EXP_FLOOR).exp_()
         e_a = torch.exp(lse_a - m)
@@ -186,7 +185,7 @@ class _SplitAttention(torch.autograd.Function):
         out = _bmm(p_b, v_s).addcmul_(out_a, e_a.div_(z).unsqueeze(-1))  # [B, H, rq, d]
         # R: the regulators' own query rows, whole rows with their row codes, replace those rows
         q_r = _gather_rows(q, lay.idx)  # [B, H, S', d]
-        p_r = torch.softmax(_biased_scores(table, lay.row_h, q_r, k, scale), dim=-1)  # [B, H, S', r]
+        p_r = torch.softmax(_biased_scores(table, lay.row, q_r, k, scale), dim=-1)  # [B, H, S', r]
         out_r = _bmm(p_r, v)  # [B, H, S', d]
         bi, si = lay.inside.nonzero(as_tuple=True)
         out[bi, :, lay.idx[bi, si]] = out_r[bi, :, si]
@@ -236,7 +235,7 @@ def coded_bias_attention(
     `dense_bias_attention`."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
     if split_applies(q, dropout_p, prior, k.shape[2]) and v.shape[-1] == q.shape[-1]:
-        lay = _Layout.of(prior, padding_mask, start, q.shape[2], q.dtype, *delta.shape)
+        lay = _Layout.of(prior, padding_mask, start, q.shape[2], q.dtype, delta.shape[0])
         return _SplitAttention.apply(q, k, v.to(q.dtype), delta.to(q.dtype), lay, scale)
     mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
     return dense_bias_attention(q, k, v, mask, dropout_p, scale)  # fused on CPU in fp32 training too
