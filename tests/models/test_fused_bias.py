@@ -87,6 +87,33 @@ def test_fused_prior_attention_equals_the_math_path(direction, chunk):
     assert want[-1].abs().max() > 0.1  # the bias gradient is real, not a zero matched by a zero
 
 
+@pytest.mark.parametrize("bias_scale", [1.0, 60.0])  # 60: probabilities below exp's floor (EXP_FLOOR)
+def test_fused_prior_gradient_of_every_code_equals_the_dense_all_pairs_reference(bias_scale):
+    """delta itself as the leaf: its gradient, code 0's included, is that of softmax(q k^T s +
+    delta[code(i, j)] over ALL pairs): code 0's from the other codes' (each row's dS sums to 0).
+    A large bias puts some probabilities far below the exp floor: still exact to rounding."""
+    q, k, v, per_code, prior, pm = problem("both", seed=3)
+    delta = (per_code - per_code[:1]) * bias_scale
+    pair = prior.codes  # the pair codes it was built from
+    w = torch.randn(q.shape, generator=torch.Generator().manual_seed(5))
+
+    def grads(fused: bool):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, delta)]
+        q_, k_, v_, d_ = leaves
+        if fused:
+            out = coded_bias_attention(q_, k_, v_, d_, prior, pm)
+        else:
+            mask = d_[pair.long()].permute(0, 3, 1, 2).masked_fill(pm[:, None, None, :], torch.finfo(q.dtype).min)
+            out = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask)
+        (out * w).sum().backward()
+        return [out.detach()] + [t.grad for t in leaves]
+
+    got, want = grads(True), grads(False)
+    for name, a, b in zip(["out", "dq", "dk", "dv", "d delta"], got, want, strict=True):
+        assert rel(a, b) < 1e-5, (name, rel(a, b))
+    assert want[-1][0].abs().max() > 0.1  # code 0's gradient is real
+
+
 def test_fused_prior_attention_runs_the_flash_kernel():
     q, k, v, per_code, prior, pm = problem("both")
     ops = ops_run(lambda: run(q, k, v, per_code, prior, pm, 17, fused=True))

@@ -189,3 +189,47 @@ def test_coded_pair_bias_equals_materialised_z():
     torch.testing.assert_close(coded.materialise(B, R), table[codes.long()])
     zero = CodedPair(None, torch.zeros(1, CZ))
     torch.testing.assert_close(attn(m, zero, pm), attn(m, torch.zeros(B, R, R, CZ), pm), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("direction", ["both", "outgoing"])
+def test_prior_codes_from_edges_equal_those_from_pair_codes(direction):
+    """`PriorCodes.of_edges` (the model's path: no pair codes over r^2) gives exactly the slots
+    and codes of `of(pair_codes(...))`, with cells of different regulator counts (padding
+    slots), a cell without edges, and a regulator that is also another's target."""
+    g = torch.Generator().manual_seed(2)
+    raw = torch.randint(0, 4, (3, R, R), generator=g, dtype=torch.int8)
+    raw *= (torch.rand(3, R, 1, generator=g) < torch.tensor([0.3, 0.1, 0.0]).view(3, 1, 1)).to(torch.int8)
+    raw[1, 2, 7] = 3
+    raw[1, 7, 2] = 1  # 2 and 7 regulate each other
+    table = torch.randn(16, CZ, generator=g)
+    want = PriorCodes.of(pair_codes(raw, direction), table)
+    got = PriorCodes.of_edges(raw, direction, table)
+    assert (want.col_codes is None) == (direction == "outgoing")
+    for name in ("sources", "valid", "row_codes", "col_codes"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b)), name
+    assert int(want.row_codes.max()) > (4 if direction == "both" else 0)  # the reverse direction is in the codes
+
+
+def test_attention_with_a_head_dim_not_a_multiple_of_8_matches_reference():
+    """d_head 15 (d_model 60, 4 heads, the equal-parameter benchmark's BioFormer) runs the fused
+    kernel zero-padded to 16 (`aligned_attention`): output and gradients equal the explicit
+    softmax at 1 / sqrt(15) (not 1 / sqrt(16)), and the kernel sees head dim 16."""
+    torch.manual_seed(3)
+    attn = PairBiasAttention(60, 4, CZ, pair_bias=False, dropout=0.0).eval()
+    m = torch.randn(B, R, 60, requires_grad=True)
+    pm = padding()
+    w = torch.randn(B, R, 60) * (~pm)[..., None]
+    ref = naive_pair_bias_attention(attn, m, None, pm)
+    (ref * w).sum().backward()
+    ref_grads = grads(attn, m)
+    zero_grads(attn, m)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        out = attn(m, None, pm)
+        (out * w).sum().backward()
+    assert rel_err(out[~pm], ref[~pm]) < 1e-5
+    for g, g_ref in zip(grads(attn, m), ref_grads, strict=True):
+        assert grads_close(g, g_ref)
+    shapes = [e.input_shapes[0] for e in prof.key_averages(group_by_input_shape=True)
+              if e.key == "aten::_scaled_dot_product_flash_attention_for_cpu"]
+    assert shapes and all(s[-1] == 16 for s in shapes)
