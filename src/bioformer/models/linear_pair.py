@@ -22,7 +22,7 @@ Terms constant over the key j cancel in the softmax (beta_k, the "no edge" code'
 Values are zero-padded to the query/key width where CPU's fused kernel runs (it wants equal head
 dims). With
 `chunk_size`, attention runs over chunks of query rows, each recomputed in backward, so even the
-math path (CPU with dropout) holds O(B H chunk r) at a time. See docs/linear-pair-mode.md.
+math path (CPU with dropout) holds O(B H chunk r) at a time. See docs/memory-and-speed.md ("Linear pair mode").
 """
 
 from __future__ import annotations
