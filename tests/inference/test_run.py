@@ -110,14 +110,18 @@ def test_imputation_predicts_every_gene_once_and_matches_direct_forwards(runs, c
     with torch.no_grad():
         ref = run.model(*run._model_inputs(batch))["pred"][0, 1:].numpy()
     np.testing.assert_allclose(imp.bins[0, cols], np.clip(ref, 0, run.config.data.n_bins - 1), atol=1e-5)
-    # n_query = 1: an unexpressed gene is predicted masked next to all the cell's values
-    imp1 = run.imputation(one, n_query=1)
+    # an unexpressed gene: with the older shared passes (n_query = 1) masked next to all the cell's
+    # values; isolated (the default; n_query = k) appended to the one fold pass, where the cell's
+    # k genes are all masked, and seen by no other position
     g = int(np.setdiff1d(np.arange(len(run.genes)), cols)[0])
-    seq = run._sequence(np.append(cols, g), np.append(vals, -1.0).astype(np.float32))
-    _, batch = next(run._batches([seq], 1))
-    with torch.no_grad():
-        ref_g = run.model(*run._model_inputs(batch))["pred"][0, -1].item()
-    assert imp1.bins[0, g] == pytest.approx(np.clip(ref_g, 0, run.config.data.n_bins - 1), abs=1e-5)
+    for isolated, n_query, inputs in ((False, 1, vals), (True, k, np.full(k, -1.0))):
+        imp1 = run.imputation(one, n_query=n_query, isolated=isolated)
+        seq = run._sequence(np.append(cols, g), np.append(inputs, -1.0).astype(np.float32))
+        _, batch = next(run._batches([seq], 1))
+        mark = {"isolated": torch.arange(batch["values"].shape[1])[None, :] == k + 1} if isolated else {}  # <cls> + k genes first
+        with torch.no_grad():
+            ref_g = run.model(*run._model_inputs(batch), **mark)["pred"][0, -1].item()
+        assert imp1.bins[0, g] == pytest.approx(np.clip(ref_g, 0, run.config.data.n_bins - 1), abs=1e-5)
     # the whole batch: every gene of every cell predicted, batch size irrelevant, bins -> values
     full = run.imputation(cells[:12].copy(), batch_size=64)
     assert not np.isnan(full.bins).any() and full.bins.shape == (12, len(run.genes))

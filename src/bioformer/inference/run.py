@@ -15,6 +15,7 @@ Memory is bounded by the batch: cells are processed in chunks, and the input mat
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ from bioformer.training.reader import RunReader
 from bioformer.training.runtime import resolve_device
 
 log = logging.getLogger("bioformer")
+
+ISOLATED_PER_PASS = 256  # isolated impute queries per sequence: speed only, never the result (measured in docs/inference-speed.md)
 
 
 @dataclass
@@ -208,16 +211,24 @@ class Run:
             out[rows] = pool(hidden, gene_mask, cls_position).cpu().numpy()
         return out
 
-    def _impute_passes(self, cells: PreparedCells, i: int, n_query: int) -> list[dict[str, np.ndarray]]:
-        """Sequences that together predict every run gene of cell i exactly once.
+    def _impute_passes(self, cells: PreparedCells, i: int, n_query: int, per_pass: int | None
+                       ) -> list[tuple[dict[str, np.ndarray], int]]:
+        """(sequence, positions shared) pairs that together predict every run gene of cell i
+        exactly once; the positions from `shared` on are isolated queries (models/isolation.py).
 
         The cell's sequence genes are predicted in complementary folds of `n_query` masked
-        positions (each looks like a training sequence: the rest visible); every other run gene
-        (unexpressed, or dropped by the max_len subsample) is appended as a masked query, `n_query`
-        at a time, to the cell's sequence subsampled to `max_genes - n_query` visible genes.
+        positions (each fold pass looks like a training sequence: the rest visible). Every other
+        run gene (unexpressed, or dropped by the max_len subsample) is a masked query:
+        - `per_pass` given (the default path): isolated, appended to a fold pass (round-robin over
+          the folds; a cell without genes: to <cls> alone), at most `per_pass` per sequence (a
+          fold pass is repeated for more). An isolated query sees the fold's sequence and itself
+          only and nothing sees it, so its prediction is that of asking it alone in its fold's
+          pass, and `per_pass` changes the speed only.
+        - `per_pass` None (the older definition): `n_query` at a time, seeing each other, appended
+          to the cell's sequence subsampled to `max_genes - n_query` visible genes.
         """
         cols, vals, rng = self._visible(cells, i)
-        passes = []
+        folds = []
         if cols.size:
             perm = rng.permutation(cols.size)
             for fold in np.array_split(perm, int(np.ceil(cols.size / n_query))):
@@ -225,28 +236,71 @@ class Run:
                 inputs[fold] = MASK_VALUE
                 targets = np.full(cols.size, -1, dtype=np.int64)
                 targets[fold] = cols[fold]
-                passes.append(self._sequence(cols, inputs, targets))
+                folds.append((cols, inputs, targets))
         others = np.setdiff1d(np.arange(len(self.genes)), cols)
-        if others.size:
-            n_ctx = min(cols.size, self.max_genes - n_query)
-            keep = np.sort(rng.choice(cols.size, size=n_ctx, replace=False)) if n_ctx < cols.size else np.arange(cols.size)
-            ctx_cols, ctx_vals = cols[keep], vals[keep]
-            for q in np.array_split(others, int(np.ceil(others.size / n_query))):
-                seq_cols = np.concatenate([ctx_cols, q])
-                inputs = np.concatenate([ctx_vals, np.full(q.size, MASK_VALUE, dtype=np.float32)])
-                targets = np.concatenate([np.full(ctx_cols.size, -1, dtype=np.int64), q])
-                passes.append(self._sequence(seq_cols, inputs, targets))
-        return passes
+        if per_pass is None:
+            passes = [self._sequence(*f) for f in folds]
+            if others.size:
+                n_ctx = min(cols.size, self.max_genes - n_query)
+                keep = np.sort(rng.choice(cols.size, size=n_ctx, replace=False)) if n_ctx < cols.size else np.arange(cols.size)
+                for q in np.array_split(others, int(np.ceil(others.size / n_query))):
+                    passes.append(self._sequence(*self._with_queries((cols[keep], vals[keep], np.full(keep.size, -1, dtype=np.int64)), q)))
+            return [(p, len(p["gene_ids"])) for p in passes]
+        none = np.zeros(0, dtype=np.int64)
+        folds = folds or [(none, np.zeros(0, dtype=np.float32), none)]  # no genes: queries next to <cls> alone
+        out = []
+        for f, (c, x, t) in enumerate(folds):
+            mine = others[f::len(folds)]
+            for g, q in enumerate(np.array_split(mine, max(1, int(np.ceil(mine.size / per_pass))))):
+                fold = (c, x, t if g == 0 else np.full_like(t, -1))  # the fold's own genes asked once
+                seq = self._sequence(*self._with_queries(fold, q))
+                out.append((seq, len(seq["gene_ids"]) - q.size))
+        return out
+
+    @staticmethod
+    def _with_queries(seq: tuple[np.ndarray, np.ndarray, np.ndarray], q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(columns, input values, targets) of a sequence with masked queries at columns `q` appended."""
+        cols, inputs, targets = seq
+        return (np.concatenate([cols, q]), np.concatenate([inputs, np.full(q.size, MASK_VALUE, dtype=np.float32)]),
+                np.concatenate([targets, q]))
+
+    def _predict_passes(self, passes: list[tuple[dict[str, np.ndarray], int]], cell_of: np.ndarray, batch_size: int,
+                        value: Readout, out: dict[str, np.ndarray]) -> None:
+        """Run the passes (`_impute_passes`; of cells `cell_of`, one row of `out` each) and write
+        every asked position's prediction into `out` (bins, and zero_prob / value_bins with a zero
+        head) at [cell, column]. Sequences longer than max_len go fewer per batch (the gene pairs
+        of `batch_size` sequences of max_len)."""
+        seqs = [p[0] for p in passes]
+        shared = np.array([p[1] for p in passes])
+        if seqs:
+            longest = max(len(s["gene_ids"]) for s in seqs)
+            batch_size = max(1, batch_size * self.config.data.max_len**2 // max(longest, self.config.data.max_len)**2)
+        for idx, batch in self._batches(seqs, batch_size):
+            asked = batch["targets"] >= 0  # [B, r]
+            position = torch.arange(asked.shape[1])[None, :]  # [1, r]
+            isolated = (position >= torch.from_numpy(shared[idx])[:, None]) & ~batch["padding_mask"]  # [B, r]
+            extra = {"isolated": isolated.to(self.device)} if isolated.any() else {}
+            pred = self.model(*self._model_inputs(batch), **extra)
+            rows = cell_of[idx][:, None].repeat(asked.shape[1], 1)[asked.numpy()]
+            cols = batch["targets"][asked].numpy()
+            out["bins"][rows, cols] = value(pred).float().cpu()[asked].numpy()
+            if "zero_prob" in out:
+                out["zero_prob"][rows, cols] = torch.sigmoid(pred["zero_logit"].float()).cpu()[asked].numpy()
+                out["value_bins"][rows, cols] = pred["value"].float().cpu()[asked].numpy()
 
     @torch.inference_mode()
     def imputation(self, adata: ad.AnnData | PreparedCells, batch_size: int | None = None, n_query: int | None = None,
                    layer: str | None = None, gene_column: str | None = None, progress: bool = False,
-                   readout: str | Readout | None = None) -> Imputation:
+                   readout: str | Readout | None = None, isolated: bool = True) -> Imputation:
         """Predict every run gene of every cell (see `_impute_passes`) by an impute readout
         (default "expression"), in bins and mapped back to log-normalised expression through the
         cell's own bin edges.
 
-        `n_query` masked positions per sequence (default: the training mask share of max_len).
+        `n_query` masked positions per fold (default: the training mask share of max_len).
+        `isolated` (default): the cell's other genes are asked as isolated queries appended to
+        its fold passes, at most `ISOLATED_PER_PASS` per sequence (exact to asking each alone in
+        its fold's pass); False: `n_query` per sequence, seeing each other, next to a context of
+        their own (the older, ~2-3x slower definition).
         With a zero head `bins` is the expected bin (the model's "pred"), `expression` the
         expected value P(detected) x value-if-detected (`value_if_detected`) and `zero_prob`
         P(value is 0).
@@ -258,39 +312,27 @@ class Run:
         n_query = default_q if n_query is None else n_query
         if not isinstance(n_query, int) or not 1 <= n_query < self.max_genes:
             raise BioformerError(f"n_query must be between 1 and {self.max_genes - 1} (max_len leaves {self.max_genes} gene positions)")
-        n_genes = len(self.genes)
-        bins = np.full((cells.n_cells, n_genes), np.nan, dtype=np.float32)
-        has_zero_head = bool(self.config.model.explicit_zero_prob)
-        zero_prob = np.full_like(bins, np.nan) if has_zero_head else None
-        value_bins = np.full_like(bins, np.nan) if has_zero_head else None
+        isolated = isolated and "isolated" in inspect.signature(self.model.forward).parameters  # a family without it: the older path
+        per_pass = ISOLATED_PER_PASS if isolated else None
+        shape = (cells.n_cells, len(self.genes))
+        names = ("bins", "zero_prob", "value_bins") if self.config.model.explicit_zero_prob else ("bins",)
+        out = {k: np.full(shape, np.nan, dtype=np.float32) for k in names}
         batch_size = self.batch_size(batch_size)
         for chunk in self._cell_chunks(cells.n_cells, 4 * batch_size, progress, "impute"):
-            seqs, owner = [], []
-            for row, i in enumerate(chunk):
-                passes = self._impute_passes(cells, i, n_query)
-                seqs.extend(passes)
-                owner.extend([row] * len(passes))
-            owner = np.asarray(owner)
-            for idx, batch in self._batches(seqs, batch_size):
-                out = self.model(*self._model_inputs(batch))
-                asked = batch["targets"] >= 0  # [B, r]
-                rows = chunk[owner[idx]][:, None].repeat(asked.shape[1], 1)[asked.numpy()]
-                cols = batch["targets"][asked].numpy()
-                bins[rows, cols] = value(out).float().cpu()[asked].numpy()
-                if zero_prob is not None:
-                    zero_prob[rows, cols] = torch.sigmoid(out["zero_logit"].float()).cpu()[asked].numpy()
-                    value_bins[rows, cols] = out["value"].float().cpu()[asked].numpy()
+            passes = [self._impute_passes(cells, i, n_query, per_pass) for i in chunk]
+            cell_of = np.repeat(chunk, [len(p) for p in passes])
+            self._predict_passes([s for p in passes for s in p], cell_of, batch_size, value, out)
 
         def expression_of(b: np.ndarray) -> np.ndarray:  # bins -> log-normalised, through each cell's edges
             b = np.clip(b, 0, n_bins - 1)
             return np.stack([bins_to_values(b[i], cells.bin_edges[i]) for i in range(cells.n_cells)]).astype(np.float32) if cells.n_cells else b.copy()
 
-        bins = np.clip(bins, 0, n_bins - 1)
-        if zero_prob is None:
+        bins = np.clip(out["bins"], 0, n_bins - 1)
+        if "zero_prob" not in out:
             return Imputation(list(self.genes), bins, expression_of(bins), None, value.name)
         # expected value in expression units: P(detected) x value if detected (the expected bin
         # read through the cell's edges would land on the flat low edges, i.e. on one count)
-        detected = expression_of(value_bins)
+        zero_prob, detected = out["zero_prob"], expression_of(out["value_bins"])
         return Imputation(list(self.genes), bins, ((1.0 - zero_prob) * detected).astype(np.float32), zero_prob, value.name, detected)
 
     def impute(self, adata: ad.AnnData | PreparedCells, **kwargs: Any) -> np.ndarray:

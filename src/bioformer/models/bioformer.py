@@ -10,6 +10,7 @@ from bioformer.config import ModelConfig
 from bioformer.data.prior import N_PAIR_CODES, PRIOR_DIRECTIONS, pair_codes
 from bioformer.errors import BioformerError
 from bioformer.models.base import MaskedValueModel, PairPath
+from bioformer.models.isolation import attend_mask
 from bioformer.models.layers import GeneEncoder, Transition, ValueEncoder
 from bioformer.models.linear_pair import OPMTerm, linear_pair_attention
 from bioformer.models.pair import CodedPair, OuterProductMean, PairBiasAttention, PriorCodes
@@ -35,9 +36,11 @@ class BioFormerBlock(nn.Module):
         # once no LayerNorm follows; it would be a parameter without a gradient, so there is none
         self.outer_product_mean = OuterProductMean(d_model, d_opm, d_z, opm_chunk_size, bias=not linear) if update_z else None
 
-    def forward(self, m: torch.Tensor, z: torch.Tensor | CodedPair | None, padding_mask: torch.Tensor):
-        """m [B, r, c], z [B, r, r, c_z] (or the initial z as a CodedPair, or None), mask [B, r]."""
-        m = m + self.attention(m, z, padding_mask)  # [B, r, c]
+    def forward(self, m: torch.Tensor, z: torch.Tensor | CodedPair | None, padding_mask: torch.Tensor,
+                attend: torch.Tensor | None = None):
+        """m [B, r, c], z [B, r, r, c_z] (or the initial z as a CodedPair, or None), mask [B, r],
+        attend [B, 1, r, r] (True = may attend; isolated queries, models/isolation.py) or None."""
+        m = m + self.attention(m, z, padding_mask, attend)  # [B, r, c]
         m = m + self.transition(m)
         if self.outer_product_mean is not None and z is not None:
             z = self.outer_product_mean(m, padding_mask, z)  # z + OPM(m): [B, r, r, c_z]
@@ -45,13 +48,14 @@ class BioFormerBlock(nn.Module):
 
     def forward_linear(
         self, m: torch.Tensor, terms: list[OPMTerm], prior: PriorCodes | None, padding_mask: torch.Tensor,
+        attend: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, OPMTerm | None]:
         """The same block in linear pair mode: z is given by the earlier blocks' OPM terms and the
         prior codes; returns m [B, r, c] and this block's OPM term (None when it has no OPM)."""
         if self.attention.bias_proj is None:
-            m = m + self.attention(m, None, padding_mask)
+            m = m + self.attention(m, None, padding_mask, attend)
         else:
-            m = m + linear_pair_attention(self.attention, m, terms, prior, padding_mask, self.attention_chunk_size)
+            m = m + linear_pair_attention(self.attention, m, terms, prior, padding_mask, self.attention_chunk_size, attend)
         m = m + self.transition(m)
         term = OPMTerm.of(self.outer_product_mean, m, padding_mask) if self.outer_product_mean is not None else None
         return m, term
@@ -182,8 +186,9 @@ class BioFormer(MaskedValueModel):
         values: torch.Tensor,  # [B, r]
         padding_mask: torch.Tensor,  # [B, r] True = pad
         prior: torch.Tensor | None = None,  # [B, r, r] edge codes
+        isolated: torch.Tensor | None = None,  # [B, r] True = isolated query (inference, models/isolation.py)
     ) -> dict[str, torch.Tensor]:
-        return self.heads(self.encode(gene_ids, values, padding_mask, prior), gene_ids, padding_mask)
+        return self.heads(self.encode(gene_ids, values, padding_mask, prior, isolated), gene_ids, padding_mask)
 
     def encode(
         self,
@@ -191,9 +196,10 @@ class BioFormer(MaskedValueModel):
         values: torch.Tensor,  # [B, r]
         padding_mask: torch.Tensor,  # [B, r] True = pad
         prior: torch.Tensor | None = None,  # [B, r, r] edge codes
+        isolated: torch.Tensor | None = None,  # [B, r] True = isolated query
     ) -> torch.Tensor:  # [B, r, c]
         """Hidden states after the final LayerNorm, i.e. what the decoder reads (cell embeddings)."""
-        m, _ = self.engine.trunk(self, gene_ids, values, padding_mask, prior, len(self.blocks))
+        m, _ = self.engine.trunk(self, gene_ids, values, padding_mask, prior, len(self.blocks), attend_mask(isolated))
         return self.norm(m)
 
     def pair_scores(

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from bioformer.models.fused_bias import coded_bias_attention, split_applies
+from bioformer.models.norm_bias import dense_bias_attention
 from bioformer.models.pair import OuterProductMean, PairBiasAttention, PriorCodes
 
 BIAS_CHUNK_ELEMENTS = 2**24  # without chunk_size: query rows per chunk so that a chunk's prior bias has at most this many elements
@@ -71,10 +72,16 @@ def _attend_rows(
     start: int,
     scale: float,
     dropout_p: float,
+    attend: torch.Tensor | None = None,  # [B, 1, r, r] True = may attend (isolated queries), or None
 ) -> torch.Tensor:  # [B, H, rq, width of v]
+    rows = None if attend is None else attend[:, :, start:start + q.shape[2]]  # [B, 1, rq, r]
     if prior is None:
         mask = ~padding_mask[:, None, None, :]  # [B, 1, 1, r] True = attend
+        mask = mask if rows is None else mask & rows
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    if rows is not None:  # isolated queries (inference): the dense mask, keys restricted per query row
+        mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
+        return dense_bias_attention(q, k, v, mask.masked_fill(~rows, torch.finfo(mask.dtype).min), dropout_p, scale)
     return coded_bias_attention(q, k, v, delta, prior, padding_mask, start, scale, dropout_p)
 
 
@@ -85,8 +92,9 @@ def linear_pair_attention(
     prior: PriorCodes | None,  # None: z_0 is zero (constant)
     padding_mask: torch.Tensor,  # [B, r] True = pad
     chunk_size: int | None = None,
+    attend: torch.Tensor | None = None,  # [B, 1, r, r] True = may attend (isolated queries), or None
 ) -> torch.Tensor:  # [B, r, c]
-    """`attn(m, z, padding_mask)` for the z these terms and prior define (attn without LN on z)."""
+    """`attn(m, z, padding_mask, attend)` for the z these terms and prior define (attn without LN on z)."""
     x, q, k, v = attn.qkv(m)  # q, k, v [B, H, r, d_h]
     B, H, r, dh = q.shape
     s = dh**0.5
@@ -103,7 +111,7 @@ def linear_pair_attention(
     # training with attention dropout) and CUDA's kernels do not, and there zero channels of v
     # would only cost time
     fused_cpu = q.device.type == "cpu" and dropout_p == 0
-    split = split_applies(q, dropout_p, prior, r)
+    split = split_applies(q, dropout_p, prior, r) and attend is None
     d_pad = (d + 7) // 8 * 8  # aligned head dims (CPU's kernel: 16 and 24 measured faster than 15 and 23)
     if d_pad > d:
         q_parts.append(q.new_zeros(B, H, r, d_pad - d))
@@ -111,17 +119,17 @@ def linear_pair_attention(
     q2 = torch.cat(q_parts, dim=-1) if len(q_parts) > 1 else q  # [B, H, r, d']
     k2 = torch.cat(k_parts, dim=-1) if len(k_parts) > 1 else k  # [B, H, r, d']
     v2 = F.pad(v, (0, d_pad - dh)) if fused_cpu else v  # [B, H, r, d' or d_h]
-    attend = partial(_attend_rows, padding_mask=padding_mask, prior=prior, scale=1 / s, dropout_p=dropout_p)
+    attend_rows = partial(_attend_rows, padding_mask=padding_mask, prior=prior, scale=1 / s, dropout_p=dropout_p, attend=attend)
     if chunk_size is None and prior is not None and not split:  # a dense bias while it is small, else chunks of rows
         chunk_size = max(1, BIAS_CHUNK_ELEMENTS // (B * H * r))
     chunk = min(chunk_size or r, r)
     if chunk >= r:
-        o = attend(q2, k2, v2, delta, start=0)
+        o = attend_rows(q2, k2, v2, delta, start=0)
     else:  # each chunk is recomputed in backward: O(B H chunk r) alive at a time
         recompute = torch.is_grad_enabled()
         outs = []
         for start in range(0, r, chunk):
-            fn = partial(attend, start=start)
+            fn = partial(attend_rows, start=start)
             args = (q2[:, :, start:start + chunk], k2, v2, delta)
             outs.append(checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args))
         o = torch.cat(outs, dim=2)

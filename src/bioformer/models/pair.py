@@ -277,6 +277,7 @@ class PairBiasAttention(nn.Module):
         m: torch.Tensor,  # [B, r, c]
         z: torch.Tensor | CodedPair | None,  # [B, r, r, c_z]
         padding_mask: torch.Tensor,  # [B, r] True = pad
+        attend: torch.Tensor | None = None,  # [B, 1, r, r] True = may attend (isolated queries), or None
     ) -> torch.Tensor:  # [B, r, c]
         x, q, k, v = self.qkv(m)
         if self.bias_proj is not None and isinstance(z, CodedPair) and z.prior is not None:
@@ -291,6 +292,8 @@ class PairBiasAttention(nn.Module):
         else:
             bias = self.pair_bias(z) if (self.bias_proj is not None and z is not None) else None
             mask = attention_mask(bias, padding_mask, q.dtype)  # [B, H, r, r]
+        if attend is not None:  # inference only: no gradient path needs it
+            mask = mask.masked_fill(~attend, torch.finfo(mask.dtype).min)
         o = aligned_attention(q, k, v, mask.expand(*q.shape[:3], k.shape[2]), self.attention_dropout())  # [B, H, r, d_h]
         return self.output(x, o)
 

@@ -31,12 +31,13 @@ class FullPair:
         return True
 
     def trunk(self, model: Any, gene_ids: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor,
-              prior: torch.Tensor | None, n_blocks: int) -> tuple[torch.Tensor, Any]:
-        """Encoders and the first n_blocks blocks: m [B, r, c] and z (implicit [B, r, r, c_z] or None)."""
+              prior: torch.Tensor | None, n_blocks: int, attend: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """Encoders and the first n_blocks blocks: m [B, r, c] and z (implicit [B, r, r, c_z] or None);
+        `attend` [B, 1, r, r] bool restricts attention (isolated queries, models/isolation.py)."""
         m = model.gene_encoder(gene_ids) + model.value_encoder(values)  # [B, r, c]
         z = model.initial_z_coded(prior)
         for block in model.blocks[:n_blocks]:
-            m, z = model.run_block(block, m, z, padding_mask)
+            m, z = model.run_block(block, m, z, padding_mask, attend)
         return m, z
 
     def pair_bias(self, attn: Any, state: Any, r: int, chunk_size: int | None) -> torch.Tensor:
@@ -56,7 +57,7 @@ class LinearPair:
         return needs_prior or (opm and block > 0)
 
     def trunk(self, model: Any, gene_ids: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor,
-              prior: torch.Tensor | None, n_blocks: int) -> tuple[torch.Tensor, Any]:
+              prior: torch.Tensor | None, n_blocks: int, attend: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         """Encoders and the first n_blocks blocks: m [B, r, c] and (the OPM terms written so far,
         the prior codes or None for a zero z, whose bias is constant)."""
         m = model.gene_encoder(gene_ids) + model.value_encoder(values)  # [B, r, c]
@@ -65,7 +66,7 @@ class LinearPair:
             codes = model.prior_codes(model.require_prior(prior))
         terms: list[OPMTerm] = []
         for block in model.blocks[:n_blocks]:
-            m, term = model.run_block(block.forward_linear, m, terms, codes, padding_mask)
+            m, term = model.run_block(block.forward_linear, m, terms, codes, padding_mask, attend)
             if term is not None:
                 terms = [*terms, term]
         return m, (terms, codes)

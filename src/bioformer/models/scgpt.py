@@ -10,6 +10,7 @@ from torch import nn
 
 from bioformer.config import ModelConfig
 from bioformer.models.base import MaskedValueModel
+from bioformer.models.isolation import attend_mask
 from bioformer.models.layers import GeneEncoder, ValueEncoder
 from bioformer.models.registry import register_model
 
@@ -53,11 +54,18 @@ class ScGPT(MaskedValueModel):
         values: torch.Tensor,  # [B, L]
         padding_mask: torch.Tensor,  # [B, L] True = pad
         prior: torch.Tensor | None = None,
+        isolated: torch.Tensor | None = None,  # [B, L] True = isolated query (models/isolation.py)
     ) -> torch.Tensor:  # [B, L, c]
         """Hidden states of the last encoder layer, i.e. what the decoder reads (cell embeddings)."""
         m = self.gene_encoder(gene_ids) + self.value_encoder(values)  # [B, L, c]
+        attend = attend_mask(isolated)  # [B, 1, L, L] True = may attend
+        mask = None
+        if attend is not None:  # nn.MultiheadAttention's 3-D mask: [B * H, L, L], True = may not attend
+            B, L = gene_ids.shape
+            H = self.encoder.layers[0].self_attn.num_heads
+            mask = (~attend).expand(B, H, L, L).reshape(B * H, L, L)
         with _no_mha_fastpath():
-            return self.encoder(m, src_key_padding_mask=padding_mask)
+            return self.encoder(m, mask=mask, src_key_padding_mask=padding_mask)
 
     def pair_scores(
         self,
@@ -84,5 +92,6 @@ class ScGPT(MaskedValueModel):
         values: torch.Tensor,  # [B, L]
         padding_mask: torch.Tensor,  # [B, L] True = pad
         prior: torch.Tensor | None = None,
+        isolated: torch.Tensor | None = None,  # [B, L] True = isolated query (inference)
     ) -> dict[str, torch.Tensor]:
-        return self.heads(self.encode(gene_ids, values, padding_mask, prior), gene_ids, padding_mask)
+        return self.heads(self.encode(gene_ids, values, padding_mask, prior, isolated), gene_ids, padding_mask)
