@@ -9,7 +9,7 @@ hidden non-zero vs true zero by AUROC (`evaluation.use.imputation_scores`). The 
 may be the default. A hidden non-zero becomes one of the cell's unexpressed genes, so it is
 predicted by exactly the part of `Run.imputation` that changed.
 
-    python -m benchmarks.impute_isolation RUN_DIR [RUN_DIR ...] [--cells 200] [--name impute_isolation]
+    python -m benchmarks.impute_isolation RUN_DIR [RUN_DIR ...] [--cells 200] [--seed 0] [--name impute_isolation]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from benchmarks._common import table, write_results
 
 
-def score_cells(run, raw, cells: np.ndarray, isolated: bool) -> tuple[dict, np.ndarray, float]:
+def score_cells(run, raw, cells: np.ndarray, isolated: bool, seed: int = 0) -> tuple[dict, np.ndarray, float]:
     """(scores, per-cell squared errors of the hidden values [n_hidden] with their cell, seconds)."""
     import anndata as ad
 
@@ -32,7 +32,7 @@ def score_cells(run, raw, cells: np.ndarray, isolated: bool) -> tuple[dict, np.n
     genes = {g: j for j, g in enumerate(run.genes)}
     gcols = np.array([i for i, g in enumerate(raw.var_names) if g in genes])  # raw columns of run genes
     j_of = np.array([genes[g] for g in raw.var_names[gcols]])
-    hidden, hr, hc = hide_nonzeros(raw.X[cells], 0.10, seed=0)
+    hidden, hr, hc = hide_nonzeros(raw.X[cells], 0.10, seed=seed)
     pos = {c: k for k, c in enumerate(gcols)}
     keep = np.isin(hc, gcols)
     hr, hk = hr[keep], np.array([pos[c] for c in hc[keep]])
@@ -71,6 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--cells", type=int, default=200, help="test cells per run (seeded subsample of its test split)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the cell subsample and of the hidden entries")
     ap.add_argument("--name", default="impute_isolation")
     args = ap.parse_args()
     import torch
@@ -86,10 +87,10 @@ def main() -> None:
         split = np.load(Path(run_dir) / "split.npz")
         pos = {n: i for i, n in enumerate(raw.obs_names)}
         test = np.array([pos[n] for n in split["obs_names"][split["test"]]])
-        cells = np.sort(np.random.default_rng(0).choice(test, min(args.cells, len(test)), replace=False))
+        cells = np.sort(np.random.default_rng(args.seed).choice(test, min(args.cells, len(test)), replace=False))
         res = {}
         for isolated in (False, True, False, True):  # alternated: the second of each is timed again
-            s, per, secs = score_cells(run, raw, cells, isolated)
+            s, per, secs = score_cells(run, raw, cells, isolated, args.seed)
             res.setdefault(isolated, []).append((s, per, secs))
         row = {"run": Path(run_dir).name, "model": run.config.model.model, "pair_mode": run.config.model.bioformer.pair_mode,
                "cells": len(cells), "n_hidden": len(res[True][0][1])}
@@ -111,7 +112,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['run']}: ΔMSE {r['d_mse']:+.4f} [{r['d_mse_ci'][0]:+.4f}, {r['d_mse_ci'][1]:+.4f}], "
               f"Δr {r['d_pearson']:+.4f} [{r['d_pearson_ci'][0]:+.4f}, {r['d_pearson_ci'][1]:+.4f}], ΔAUROC {r['d_auroc']:+.4f}")
-    print(f"wrote {write_results(args.name, {'cells': args.cells, 'threads': 1, 'rows': rows})}")
+    print(f"wrote {write_results(args.name, {'cells': args.cells, 'seed': args.seed, 'threads': 1, 'rows': rows})}")
 
 
 if __name__ == "__main__":

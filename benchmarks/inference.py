@@ -1,12 +1,16 @@
 """Inference speed of finished runs: cells/s of `embed`, `impute` and `grn` (pair scores) on the
 first N cells of a data set (Kang 2018 by default), one torch thread unless told otherwise, and
 the extrapolated wall time for every cell of it. Preparation (mapping and binning the cells) is
-timed separately: it is shared by the three commands. `--batch-size` defaults to the library's
+timed separately: it is shared by the three commands. Each timing is also taken in CPU seconds of
+this process (`time.process_time`, "cpu" columns): on a shared machine wall time includes waiting
+for a core, CPU time does not (with one thread it is what an idle core would take).
+`--shared` also times impute's older shared passes (`Run.imputation(isolated=False)`), in the
+same process right after the default isolated path: the speed-up of isolated queries. `--batch-size` defaults to the library's
 own choice (`Run.batch_size`); `--name` names the results file, e.g. to time another checkout of
 the library on the same runs (PYTHONPATH=that/src) without overwriting these numbers.
 
     python -m benchmarks.inference RUN_DIR [RUN_DIR ...] [--data kang2018] [--cells 500]
-        [--impute-cells 50] [--threads 1] [--batch-size N] [--name inference]
+        [--impute-cells 50] [--threads 1] [--batch-size N] [--shared] [--name inference]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ def main() -> None:
     ap.add_argument("--impute-cells", type=int, default=50, help="cells for impute (it asks every run gene of each)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (default: the library's)")
+    ap.add_argument("--shared", action="store_true", help="also time impute's older shared passes (isolated=False)")
     ap.add_argument("--name", default="inference", help="results file benchmarks/results/NAME.json")
     args = ap.parse_args()
     import torch
@@ -43,18 +48,28 @@ def main() -> None:
         cells = run.prepare(adata[:args.cells].copy(), quiet=True)
         row["prepare_cells_per_s"] = args.cells / (time.perf_counter() - t0)
         few = run.prepare(adata[:args.impute_cells].copy(), quiet=True)
-        for name, fn, data, n in (("embed", run.embed, cells, args.cells), ("grn", run.pair_scores, cells, args.cells),
-                                  ("impute", run.impute, few, args.impute_cells)):
-            t0 = time.perf_counter()
-            fn(data, batch_size=args.batch_size)
+        tasks = [("embed", run.embed, cells, args.cells, {}), ("grn", run.pair_scores, cells, args.cells, {}),
+                 ("impute", run.impute, few, args.impute_cells, {})]
+        if args.shared:
+            tasks.append(("impute_shared", run.impute, few, args.impute_cells, {"isolated": False}))
+        for name, fn, data, n, kw in tasks:
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn(data, batch_size=args.batch_size, **kw)
             row[f"{name}_cells_per_s"] = n / (time.perf_counter() - t0)
+            row[f"{name}_cpu_cells_per_s"] = n / (time.process_time() - c0)
             row[f"{name}_all_min"] = adata.n_obs * (1 / row[f"{name}_cells_per_s"] + 1 / row["prepare_cells_per_s"]) / 60
+            row[f"{name}_all_cpu_min"] = adata.n_obs * (1 / row[f"{name}_cpu_cells_per_s"] + 1 / row["prepare_cells_per_s"]) / 60
+        if args.shared:
+            row["impute_speedup_cpu"] = row["impute_cpu_cells_per_s"] / row["impute_shared_cpu_cells_per_s"]
         rows.append(row)
     name = device_name("cpu")
     print(f"\ninference on the first cells of {args.data} ({adata.n_obs:,} cells in all), {args.threads} thread(s), batch {args.batch_size or 'auto'} ({name})")
-    cols = [("run", "run"), ("model", "model"), ("pair_mode", "pair mode"), ("prepare_cells_per_s", "prepare cells/s"),
-            ("embed_cells_per_s", "embed cells/s"), ("embed_all_min", "embed all, min"), ("impute_cells_per_s", "impute cells/s"),
-            ("impute_all_min", "impute all, min"), ("grn_cells_per_s", "grn cells/s"), ("grn_all_min", "grn all, min")]
+    cols = [("run", "run"), ("model", "model"), ("pair_mode", "pair mode"), ("prepare_cells_per_s", "prepare cells/s")]
+    for task in ("embed", "impute", "grn") + (("impute_shared",) if args.shared else ()):
+        cols += [(f"{task}_cells_per_s", f"{task} cells/s"), (f"{task}_cpu_cells_per_s", f"{task} cells/s (cpu)"),
+                 (f"{task}_all_min", f"{task} all, min"), (f"{task}_all_cpu_min", f"{task} all, cpu min")]
+    if args.shared:
+        cols.append(("impute_speedup_cpu", "isolated / shared (cpu)"))
     print(table(rows, cols))
     path = write_results(args.name, {"data": args.data, "n_cells": adata.n_obs, "cells": args.cells, "impute_cells": args.impute_cells,
                                        "threads": args.threads, "batch_size": args.batch_size, "device_name": name, "rows": rows})

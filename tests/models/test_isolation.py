@@ -76,3 +76,15 @@ def test_isolation_with_long_sequences(kind):
     keep = torch.cat([torch.arange(n_ctx), torch.tensor([n_ctx + 5])])
     alone = run(model, genes[keep][None], values[keep][None], isolated[keep][None], table)[0]
     torch.testing.assert_close(joint[n_ctx + 5], alone[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_attend_mask_lets_queries_see_the_context_and_themselves_only():
+    from bioformer.models.isolation import attend_mask
+
+    isolated = torch.tensor([[False, False, True, True]])
+    expected = torch.tensor([[1, 1, 0, 0],   # context rows: the context only
+                             [1, 1, 0, 0],
+                             [1, 1, 1, 0],   # a query: the context and itself
+                             [1, 1, 0, 1]], dtype=torch.bool)
+    assert torch.equal(attend_mask(isolated)[0, 0], expected)
+    assert attend_mask(None) is None

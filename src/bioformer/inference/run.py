@@ -52,7 +52,7 @@ from bioformer.training.runtime import resolve_device
 
 log = logging.getLogger("bioformer")
 
-ISOLATED_PER_PASS = 256  # isolated impute queries per sequence: speed only, never the result (measured in docs/inference-speed.md)
+ISOLATED_PER_PASS = 128  # isolated impute queries per sequence: speed only, never the result (measured in docs/inference-speed.md)
 
 
 @dataclass
@@ -137,10 +137,19 @@ class Run:
         return self.tokenizer.sequence(cols, values=np.asarray(vals, dtype=np.float32), columns=cols.astype(np.int64), targets=tgt)
 
     def _batches(self, seqs: list[dict[str, np.ndarray]], batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-        """Sequences padded into batches of similar length (`pad`: pad id, value -2, column -1)."""
-        order = np.argsort([len(s["gene_ids"]) for s in seqs], kind="stable")
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        """Sequences padded into batches of similar length (`pad`: pad id, value -2, column -1):
+        `batch_size` sequences of up to max_len, fewer of longer ones (as many gene pairs as
+        `batch_size` sequences of max_len: attention's cost and memory)."""
+        lengths = np.array([len(s["gene_ids"]) for s in seqs])
+        order = np.argsort(lengths, kind="stable")
+        budget = batch_size * self.config.data.max_len**2
+        start = 0
+        while start < len(order):
+            stop = start + 1  # sorted: the last one added is the longest
+            while stop < len(order) and stop - start < batch_size and (stop + 1 - start) * int(lengths[order[stop]]) ** 2 <= budget:
+                stop += 1
+            idx = order[start:stop]
+            start = stop
             yield idx, pad([seqs[k] for k in idx], self.vocab.pad_id, ("values", "columns", "targets"))
 
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -268,13 +277,9 @@ class Run:
                         value: Readout, out: dict[str, np.ndarray]) -> None:
         """Run the passes (`_impute_passes`; of cells `cell_of`, one row of `out` each) and write
         every asked position's prediction into `out` (bins, and zero_prob / value_bins with a zero
-        head) at [cell, column]. Sequences longer than max_len go fewer per batch (the gene pairs
-        of `batch_size` sequences of max_len)."""
+        head) at [cell, column]."""
         seqs = [p[0] for p in passes]
         shared = np.array([p[1] for p in passes])
-        if seqs:
-            longest = max(len(s["gene_ids"]) for s in seqs)
-            batch_size = max(1, batch_size * self.config.data.max_len**2 // max(longest, self.config.data.max_len)**2)
         for idx, batch in self._batches(seqs, batch_size):
             asked = batch["targets"] >= 0  # [B, r]
             position = torch.arange(asked.shape[1])[None, :]  # [1, r]
