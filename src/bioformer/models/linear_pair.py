@@ -80,8 +80,8 @@ def _attend_rows(
         mask = mask if rows is None else mask & rows
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     if rows is not None:  # isolated queries (inference): the dense mask, keys restricted per query row
-        mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]
-        return dense_bias_attention(q, k, v, mask.masked_fill(~rows, torch.finfo(mask.dtype).min), dropout_p, scale)
+        mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r], a fresh tensor
+        return dense_bias_attention(q, k, v, mask.masked_fill_(~rows, torch.finfo(mask.dtype).min), dropout_p, scale)
     return coded_bias_attention(q, k, v, delta, prior, padding_mask, start, scale, dropout_p)
 
 
