@@ -52,7 +52,7 @@ from bioformer.training.runtime import resolve_device
 
 log = logging.getLogger("bioformer")
 
-ISOLATED_PER_PASS = 128  # isolated impute queries per sequence: speed only, never the result (measured in docs/inference-speed.md)
+ISOLATED_PER_PASS = 256  # isolated impute queries per sequence: speed only, never the result (docs/inference-speed.md)
 
 
 @dataclass
