@@ -114,6 +114,22 @@ def test_fused_prior_gradient_of_every_code_equals_the_dense_all_pairs_reference
     assert want[-1][0].abs().max() > 0.1  # code 0's gradient is real
 
 
+def test_index_forms_are_made_once_per_batch_and_kept_apart_by_head_count():
+    """Every block reuses the layout's lookup and gradient indices (made on first use), yet a
+    block with another head count gets its own: each call stays exact to the math path."""
+    q, k, v, per_code, prior, pm = problem("both", seed=4)
+    for H in (2, 3, 2):  # H = 3: a third head; the second H = 2 call reuses the first one's indices
+        g = torch.Generator().manual_seed(H)
+        qh, kh, vh = (torch.randn(q.shape[0], H, *q.shape[2:], generator=g) for _ in range(3))
+        pc = torch.randn(16, H, generator=g) * 2
+        got = run(qh, kh, vh, pc, prior, pm, 17, fused=True)
+        want = run(qh, kh, vh, pc, prior, pm, 17, fused=False)
+        for name, a, b in zip(["out", "dq", "dk", "dv", "d per_code"], got, want, strict=True):
+            assert rel(a, b) < 1e-5, (H, name, rel(a, b))
+    (lay,) = [hit[1] for key, hit in prior.cache.items() if key[0] == "split"]
+    assert sorted(key[1] for key in lay.index) == [2, 2, 3, 3]  # per part ("col", "row") and head count
+
+
 def test_fused_prior_attention_runs_the_flash_kernel():
     q, k, v, per_code, prior, pm = problem("both")
     ops = ops_run(lambda: run(q, k, v, per_code, prior, pm, 17, fused=True))

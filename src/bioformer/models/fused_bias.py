@@ -28,7 +28,7 @@ log-sum-exp in fp32 training without attention dropout, else `scaled_dot_product
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -62,10 +62,10 @@ def _scatter_rows_(x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> to
 
 
 def _heads_first_codes(codes: torch.Tensor, H: int, n_codes: int) -> torch.Tensor:
-    """[B, H, n, m] long (one pass): codes [B, n, m] (uint8) as flat indices h * n_codes + code
-    into a [H, n_codes] table, so one `index_select` gives the per-head lookup heads first."""
-    heads = torch.arange(H, device=codes.device).view(1, H, 1, 1) * n_codes
-    return heads + codes.unsqueeze(1)
+    """[B * H * n * m] int32 (one pass): codes [B, n, m] (uint8) as flat indices h * n_codes + code
+    into a [H, n_codes] table, heads first, so one `index_select` gives the per-head lookup."""
+    heads = torch.arange(H, dtype=torch.int32, device=codes.device).view(1, H, 1, 1) * n_codes
+    return (heads + codes.unsqueeze(1).to(torch.int32)).reshape(-1)
 
 
 GRAD_LANES = 8  # partial sums per code in `_code_grad` (one sum per code is a serial chain of adds)
@@ -79,12 +79,13 @@ def _lane_codes(codes: torch.Tensor) -> torch.Tensor:
     return torch.arange(flat.shape[-1], device=codes.device) % GRAD_LANES + flat * GRAD_LANES
 
 
-def _code_grad(ds: torch.Tensor, codes: torch.Tensor, n_codes: int) -> torch.Tensor:
-    """[n_codes, H]: ds [B, H, n, m] summed by codes [B, n, m] (the same for every head).
+def _code_grad(ds: torch.Tensor, lanes: torch.Tensor, n_codes: int) -> torch.Tensor:
+    """[n_codes, H]: ds [B, H, n, m] summed by code, given the codes [B, n, m] (the same for every
+    head) as `_lane_codes` [B, 1, n * m].
     Consecutive pairs mostly share a code, so the adds go round GRAD_LANES accumulators per code
     (`_lane_codes`: 2x faster than one on CPU) and are summed at the end."""
     B, H = ds.shape[:2]
-    out = ds.new_zeros(B, H, n_codes * GRAD_LANES).scatter_add_(2, _lane_codes(codes).expand(B, H, -1), ds.reshape(B, H, -1))
+    out = ds.new_zeros(B, H, n_codes * GRAD_LANES).scatter_add_(2, lanes.expand(B, H, -1), ds.reshape(B, H, -1))
     return out.view(B, H, n_codes, GRAD_LANES).sum(dim=(0, 3)).t()
 
 
@@ -103,6 +104,18 @@ class _Layout:
     idx: torch.Tensor  # [B, S'] local row of each kept slot (clamped; see inside)
     inside: torch.Tensor  # [B, S'] the slot is a regulator row of this chunk in this cell
     row: torch.Tensor  # [B, S', r] uint8 the regulator rows' codes
+    index: dict = field(default_factory=dict, repr=False)  # the codes' index forms, made once (`indices`)
+
+    def indices(self, part: str, H: int, n_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The codes of `part` ("col" or "row") as the table lookup's flat indices
+        (`_heads_first_codes`) and the gradient's lane indices (`_lane_codes`), made on first use
+        and kept for every block and both passes: made per use, the fresh int64 [B, H, n, m]
+        index cost ~4 ms per block and pass at r = 512, B = 8 (mostly its allocation)."""
+        key = (part, H, n_codes)
+        if key not in self.index:
+            codes = getattr(self, part)
+            self.index[key] = (_heads_first_codes(codes, H, n_codes), _lane_codes(codes))
+        return self.index[key]
 
     @classmethod
     def of(cls, prior: PriorCodes, padding_mask: torch.Tensor, start: int, rq: int, dtype: torch.dtype, K: int) -> _Layout:
@@ -143,12 +156,13 @@ def _t(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-1, -2)
 
 
-def _biased_scores(table: torch.Tensor, codes: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """table[codes] + scale q k^T: [B, H, n, m] from the table [H * (K + 1)], codes [B, n, m],
-    q [B, H, n, d], k [B, H, m, d], the product accumulated in place into the looked-up bias."""
+def _biased_scores(table: torch.Tensor, flat: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """table[codes] + scale q k^T: [B, H, n, m] from the table [H * (K + 1)], the codes as flat
+    indices into it (`_heads_first_codes`), q [B, H, n, d], k [B, H, m, d], the product
+    accumulated in place into the looked-up bias."""
     B, H, n, d = q.shape
-    m = codes.shape[-1]
-    bias = table.index_select(0, _heads_first_codes(codes, H, table.shape[0] // H).reshape(-1)).view(B * H, n, m)
+    m = k.shape[2]
+    bias = table.index_select(0, flat).view(B * H, n, m)
     return bias.baddbmm_(q.reshape(B * H, n, d), k.reshape(B * H, m, d).transpose(1, 2), alpha=scale).view(B, H, n, m)
 
 
@@ -177,7 +191,7 @@ class _SplitAttention(torch.autograd.Function):
         out_a, lse_a = _FLASH(q, k, v, 0.0, False, attn_mask=lay.key_mask, scale=scale)  # [B, H, rq, d], [B, H, rq]
         # B: the regulator keys with their column codes, merged by log-sum-exp
         k_s, v_s = _gather_rows(k, lay.src), _gather_rows(v, lay.src)  # [B, H, S, d]
-        s_b = _biased_scores(table, lay.col, q, k_s, scale)  # [B, H, rq, S]
+        s_b = _biased_scores(table, lay.indices("col", H, K + 1)[0], q, k_s, scale)  # [B, H, rq, S]
         m = torch.maximum(s_b.amax(dim=-1), lse_a)  # [B, H, rq]
         e_b = s_b.sub_(m.unsqueeze(-1)).clamp_min_(EXP_FLOOR).exp_()
         e_a = torch.exp(lse_a - m)
@@ -187,7 +201,7 @@ class _SplitAttention(torch.autograd.Function):
         out = _bmm(p_b, v_s).addcmul_(out_a, e_a.div_(z).unsqueeze(-1))  # [B, H, rq, d]
         # R: the regulators' own query rows, whole rows with their row codes, replace those rows
         q_r = _gather_rows(q, lay.idx)  # [B, H, S', d]
-        p_r = torch.softmax(_biased_scores(table, lay.row, q_r, k, scale), dim=-1)  # [B, H, S', r]
+        p_r = torch.softmax(_biased_scores(table, lay.indices("row", H, K + 1)[0], q_r, k, scale), dim=-1)  # [B, H, S', r]
         out_r = _bmm(p_r, v)  # [B, H, S', d]
         bi, si = lay.inside.nonzero(as_tuple=True)
         out[bi, :, lay.idx[bi, si]] = out_r[bi, :, si]
@@ -216,7 +230,8 @@ class _SplitAttention(torch.autograd.Function):
         dq = _scatter_rows_(dq, lay.idx, _bmm(ds_r, k).mul_(scale))
         dk.add_(_t(_bmm(_t(q_r), ds_r)), alpha=scale)
         dv.add_(_t(_bmm(_t(d_r), p_r)))
-        g = (_code_grad(ds_b, lay.col, K + 1) + _code_grad(ds_r, lay.row, K + 1))[:K]  # [K, H]
+        H = d_out.shape[1]
+        g = (_code_grad(ds_b, lay.indices("col", H, K + 1)[1], K + 1) + _code_grad(ds_r, lay.indices("row", H, K + 1)[1], K + 1))[:K]  # [K, H]
         g[0] = -g[1:].sum(0)  # every row's dS sums to 0: code 0's gradient over all its pairs
         return dq, dk, dv, g, None, None
 
