@@ -130,6 +130,17 @@ def test_index_forms_are_made_once_per_batch_and_kept_apart_by_head_count():
     assert sorted(key[1] for key in lay.index) == [2, 2, 3, 3]  # per part ("col", "row") and head count
 
 
+def test_outgoing_prior_keeps_every_key_on_the_fused_kernel():
+    """With prior_direction "outgoing" only the regulators' rows carry a bias: no regulator-key
+    part (B), the kernel masks the pads alone; with "both" it masks the regulator keys too."""
+    for direction, want_col in (("outgoing", False), ("both", True)):
+        q, k, v, per_code, prior, pm = problem(direction)
+        lay = fused_bias._Layout.of(prior, pm, 0, q.shape[2], q.dtype, per_code.shape[0])
+        masked = lay.key_mask[:, 0, 0].ne(0)  # [B, r]
+        assert (lay.col is not None) == want_col, direction
+        assert torch.equal(masked, pm) != want_col, direction  # "both": regulator keys masked as well
+
+
 def test_fused_prior_attention_runs_the_flash_kernel():
     q, k, v, per_code, prior, pm = problem("both")
     ops = ops_run(lambda: run(q, k, v, per_code, prior, pm, 17, fused=True))
