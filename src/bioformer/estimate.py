@@ -159,7 +159,7 @@ def _linear_pair_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, trainin
     one chunk of query rows (kept per block when not chunked). The split path (CPU, no
     attention dropout, r >= SPLIT_MIN_GENES; models/fused_bias.py) has no mask: per block it
     keeps the probabilities at the regulator keys [B, H, r, S] and rows [B, H, S, r], and per
-    batch the uint8 codes of both every block reads."""
+    batch the uint8 codes of both and their index forms, which every block reads."""
     from bioformer.models.fused_bias import SPLIT_MIN_GENES
     from bioformer.models.linear_pair import BIAS_CHUNK_ELEMENTS
 
@@ -178,8 +178,9 @@ def _linear_pair_parts(cfg: ModelConfig, path: PairPath, B: int, r: int, trainin
         # block's score gradients and lookups (~3 more); the index layouts of every chunk
         s_pairs = B * REGULATOR_SHARE * chunk * r
         mask = 2 * H * act * s_pairs
-        # backward of one block: score gradients, looked-up bias and int64 indices (8 H bytes)
-        shared = (2 * H * act + 8 * H) * s_pairs + 2 * B * REGULATOR_SHARE * r * r  # + uint8 codes of every chunk
+        # backward of one block: score gradients and looked-up bias; per batch, both parts' index
+        # forms (int32 lookup, 4 H bytes, and int64 gradient lanes, 8 bytes), kept for every block
+        shared = (2 * H * act + 2 * (4 * H + 8)) * s_pairs + 2 * B * REGULATOR_SHARE * r * r  # + uint8 codes of every chunk
     parts = dict.fromkeys(CATEGORIES, 0.0)
     z_pairs = 1.0 if use_prior else 0.0  # the batch's int8 codes
     if not training:
