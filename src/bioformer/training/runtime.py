@@ -1,4 +1,6 @@
-"""Where and in what precision a run computes (device, autocast dtype), resolved once per run."""
+"""Where and in what precision a run computes (device, autocast dtype), resolved once per run.
+
+`--amp auto` is decided here (`autocast_dtype`), for training, evaluation and `estimate` alike."""
 
 from __future__ import annotations
 
@@ -6,20 +8,28 @@ from dataclasses import dataclass
 
 import torch
 
-from bioformer.config import TrainConfig
+from bioformer.config import ModelConfig, TrainConfig
+
+# --amp auto on the CPU: bf16 autocast from this model width up, fp32 below. Measured on a CPU
+# with AVX512-BF16 (benchmarks/README.md, "bf16 autocast"; CPU time of a training step, fp32 /
+# bf16, every family): 0.70-1.04 at d_model 64 (no gain: the matmuls are not what costs), 1.7-2.4
+# at 256 and 512; and a paired-seed check at d_model 256 found equal test MSE
+# (docs/memory-and-speed.md, "bf16 autocast: quality"). None would mean: fp32 on every CPU model.
+CPU_BF16_MIN_D_MODEL: int | None = None
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and in what precision a run computes; resolved once per run from its TrainConfig."""
+    """Where and in what precision a run computes; resolved once per run from its TrainConfig
+    (and its model's width, which `--amp auto` reads on the CPU)."""
 
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast dtype, None = fp32
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> Runtime:
+    def from_config(cls, cfg: TrainConfig, model: ModelConfig | None = None) -> Runtime:
         device = resolve_device(cfg.device)
-        return cls(device, autocast_dtype(cfg.amp, device))
+        return cls(device, autocast_dtype(cfg.amp, device, model.d_model if model is not None else None))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -28,8 +38,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on GPUs that support it (fp16 otherwise) when amp="auto"; nothing on CPU unless asked."""
+def cpu_has_bf16_units() -> bool:
+    """AVX512-BF16 or AMX tiles: the hardware on which bf16 measured faster (without them the CPU
+    emulates bf16 matmuls, which is slower than fp32)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_dtype(amp: str, device: torch.device, d_model: int | None = None) -> torch.dtype | None:
+    """The autocast dtype of `--amp` (None = fp32). "auto": bf16 on GPUs that support it (fp16
+    otherwise); on the CPU bf16 only for models of width `d_model` >= CPU_BF16_MIN_D_MODEL on a
+    CPU with bf16 units, where it measured faster at equal quality; fp32 otherwise (and when the
+    width is not given)."""
     if amp == "off":
         return None
     if amp == "bf16":
@@ -38,4 +58,5 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+    wide = CPU_BF16_MIN_D_MODEL is not None and d_model is not None and d_model >= CPU_BF16_MIN_D_MODEL
+    return torch.bfloat16 if (device.type == "cpu" and wide and cpu_has_bf16_units()) else None
