@@ -13,9 +13,10 @@ from bioformer.config import ModelConfig, TrainConfig
 # --amp auto on the CPU: bf16 autocast from this model width up, fp32 below. Measured on a CPU
 # with AVX512-BF16 (benchmarks/README.md, "bf16 autocast"; CPU time of a training step, fp32 /
 # bf16, every family): 0.70-1.04 at d_model 64 (no gain: the matmuls are not what costs), 1.7-2.4
-# at 256 and 512; and a paired-seed check at d_model 256 found equal test MSE
-# (docs/memory-and-speed.md, "bf16 autocast: quality"). None would mean: fp32 on every CPU model.
-CPU_BF16_MIN_D_MODEL: int | None = None
+# at 256 and 512; and a paired-seed check at d_model 256 (5 seeds, BioFormer linear) found equal
+# test MSE, bf16 - fp32 = -0.22 [-1.85, +1.41] (benchmarks/README.md, "bf16 quality").
+# tests/training/test_runtime.py binds this value to both measurements. None: fp32 on every CPU model.
+CPU_BF16_MIN_D_MODEL: int | None = 256
 
 
 @dataclass(frozen=True)
