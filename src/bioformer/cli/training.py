@@ -112,7 +112,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     r = args.n_genes if args.n_genes is not None else sequence_length(cfg.data)
     B = cfg.train.batch_size
     device = "cuda" if cfg.train.device == "cuda" else "cpu"
-    amp = autocast_dtype(cfg.train.amp, torch.device(device), cfg.model.d_model) is not None  # as train decides it
+    amp = autocast_dtype(cfg.train.amp, torch.device(device), cfg.model) is not None  # as train decides it
     use_prior = prior_enabled(cfg.data.prior)
     vocab = r + N_SPECIAL_TOKENS if args.n_genes is not None else cfg.data.n_hvg + cfg.data.max_prior_genes + N_SPECIAL_TOKENS
     kw = dict(device=device, amp=amp, vocab_size=vocab, use_prior=use_prior)

@@ -15,8 +15,10 @@ from bioformer.config import ModelConfig, TrainConfig
 # bf16, every family): 0.70-1.04 at d_model 64 (no gain: the matmuls are not what costs), 1.7-2.4
 # at 256 and 512; and a paired-seed check at d_model 256 (5 seeds, BioFormer linear) found equal
 # test MSE, bf16 - fp32 = -0.22 [-1.85, +1.41] (benchmarks/README.md, "bf16 quality").
-# tests/training/test_runtime.py binds this value to both measurements. None: fp32 on every CPU model.
+# Only for the models whose quality was checked in bf16 (CPU_BF16_CHECKED, by `cpu_amp_kind`).
+# tests/training/test_runtime.py binds both constants to the measurements. None: fp32 on every CPU model.
 CPU_BF16_MIN_D_MODEL: int | None = 256
+CPU_BF16_CHECKED: tuple[str, ...] = ("bioformer-linear",)
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Runtime:
     @classmethod
     def from_config(cls, cfg: TrainConfig, model: ModelConfig | None = None) -> Runtime:
         device = resolve_device(cfg.device)
-        return cls(device, autocast_dtype(cfg.amp, device, model.d_model if model is not None else None))
+        return cls(device, autocast_dtype(cfg.amp, device, model))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,11 +48,16 @@ def cpu_has_bf16_units() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def autocast_dtype(amp: str, device: torch.device, d_model: int | None = None) -> torch.dtype | None:
+def cpu_amp_kind(model: ModelConfig) -> str:
+    """The name the bf16 measurements give a model: its family, BioFormer with its pair mode."""
+    return f"bioformer-{model.bioformer.pair_mode}" if model.model == "bioformer" else model.model
+
+
+def autocast_dtype(amp: str, device: torch.device, model: ModelConfig | None = None) -> torch.dtype | None:
     """The autocast dtype of `--amp` (None = fp32). "auto": bf16 on GPUs that support it (fp16
-    otherwise); on the CPU bf16 only for models of width `d_model` >= CPU_BF16_MIN_D_MODEL on a
-    CPU with bf16 units, where it measured faster at equal quality; fp32 otherwise (and when the
-    width is not given)."""
+    otherwise); on the CPU bf16 only where it measured faster at equal quality: a model of a
+    checked kind (CPU_BF16_CHECKED) and width >= CPU_BF16_MIN_D_MODEL, on a CPU with bf16 units;
+    fp32 otherwise (and when the model is not given)."""
     if amp == "off":
         return None
     if amp == "bf16":
@@ -59,5 +66,7 @@ def autocast_dtype(amp: str, device: torch.device, d_model: int | None = None) -
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    wide = CPU_BF16_MIN_D_MODEL is not None and d_model is not None and d_model >= CPU_BF16_MIN_D_MODEL
-    return torch.bfloat16 if (device.type == "cpu" and wide and cpu_has_bf16_units()) else None
+    if device.type != "cpu" or model is None or CPU_BF16_MIN_D_MODEL is None:
+        return None
+    measured = model.d_model >= CPU_BF16_MIN_D_MODEL and cpu_amp_kind(model) in CPU_BF16_CHECKED
+    return torch.bfloat16 if (measured and cpu_has_bf16_units()) else None
