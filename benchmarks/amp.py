@@ -15,7 +15,7 @@ from benchmarks._common import device_name, run_worker, table, write_results
 
 FAMILIES = {
     "scgpt": {"model": "scgpt"},
-    "bioformer": {"model": "bioformer"},
+    "bioformer": {"model": "bioformer", "pair_mode": "full"},
     "bioformer-linear": {"model": "bioformer", "pair_mode": "linear"},
 }
 B = 8

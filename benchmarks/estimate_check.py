@@ -14,10 +14,10 @@ from bioformer.config import ModelConfig
 from bioformer.estimate import estimate_memory
 
 CONFIGS = [  # (label, model overrides, batch size, r)
-    ("bioformer default", {}, 8, 512),
-    ("bioformer N=4 d_z=32 d_opm=32", {"nlayers": 4, "d_z": 32, "d_opm": 32}, 2, 768),
-    ("bioformer N=4 ckpt", {"nlayers": 4, "d_z": 32, "checkpoint_blocks": True}, 2, 768),
-    ("bioformer no dropout", {"dropout": 0.0, "nlayers": 3}, 4, 640),
+    ("bioformer full", {"pair_mode": "full"}, 8, 512),  # the default until the linear switch: "bioformer default" in older tables
+    ("bioformer N=4 d_z=32 d_opm=32", {"nlayers": 4, "d_z": 32, "d_opm": 32, "pair_mode": "full"}, 2, 768),
+    ("bioformer N=4 ckpt", {"nlayers": 4, "d_z": 32, "checkpoint_blocks": True, "pair_mode": "full"}, 2, 768),
+    ("bioformer no dropout", {"dropout": 0.0, "nlayers": 3, "pair_mode": "full"}, 4, 640),
     ("scgpt", {"model": "scgpt"}, 8, 512),
     ("bioformer linear", {"pair_mode": "linear"}, 8, 512),
     ("bioformer linear N=4 d_z=32 d_opm=32", {"nlayers": 4, "d_z": 32, "d_opm": 32, "pair_mode": "linear"}, 1, 2048),

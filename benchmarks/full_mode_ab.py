@@ -73,7 +73,7 @@ def exactness(before) -> None:
 
     g, v, pm, prior = _random_batch(8, 128, 1027, "cpu", prior_rows_frac=0.05)
     torch.manual_seed(0)
-    model = build_model(ModelConfig.of(model="bioformer", dropout=0.0, nlayers=3), 1027, use_prior=True).train()
+    model = build_model(ModelConfig.of(model="bioformer", dropout=0.0, nlayers=3, pair_mode="full"), 1027, use_prior=True).train()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))

@@ -22,7 +22,7 @@ from benchmarks._common import baseline_rss, device_name, mib, run_worker, table
 from bioformer.config import ModelConfig
 from bioformer.estimate import estimate_memory, max_genes_for_budget, parse_bytes
 
-MODEL = {"model": "bioformer", "d_model": 64, "nhead": 4, "nlayers": 4, "d_z": 32, "d_opm": 32}
+MODEL = {"model": "bioformer", "d_model": 64, "nhead": 4, "nlayers": 4, "d_z": 32, "d_opm": 32, "pair_mode": "full"}
 R_VALUES = [1024, 1536, 2048, 3072, 4096, 6144]
 LINEAR = {"pair_mode": "linear", "attention_chunk_size": 512}
 R_VALUES_LINEAR = [1024, 2048, 4096, 8192, 16384, 20000]
@@ -94,7 +94,7 @@ def main() -> None:
     print(f"largest r that fits: {best.get(('full', False), 0)} (full), {best.get(('full', True), 0)} (full, checkpointing), "
           f"{best.get(('linear', False), 0)} (linear)")
     linear_rows = [r for r in rows if r["pair_mode"] == "linear"]
-    lin_cfg = ModelConfig.of(**MODEL, **LINEAR)
+    lin_cfg = ModelConfig.of(**{**MODEL, **LINEAR})
     predicted_rows = [{"r": r, "predicted_gib": estimate_memory(lin_cfg, r, 1, device=args.device).total / 2**30} for r in (1024, 2048, 4096, 8192, 16384)]
     exponents = {"measured": memory_exponent(linear_rows, "measured_gib"), "predicted": memory_exponent(predicted_rows, "predicted_gib")}
     r_pred = max_genes_for_budget(lin_cfg, 1, budget, device=args.device) if "linear" in args.pair_mode else None

@@ -31,7 +31,7 @@ def naive_pair_bias_attention(attn, m: torch.Tensor, z: torch.Tensor | None, pad
     q, k, v = attn.in_proj(x).view(B, r, 3, H, c // H).permute(2, 0, 3, 1, 4)  # [B, H, r, c/H]
     logits = q @ k.transpose(-1, -2) / (c // H) ** 0.5  # [B, H, r, r]
     if attn.bias_proj is not None and z is not None:
-        logits = logits + attn.bias_proj(attn.norm_z(z)).permute(0, 3, 1, 2)
+        logits = logits + attn.bias_proj(attn.normalise_z(z)).permute(0, 3, 1, 2)  # LN(z), or z * scale (linear)
     logits = logits.masked_fill(padding_mask[:, None, None, :], float("-inf"))
     o = (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(B, r, c)
     if attn.gate is not None:

@@ -118,7 +118,7 @@ class BioFormerConfig:
     d_opm: int = 8
     opm_chunk_size: int | None = None  # rows of z per OPM chunk (inference / very long r)
     checkpoint_blocks: bool = False
-    pair_mode: str = "full"  # full | linear (no LN on z before the bias; z never materialised)
+    pair_mode: str = "linear"  # linear (no LN on z before the bias; z never materialised) | full (LN on z)
     attention_chunk_size: int | None = None  # linear mode: query rows per attention chunk (memory O(r * chunk))
     prior_direction: str = "both"  # z codes both edge directions of a pair, or "outgoing" (i -> j only)
 

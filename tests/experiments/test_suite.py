@@ -277,3 +277,25 @@ def test_planted_study_arms_and_controls(tmp_path):
     assert edge_overlap(edges, truth) < 0.05  # the rewired prior carries (almost) no true edge
     with pytest.raises(BioformerError, match="synthetic"):
         suite.plan_study("planted", "quick", out=tmp_path, overrides={"data": {"prior": "collectri"}}).arms(100)
+
+
+def test_studies_keep_the_pair_mode_their_committed_results_were_made_with():
+    """The library default is the linear pair mode; every study pins the full one (profiles.py),
+    in which each committed result was made (a study.json without the field predates the
+    option: full was the only mode). So a re-run or resume trains what the results report."""
+    import json
+    from pathlib import Path
+
+    from bioformer.experiments.profiles import PROFILES
+
+    for profile in PROFILES:
+        for study in suite.STUDIES:
+            for arm in suite.plan_study(study, profile, out="x").arms(vocab_size=None):
+                if arm.model.model == "bioformer":
+                    assert arm.model.bioformer.pair_mode == ("linear" if arm.name == "linear" else "full"), (profile, study, arm.name)
+    committed = sorted((Path(__file__).parents[2] / "results").glob("*/study.json"))
+    assert len(committed) >= 10
+    for path in committed:
+        made = json.loads(path.read_text())
+        plan = suite.plan_study(made["study"], made["profile"], out="x")
+        assert plan.model.bioformer.pair_mode == made["model"].get("pair_mode", "full"), path

@@ -10,9 +10,11 @@ from tests.conftest import tiny_config
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """A tiny BioFormer (with prior) and scGPT run on the fixture, 1 epoch each."""
+    """A tiny BioFormer (with prior; the default pair mode, and the full mode) and scGPT run on
+    the fixture, 1 epoch each."""
     out = {}
-    for name, over in {"bioformer": {}, "scgpt": {"model": {"model": "scgpt"}}}.items():
+    arms = {"bioformer": {}, "bioformer-full": {"model": {"pair_mode": "full"}}, "scgpt": {"model": {"model": "scgpt"}}}
+    for name, over in arms.items():
         cfg = tiny_config(tmp_path_factory.mktemp(name), **over)
         cfg.train.epochs = 1
         out[name] = run_training(cfg, quiet=True)[0]

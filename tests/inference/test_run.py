@@ -176,17 +176,21 @@ def test_planted_prior_pair_ranks_first_in_the_right_direction(tmp_path):
     np.testing.assert_allclose(weighted, pairs.scores, atol=1e-6)
 
 
-def test_bioformer_pair_scores_are_last_block_bias_mean_over_heads(runs, cells):
-    run = Run.load(runs["bioformer"], device="cpu")
+@pytest.mark.parametrize("name", ["bioformer", "bioformer-full"])
+def test_bioformer_pair_scores_are_last_block_bias_mean_over_heads(runs, cells, name):
+    """In both pair modes (the default, linear, never forms z: its reference is the same model
+    with z materialised)."""
+    run = Run.load(runs[name], device="cpu")
+    assert run.model.pair_mode == ("full" if name == "bioformer-full" else "linear")
     _, args = _inputs(run, cells)
     seen = {}
     att = run.model.blocks[-1].attention
     hook = att.register_forward_hook(lambda mod, inp, out: seen.update(z=inp[1]))
     with torch.no_grad():
-        run.model(*args)
+        (run.model if run.model.pair_mode == "full" else run.model.forward_materialised)(*args)
         hook.remove()
         z = seen["z"]  # [B, r, r, c_z] after the OPM of the block before
-        ref = att.bias_proj(att.norm_z(z)).mean(dim=-1)  # [B, r, r]
+        ref = att.bias_proj(att.normalise_z(z)).mean(dim=-1)  # [B, r, r]
         got = run.model.pair_scores(*args)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 

@@ -1,5 +1,5 @@
-"""The memory estimate: parts sum to the total, z grows ~r^2, and the CLI prints a breakdown
-without loading any data."""
+"""The memory estimate: parts sum to the total, z grows ~r^2 in the full pair mode, the default
+(linear) mode is what is estimated, and the CLI prints a breakdown without loading any data."""
 
 from __future__ import annotations
 
@@ -12,15 +12,24 @@ from bioformer.estimate import CATEGORIES, estimate_memory, max_genes_for_budget
 
 
 def test_breakdown_sums_to_total():
-    for training in (True, False):
-        est = estimate_memory(ModelConfig(), 256, 4, training=training)
-        assert set(est.parts) == set(CATEGORIES)
-        assert est.total == pytest.approx(sum(est.parts.values()))
-        assert all(v >= 0 for v in est.parts.values())
+    for cfg in (ModelConfig(), ModelConfig.of(pair_mode="full"), ModelConfig.of(pair_mode="linear")):
+        for training in (True, False):
+            est = estimate_memory(cfg, 256, 4, training=training)
+            assert set(est.parts) == set(CATEGORIES)
+            assert est.total == pytest.approx(sum(est.parts.values()))
+            assert all(v >= 0 for v in est.parts.values())
+
+
+def test_the_default_pair_mode_is_estimated():
+    """`estimate` predicts the model that `train` builds: the default config's estimate is the
+    linear pair mode's (no z), not the full mode's."""
+    default, lin, full = ModelConfig(), ModelConfig.of(pair_mode="linear"), ModelConfig.of(pair_mode="full")
+    assert estimate_memory(default, 1024, 8).parts == estimate_memory(lin, 1024, 8).parts
+    assert estimate_memory(default, 1024, 8).total < estimate_memory(full, 1024, 8).total / 3
 
 
 def test_z_grows_quadratically_and_scgpt_has_none():
-    cfg = ModelConfig()
+    cfg = ModelConfig.of(pair_mode="full")
     z1 = estimate_memory(cfg, 256, 2, vocab_size=1000).parts["z activations"]
     z2 = estimate_memory(cfg, 512, 2, vocab_size=1000).parts["z activations"]
     assert z2 / z1 == pytest.approx(4.0, rel=1e-6)
@@ -31,10 +40,11 @@ def test_checkpointing_and_budget():
     # checkpointing pays where attention keeps its probabilities (CPU's math path: attention
     # dropout); with the fused kernels a block keeps little beyond z, and recomputing costs one
     # more z (measured at r = 1024: 1150 vs 1110 MiB peak with / without; docs/memory-and-speed.md)
-    plain = ModelConfig.of(nlayers=4, d_z=32, attention_dropout=0.1)
-    ckpt = ModelConfig.of(nlayers=4, d_z=32, attention_dropout=0.1, checkpoint_blocks=True)
+    full = dict(nlayers=4, d_z=32, pair_mode="full")
+    plain = ModelConfig.of(**full, attention_dropout=0.1)
+    ckpt = ModelConfig.of(**full, attention_dropout=0.1, checkpoint_blocks=True)
     assert estimate_memory(ckpt, 1024, 1).total < estimate_memory(plain, 1024, 1).total
-    fused, fused_ckpt = ModelConfig.of(nlayers=4, d_z=32), ModelConfig.of(nlayers=4, d_z=32, checkpoint_blocks=True)
+    fused, fused_ckpt = ModelConfig.of(**full), ModelConfig.of(**full, checkpoint_blocks=True)
     assert estimate_memory(fused_ckpt, 1024, 1).total > estimate_memory(fused, 1024, 1).total
     r = max_genes_for_budget(plain, 1, 4e9)
     assert estimate_memory(plain, r, 1).total <= 4e9 < estimate_memory(plain, r + 1, 1).total
@@ -58,7 +68,7 @@ def test_linear_pair_mode_memory_is_about_linear_in_r(capsys):
     import math
 
     lin = ModelConfig.of(nlayers=4, d_z=32, d_opm=32, pair_mode="linear", attention_chunk_size=512)
-    full = ModelConfig.of(nlayers=4, d_z=32, d_opm=32)
+    full = ModelConfig.of(nlayers=4, d_z=32, d_opm=32, pair_mode="full")
     t1, t2 = (estimate_memory(lin, r, 1).total for r in (1024, 16384))
     assert 1.0 <= math.log(t2 / t1) / math.log(16) < 1.2
     assert estimate_memory(lin, 4096, 1).total < estimate_memory(full, 4096, 1).total / 10
@@ -77,10 +87,10 @@ def test_linear_pair_mode_memory_is_about_linear_in_r(capsys):
 
 
 def test_matches_a_hand_count_on_a_tiny_configuration():
-    """B=2, r=10 (T=20 tokens, 200 pairs), c=8, H=2, N=2, ff=32, c_z=4, c_opm=3, fp32, given P=1000.
+    """Full pair mode, B=2, r=10 (T=20 tokens, 200 pairs), c=8, H=2, N=2, ff=32, c_z=4, c_opm=3, fp32, P=1000.
     Counted by hand from the rules in estimate.py's docstring comments: a dropped or doubled
     term changes a part."""
-    cfg_args = dict(d_model=8, nhead=2, nlayers=2, ff_factor=4, d_z=4, d_opm=3, dropout=0.0)
+    cfg_args = dict(d_model=8, nhead=2, nlayers=2, ff_factor=4, d_z=4, d_opm=3, dropout=0.0, pair_mode="full")
     cfg = ModelConfig.of(**cfg_args)
     infer = estimate_memory(cfg, 10, 2, training=False, n_params=1000).parts
     assert infer == {

@@ -48,9 +48,10 @@ def reference_forward(model: BioFormer, gene_ids, values, padding_mask, prior):
     return model.decoder(model.norm(m))["pred"]
 
 
+@pytest.mark.parametrize("pair_mode", ["full", "linear"])
 @pytest.mark.parametrize("use_prior", [True, False])
-def test_bioformer_equals_reference(use_prior):
-    model = tiny_bioformer(use_prior=use_prior).eval()
+def test_bioformer_equals_reference(use_prior, pair_mode):
+    model = tiny_bioformer(use_prior=use_prior, pair_mode=pair_mode).eval()
     for p in model.parameters():  # make every parameter matter (gates, biases start constant)
         p.data.normal_(0, 0.3)
     gene_ids, values, pm, prior = batch()

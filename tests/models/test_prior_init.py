@@ -56,14 +56,20 @@ def test_one_direction_coding_stays_selectable():
         _build(0, True, prior_direction="sideways")
 
 
-def test_prior_and_zero_z_arms_start_from_identical_weights():
-    prior = _build(7, True).state_dict()
-    zero = _build(7, False).state_dict()
-    one_dir = _build(7, True, prior_direction="outgoing").state_dict()
-    assert prior.keys() == zero.keys() == one_dir.keys()
-    for k in prior:
+@pytest.mark.parametrize("pair_mode", ["full", "linear"])
+def test_prior_and_zero_z_arms_start_from_identical_weights(pair_mode):
+    """Every module they share starts equal. In the linear mode a zero z is constant before the
+    first OPM, so the zero-z arm has no first-block pair bias (it would only shift the logits by
+    a constant over keys); that is the only difference."""
+    prior = _build(7, True, pair_mode=pair_mode).state_dict()
+    zero = _build(7, False, pair_mode=pair_mode).state_dict()
+    one_dir = _build(7, True, pair_mode=pair_mode, prior_direction="outgoing").state_dict()
+    assert prior.keys() == one_dir.keys()
+    only_prior = {"blocks.0.attention.z_scale", "blocks.0.attention.bias_proj.weight"} if pair_mode == "linear" else set()
+    assert set(prior) - set(zero) == only_prior and set(zero) <= set(prior)
+    for k in zero:
         assert torch.equal(prior[k], zero[k]) and torch.equal(prior[k], one_dir[k]), k
-    other = _build(8, True).state_dict()
+    other = _build(8, True, pair_mode=pair_mode).state_dict()
     assert not torch.equal(prior["prior_encoder.weight"], other["prior_encoder.weight"])  # own generator, seeded
     assert not torch.equal(prior["gene_encoder.embedding.weight"], other["gene_encoder.embedding.weight"])
 

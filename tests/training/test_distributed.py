@@ -26,19 +26,58 @@ from tests.conftest import tiny_config
 TEST_KEYS = ("test_mse", "test_mre", "test_mae", "test_pearson", "floor_gene_mean_mse", "floor_const_mse")
 
 
-def shift_invariant_removed(name: str, w: torch.Tensor, d_model: int) -> torch.Tensor:
+def shift_invariant_removed(name: str, w: torch.Tensor, d_model: int, pair_mode: str) -> torch.Tensor:
     """`w` without the entries that cannot change any output: the key bias (adds a constant to a
-    query's logits) and norm_z.bias (a per-head constant bias). Their true gradient is exactly 0,
-    so AdamW turns float round-off in it into lr-sized steps (measured: up to 4e-5 apart after 15
-    steps, every other weight <= 2e-7 apart)."""
+    query's logits), in the full pair mode norm_z.bias (a per-head constant bias), in the linear
+    pair mode the OPM's key-side bias `linear_b.bias` (z_ij gets W(a_i x beta), a constant over
+    keys j, with no LayerNorm after it). Their true gradient is exactly 0
+    (`test_shift_invariant_parameters_have_no_true_gradient`), so AdamW turns float round-off in
+    it, which the batch split changes, into lr-sized steps (measured: up to 4e-5 apart after 15
+    steps in full mode, 2.7e-5 for linear_b.bias in linear mode; every other weight <= 2.4e-7)."""
     if name.endswith("attention.in_proj.bias"):
         return torch.cat([w[:d_model], w[2 * d_model:]])
-    if name.endswith("attention.norm_z.bias"):
+    if name.endswith("attention.norm_z.bias") or (pair_mode == "linear" and name.endswith("outer_product_mean.linear_b.bias")):
         return w[:0]
     return w
 
 
+def _shift_invariant_parts(model: torch.nn.Module, d_model: int, pair_mode: str) -> dict[str, torch.Tensor]:
+    """The gradient entries `shift_invariant_removed` drops, by parameter name."""
+    out = {}
+    for n, p in model.named_parameters():
+        kept = shift_invariant_removed(n, torch.arange(p.numel()), d_model, pair_mode)
+        dropped = sorted(set(range(p.numel())) - set(kept.tolist()))
+        if dropped:
+            out[n] = p.grad.flatten()[dropped]
+    return out
+
+
+@pytest.mark.parametrize("pair_mode", ["linear", "full"])
+def test_shift_invariant_parameters_have_no_true_gradient(pair_mode):
+    """What the two-process test leaves out is exactly what no output depends on: in float64
+    its gradient is ~1e-17 of the largest one (round-off), in float32 ~1e-10. Positive control:
+    the same entries in the other pair mode (linear_b.bias in the full mode) have a real gradient."""
+    torch.manual_seed(0)
+    B, r, V, d = 4, 12, 30, 16
+    gene_ids, values = torch.randint(3, V, (B, r)), torch.randint(0, 51, (B, r)).double()
+    mask, pad = torch.zeros(B, r, dtype=torch.bool), torch.zeros(B, r, dtype=torch.bool)
+    mask[:, 1:4], pad[1, -3:] = True, True
+    prior = torch.randint(0, N_PRIOR_CODES, (B, r, r))
+    model = build_model(ModelConfig.of(d_model=d, nhead=2, d_z=4, d_opm=4, dropout=0.0, pair_mode=pair_mode), V).double()
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    model.loss(model(gene_ids, values.masked_fill(mask, -1.0), pad, prior=prior), values, mask).backward()
+    largest = max(float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None)
+    dropped = _shift_invariant_parts(model, d, pair_mode)
+    assert dropped and all(float(g.abs().max()) < 1e-12 * largest for g in dropped.values()), {n: float(g.abs().max()) for n, g in dropped.items()}
+    if pair_mode == "full":
+        assert float(model.blocks[0].outer_product_mean.linear_b.bias.grad.abs().max()) > 1e-6 * largest
+
+
 def test_two_processes_match_one_process_with_double_batch(tmp_path):
+    """In the default pair mode: the weights after one epoch on 2 ranks equal 1 rank with the double
+    batch, entry by entry to 1e-5 (the largest gap measured: 2.4e-7), except the entries no output
+    depends on (`shift_invariant_removed`)."""
     b = 8
     cfg = tiny_config(tmp_path)
     cfg.train.epochs = 1
@@ -62,7 +101,7 @@ def test_two_processes_match_one_process_with_double_batch(tmp_path):
     w2, w1 = load_file(str(two / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
     assert w2.keys() == w1.keys() and not any(k.startswith("module.") for k in w2)
     for k in w1:
-        a, b = shift_invariant_removed(k, w2[k], cfg.model.d_model), shift_invariant_removed(k, w1[k], cfg.model.d_model)
+        a, b = (shift_invariant_removed(k, w[k], cfg.model.d_model, cfg.model.bioformer.pair_mode) for w in (w2, w1))
         assert torch.allclose(a, b, atol=1e-5, rtol=0), (k, (a - b).abs().max())
     s2 = load_training_state(two / TRAINING_STATE)
     s1 = load_training_state(tmp_path / "one" / TRAINING_STATE)
@@ -93,8 +132,8 @@ def test_shard_cuts_global_batches_into_contiguous_parts():
 SWITCHES = [
     dict(model="scgpt"),
     dict(model="scgpt", explicit_zero_prob=True),
-    *[dict(model="bioformer", pair_bias=pb, opm=o, gating=g, explicit_zero_prob=zp, nlayers=n)
-      for pb, o, g, zp, n in itertools.product([True, False], [True, False], [True, False], [False, True], [1, 2])],
+    *[dict(model="bioformer", pair_bias=pb, opm=o, gating=g, explicit_zero_prob=zp, nlayers=n, pair_mode=pm)
+      for pb, o, g, zp, n, pm in itertools.product([True, False], [True, False], [True, False], [False, True], [1, 2], ["linear", "full"])],
 ]
 
 

@@ -36,7 +36,7 @@ HELP = {
     "d_opm": "outer-product hidden channels c_opm",
     "opm_chunk_size": "compute z updates in chunks of this many rows (saves memory)",
     "checkpoint_blocks": "recompute each block in backward (activation checkpointing)",
-    "pair_mode": "BioFormer pair path: full (LN on z) | linear (no LN on z; z never materialised, memory linear in r)",
+    "pair_mode": "BioFormer pair path: linear (no LN on z; z never materialised, memory linear in r) | full (LN on z; what the studies use)",
     "attention_chunk_size": "linear pair mode: attention over chunks of this many query rows (memory O(r * chunk))",
     "amp": "mixed precision: auto (bf16 on capable GPUs) | bf16 | fp16 | off",
     "backed": "read the .h5ad without loading it (cells binned when read); default: automatic above 200M stored values",

@@ -91,6 +91,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
+    import torch
+
     from bioformer.estimate import (
         N_SPECIAL_TOKENS,
         estimate_memory,
@@ -101,6 +103,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         sequence_length,
     )
     from bioformer.models import count_config_parameters, model_class
+    from bioformer.training.runtime import autocast_dtype
 
     cfg = config_from_args(args).validate(check_hardware=False)  # the same checks as train (the device may be elsewhere)
     if args.n_genes is not None and args.n_genes < 1:
@@ -109,7 +112,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     r = args.n_genes if args.n_genes is not None else sequence_length(cfg.data)
     B = cfg.train.batch_size
     device = "cuda" if cfg.train.device == "cuda" else "cpu"
-    amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device == "cuda")
+    amp = autocast_dtype(cfg.train.amp, torch.device(device), cfg.model) is not None  # as train decides it
     use_prior = prior_enabled(cfg.data.prior)
     vocab = r + N_SPECIAL_TOKENS if args.n_genes is not None else cfg.data.n_hvg + cfg.data.max_prior_genes + N_SPECIAL_TOKENS
     kw = dict(device=device, amp=amp, vocab_size=vocab, use_prior=use_prior)
@@ -124,7 +127,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     r_infer = max_genes_for_budget(cfg.model, B, budget, False, **kw)
     print(f"largest r within {format_bytes(budget)} at batch size {B}: training {r_train}, inference {r_infer}")
     if train.total > budget:
-        print("does not fit for training: lower --batch-size, d_z or d_opm, or use --checkpoint-blocks or --pair-mode linear")
+        hint = "--checkpoint-blocks" if cfg.model.bioformer.pair_mode == "linear" else "--checkpoint-blocks or --pair-mode linear"
+        print(f"does not fit for training: lower --batch-size, d_z or d_opm, or use {hint}")
     else:
         print(f"fits for training: predicted peak {format_bytes(train.total)} <= budget {format_bytes(budget)}")
     return 0

@@ -143,14 +143,16 @@ class BioFormer(MaskedValueModel):
         self.register_buffer("zero_z", torch.zeros(1, d_z), persistent=False)  # the table of zero z
         self.blocks = nn.ModuleList(
             BioFormerBlock(
-                d_model, cfg.nhead, d_z, p.d_opm, cfg.ff_factor, cfg.dropout,
-                pair_bias=p.pair_bias and self.engine.block_has_bias(self.needs_prior, p.opm, i),
+                d_model, cfg.nhead, d_z, p.d_opm, cfg.ff_factor, cfg.dropout, pair_bias=p.pair_bias,
                 gating=p.gating, update_z=(p.opm and p.pair_bias and i < cfg.nlayers - 1),
                 opm_chunk_size=p.opm_chunk_size, linear=self.engine.linear,
                 attention_chunk_size=p.attention_chunk_size, attention_dropout=cfg.attention_dropout,
             )
             for i in range(cfg.nlayers)
         )
+        for i, block in enumerate(self.blocks):  # built, then dropped: a prior and a zero-z arm draw the same init
+            if p.pair_bias and not self.engine.block_has_bias(self.needs_prior, p.opm, i):
+                block.attention.z_scale, block.attention.bias_proj = None, None  # a bias constant over pairs
         self.norm = nn.LayerNorm(d_model)
 
     def require_prior(self, prior: torch.Tensor | None) -> torch.Tensor:

@@ -66,7 +66,7 @@ def evaluate_run(
         info.update(scored="test split", cells="its test split")
     else:
         prepared = _other_cells(reader, info, data, layer, gene_column, eval_cells, quiet)
-    runtime = _runtime(cfg.train, quiet)
+    runtime = _runtime(cfg, quiet)
     model.to(runtime.device)
     dataset = prepared.dataset("test")
     result = evaluate(
@@ -110,15 +110,16 @@ def _other_cells(reader: RunReader, info: dict[str, Any], data: str | None, laye
     return PreparedData(binned, vocab, {"train": train_cells, "test": cells}, reader.prior(quiet), dcfg, seed)
 
 
-def _runtime(train_cfg, quiet: bool) -> Runtime:
+def _runtime(cfg: Any, quiet: bool) -> Runtime:  # cfg: the run's RunConfig
     """The run's device, or the default one when this machine lacks it (a GPU run read on a laptop)."""
+    train_cfg = cfg.train
     try:
         check_device(train_cfg.device)
-        return Runtime.from_config(train_cfg)
+        return Runtime.from_config(train_cfg, cfg.model)
     except BioformerError:
         if not quiet:
             log.info("the run was trained on --device %s, which this machine lacks: evaluating on the default device", train_cfg.device)
-        return Runtime.from_config(dataclasses.replace(train_cfg, device="auto"))
+        return Runtime.from_config(dataclasses.replace(train_cfg, device="auto"), cfg.model)
 
 
 def _same_source(data: str, run_data: str) -> bool:

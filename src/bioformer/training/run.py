@@ -194,7 +194,7 @@ def _run_training(cfg: RunConfig, data: PreparedData | None, quiet: bool, resume
         if not quiet:
             log.info("resuming %s after epoch %d (step %d)", out, resume_state["epoch"], resume_state["step"])
     created = _open_out(out, main, resume)
-    runtime = Runtime(device, autocast_dtype(cfg.train.amp, device))
+    runtime = Runtime(device, autocast_dtype(cfg.train.amp, device, cfg.model))
     try:
         summary = _train_into(cfg, data, out, runtime, coverage, quiet, t_start, resume_state, main)
     except Exception:
@@ -308,5 +308,6 @@ def _summary(cfg: RunConfig, data: PreparedData, model: torch.nn.Module, result:
         "vocab_size": len(data.vocab),
         "prior_coverage": coverage,
         "device": str(runtime.device),
+        "autocast": str(runtime.amp_dtype).removeprefix("torch.") if runtime.amp_dtype is not None else "off",  # --amp as resolved
         "versions": versions(),
     }
