@@ -2,8 +2,8 @@
 
 On the held-out **test** cells of PBMC3k (`celltype`) and Kang 2018 (`cell_type`), every cell of
 each data set (train / valid / test split of the run), side by side in one run, for each model
-(BioFormer and scGPT families; arm `before` = the issue-27 options off, `after` = on: the MVC
-cell-embedding objective, unexpressed genes in the sequences, the zero head):
+(BioFormer in linear pair mode and scGPT families; arm `before` = the issue-27 options off, `after` =
+the dropout-aware configuration: unexpressed genes in the sequences and the zero head, MVC off):
 
 - embeddings: kNN (k = 15, fitted on `--knn-train-cells` training cells) cell-type accuracy and
   silhouette of the <cls> and mean embeddings, next to 50 PCs of the log-normalised run genes and
@@ -42,8 +42,9 @@ EPOCHS = {"pbmc3k": 10, "kang2018": 3}  # Kang has 5x the cells: 3 epochs are ~1
 FAMILIES = ("bioformer", "scgpt")
 ARMS = {  # every arm names every issue-27 option, so a change of default cannot move an arm
     "before": ["--mvc-weight", "0", "--zero-gene-frac", "0", "--no-explicit-zero-prob"],
-    "after": ["--mvc-weight", "1", "--zero-gene-frac", "0.25", "--explicit-zero-prob"],
+    "after": ["--mvc-weight", "0", "--zero-gene-frac", "0.25", "--explicit-zero-prob"],  # MVC: no effect shown
 }
+FAMILY_FLAGS = {"bioformer": ["--pair-mode", "linear"], "scgpt": []}  # linear: 1.25x faster, equal quality
 
 
 def train_if_missing(runs: Path, arm: str, data: str, family: str, train: bool = True) -> Path | None:
@@ -54,7 +55,7 @@ def train_if_missing(runs: Path, arm: str, data: str, family: str, train: bool =
             print(f"missing (not trained: --no-train): {out}", flush=True)
             return None
         cmd = [sys.executable, "-m", "bioformer.cli", "-q", "train", "--data", data, "--model", family,
-               "--epochs", str(EPOCHS[data]), "--num-threads", "1", "--no-progress", "--out", str(out), *ARMS[arm]]
+               "--epochs", str(EPOCHS[data]), "--num-threads", "1", "--no-progress", "--out", str(out), *ARMS[arm], *FAMILY_FLAGS[family]]
         print("training:", " ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, check=True)
     return out

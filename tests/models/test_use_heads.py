@@ -145,3 +145,27 @@ def test_zero_head_detects_planted_zeros():
     base_rate_loss = -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
     log_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.from_numpy(is_zero).float()))
     assert log_loss < 0.9 * base_rate_loss, (log_loss, base_rate_loss)
+
+
+@pytest.mark.parametrize("family", ["scgpt", "bioformer"])
+def test_loss_is_masked_mse_plus_bernoulli_plus_weighted_mvc(family):
+    """The training loss on a fixed output equals the sum computed by hand (numpy): the masked MSE
+    of "pred", the Bernoulli NLL of "target is zero" from "zero_logit", and mvc_weight x the masked
+    MSE of "mvc_pred"; unmasked positions count for nothing. Mutants: the zero head's Bernoulli loss
+    dropped (the expected-value MSE alone also trains the zero logit, so the outcome test above
+    does not see it); its target flipped to "non-zero"; the MVC weight ignored; the mask ignored."""
+    model = tiny_model(family, 0, explicit_zero_prob=True, mvc_weight=0.7)
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 5, size=(3, 6)).astype(np.float32)  # [B, L], zeros included
+    target[0, :2] = 0.0
+    mask = rng.random((3, 6)) < 0.6  # [B, L]
+    mask[0, :3] = True
+    out = {k: rng.normal(size=(3, 6)).astype(np.float32) * 2 for k in ("pred", "zero_logit", "mvc_pred")}
+    got = float(model.loss({k: torch.from_numpy(v) for k, v in out.items()}, torch.from_numpy(target), torch.from_numpy(mask)))
+    t, is_zero = target[mask].astype(np.float64), (target[mask] == 0).astype(np.float64)
+    p_zero = 1.0 / (1.0 + np.exp(-out["zero_logit"][mask].astype(np.float64)))
+    bce = -np.mean(is_zero * np.log(p_zero) + (1 - is_zero) * np.log(1 - p_zero))
+    mse = np.mean((out["pred"][mask] - t) ** 2)
+    mvc = np.mean((out["mvc_pred"][mask] - t) ** 2)
+    assert 0 < is_zero.mean() < 1  # the masked targets hold zeros and non-zeros
+    assert got == pytest.approx(mse + bce + 0.7 * mvc, rel=1e-5), (got, mse, bce, mvc)
