@@ -4,6 +4,7 @@ Arms (same data, split and seeds; only the named options differ):
 
     base        the defaults before issue 27 (expressed genes only, no MVC, no zero head)
     mvc         + --mvc-weight 1 (the cell-embedding objective)
+    ecs         + --ecs-weight W (scGPT's elastic cell similarity of the batch's cell embeddings)
     zeros       + --zero-gene-frac F (unexpressed genes in the sequences), no zero head
     zeros-head  + --zero-gene-frac F --explicit-zero-prob
 
@@ -31,12 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"pbmc3k": "celltype", "kang2018": "cell_type"}
 
 
-def arm_flags(arm: str, zero_frac: float, mvc_weight: float) -> list[str]:
+def arm_flags(arm: str, zero_frac: float, mvc_weight: float, ecs_weight: float = 10.0) -> list[str]:
     """CLI flags of an arm; every arm names every option, so a change of default cannot leak in."""
     mvc = mvc_weight if arm == "mvc" else 0.0
+    ecs = ecs_weight if arm == "ecs" else 0.0
     zeros = zero_frac if arm.startswith("zeros") else 0.0
     head = "--explicit-zero-prob" if arm == "zeros-head" else "--no-explicit-zero-prob"
-    return ["--mvc-weight", str(mvc), "--zero-gene-frac", str(zeros), head]
+    return ["--mvc-weight", str(mvc), "--ecs-weight", str(ecs), "--zero-gene-frac", str(zeros), head]
 
 
 def train(run_dir: Path, data: str, family: str, seed: int, epochs: int, flags: list[str], extra: list[str]) -> float:
@@ -155,6 +157,7 @@ def main() -> None:
     p.add_argument("--arms", default="base,mvc,zeros,zeros-head")
     p.add_argument("--zero-gene-frac", type=float, default=0.25)
     p.add_argument("--mvc-weight", type=float, default=1.0)
+    p.add_argument("--ecs-weight", type=float, default=10.0, help="the ecs arm's weight (scGPT's: 10)")
     p.add_argument("--knn-train-cells", type=int, default=1200)
     p.add_argument("--impute-cells", type=int, default=40)
     p.add_argument("--out", default=str(ROOT / "results" / "use-objectives"))
@@ -188,7 +191,7 @@ def main() -> None:
             if (arm, seed) in done:
                 continue
             run_dir = out / "runs" / f"{args.data}-{args.family}-{arm}-s{seed}"
-            secs = train(run_dir, args.data, args.family, seed, args.epochs, arm_flags(arm, args.zero_gene_frac, args.mvc_weight), args.extra.split())
+            secs = train(run_dir, args.data, args.family, seed, args.epochs, arm_flags(arm, args.zero_gene_frac, args.mvc_weight, args.ecs_weight), args.extra.split())
             row = {"arm": arm, "seed": seed, "train_seconds": secs, **score(run_dir, args.data, args.knn_train_cells, args.impute_cells)}
             print(json.dumps(row), flush=True)
             rows.append(row)

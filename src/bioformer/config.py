@@ -162,6 +162,10 @@ class ModelConfig:
     # predicted from the cell embedding (<cls>, else the mean over genes) and the gene's embedding
     # alone, so the embedding must carry the cell. 0 = off (the head is not built)
     mvc_weight: float = 0.0
+    # weight of scGPT's elastic cell similarity (ECS) objective on the batch's cell embeddings:
+    # mean over cell pairs of 1 - (cos - 0.6)^2, pushing similar cells together and the others
+    # apart. 0 = off
+    ecs_weight: float = 0.0
     # value encoder input = bin * value_scale (bins 1..50 -> 0.04..2; mask -1 and pad -2 unscaled).
     # At 1.0 (raw bins, runs before this field) Linear -> ReLU -> Linear -> LayerNorm maps every
     # bin above a few to nearly the same vector: the model could not see how high a visible
@@ -218,7 +222,8 @@ class ModelConfig:
             raise BioformerError(f"--d-model {self.d_model} is not divisible by --nhead {self.nhead}; pick d_model a multiple of nhead")
         need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
         need(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "in [0, 1)", self.attention_dropout)
-        need(math.isfinite(self.mvc_weight) and self.mvc_weight >= 0, "mvc_weight", "a finite number >= 0", self.mvc_weight)
+        for name in ("mvc_weight", "ecs_weight"):
+            need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "a finite number >= 0", getattr(self, name))
         need(math.isfinite(self.value_scale) and self.value_scale > 0, "value_scale", "a finite number > 0", self.value_scale)
         for name, kind in FAMILY_SECTIONS.items():
             section = getattr(self, name)
@@ -288,7 +293,7 @@ class TrainConfig:
 
 
 # Fields a run saved before they existed must read as "off", whatever today's default is.
-OFF_WHEN_UNSAVED = {"data": {"zero_gene_frac": 0.0}, "model": {"mvc_weight": 0.0}}
+OFF_WHEN_UNSAVED = {"data": {"zero_gene_frac": 0.0}, "model": {"mvc_weight": 0.0, "ecs_weight": 0.0}}
 
 
 def with_unsaved_fields_off(cfg: RunConfig, saved: dict[str, Any]) -> RunConfig:

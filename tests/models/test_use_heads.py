@@ -169,3 +169,25 @@ def test_loss_is_masked_mse_plus_bernoulli_plus_weighted_mvc(family):
     mvc = np.mean((out["mvc_pred"][mask] - t) ** 2)
     assert 0 < is_zero.mean() < 1  # the masked targets hold zeros and non-zeros
     assert got == pytest.approx(mse + bce + 0.7 * mvc, rel=1e-5), (got, mse, bce, mvc)
+
+
+def test_ecs_loss_is_the_mean_elastic_similarity_of_the_batch_cells():
+    """In training with ecs_weight the model emits each cell's embedding (its <cls> state) and the
+    loss adds ecs_weight x mean over distinct cell pairs of 1 - (cos - 0.6)^2, computed here by
+    hand. Mutants: the ECS weight ignored; the diagonal (a cell with itself) counted."""
+    X, _ = two_groups(n_cells=6)
+    ds = dataset(X)
+    model = tiny_model("scgpt", 0, ecs_weight=0.5)
+    model.train()
+    b = collate([ds[i] for i in range(6)])
+    with torch.no_grad():
+        out = model(b["gene_ids"], b["values"], b["padding_mask"])
+        cls = model.encode(b["gene_ids"], b["values"], b["padding_mask"])[:, 0]
+    assert torch.equal(out["cell"], cls)
+    out["cell"] = torch.from_numpy(np.random.default_rng(0).normal(size=(6, 16)).astype(np.float32))  # varied cosines
+    loss = float(model.loss(out, b["target_values"], b["mask"]))
+    cell = out["cell"].double().numpy()
+    unit = cell / np.linalg.norm(cell, axis=1, keepdims=True)
+    cos = (unit @ unit.T)[~np.eye(6, dtype=bool)]
+    mse = float(((out["pred"][b["mask"]] - b["target_values"][b["mask"]]) ** 2).mean())
+    assert loss == pytest.approx(mse + 0.5 * np.mean(1 - (cos - 0.6) ** 2), rel=1e-5)

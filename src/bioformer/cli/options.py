@@ -22,6 +22,7 @@ HELP = {
     "zero_gene_frac": "share of each sequence given to genes the cell does not express (sampled per cell; 0 = expressed genes only)",
     "explicit_zero_prob": "zero head: P(value is 0); the prediction becomes the expected value, impute writes P(detected)",
     "mvc_weight": "weight of the cell-embedding objective (scGPT's MVC/GEPC: masked values from the cell embedding; 0 = off)",
+    "ecs_weight": "weight of the elastic cell similarity objective on the batch's cell embeddings (scGPT's ECS; 0 = off)",
     "max_len": "max sequence length incl. <cls> (longer cells are subsampled)",
     "prior": "TF prior: collectri | dorothea | all | none | PATH (source,target[,sign]); controls: NAME-rewired (degree-preserving, avoids NAME's edges), NAME-random (same density and sign mix), NAME-shuffled (old target permutation)",
     "prior_direction": "z codes both directions of each gene pair (both) or only i -> j (outgoing, the first version)",

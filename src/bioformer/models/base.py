@@ -29,11 +29,25 @@ class PairPath:
     linear: bool = False  # linear pair mode: z is never materialised (models/linear_pair.py)
     attention_chunk_size: int | None = None  # linear mode: query rows per attention chunk
 
+ECS_THRESHOLD = 0.6  # scGPT's default: cosines above it are pulled to 1, those below pushed down
+
+
+def elastic_cell_similarity(cell: torch.Tensor) -> torch.Tensor:
+    """scGPT's ECS loss of a batch of cell embeddings [B, c]: the mean over ordered pairs of
+    distinct cells of 1 - (cos - ECS_THRESHOLD)^2 (0 for a batch of one cell)."""
+    n = cell.shape[0]
+    if n < 2:
+        return cell.sum() * 0.0
+    unit = F.normalize(cell, dim=-1)
+    cos = unit @ unit.T  # [B, B]
+    off_diag = ~torch.eye(n, dtype=torch.bool, device=cell.device)
+    return (1.0 - (cos[off_diag] - ECS_THRESHOLD) ** 2).mean()
+
 
 class MaskedValueModel(nn.Module):
     """Base of every model: forward(gene_ids, values, padding_mask, prior=None) -> {"pred": [B, L],
     optionally "value" and "zero_logit" [B, L] (zero head), "mvc_pred" [B, L] (cell-embedding
-    objective, in training)}; built from a ModelConfig; owns its heads (`build_heads`, `heads`)
+    objective, in training), "cell" [B, c] (the cell embedding, in training with ECS)}; built from a ModelConfig; owns its heads (`build_heads`, `heads`)
     and its loss.
 
     `needs_prior` (instance): whether forward expects per-cell prior codes.
@@ -92,14 +106,18 @@ class MaskedValueModel(nn.Module):
         self.decoder = ExprDecoder(d_model, cfg.explicit_zero_prob)
         self.mvc_weight = float(cfg.mvc_weight)
         self.mvc = MVCDecoder(d_model) if self.mvc_weight > 0 else None
+        self.ecs_weight = float(getattr(cfg, "ecs_weight", 0.0))
 
     def heads(self, h: torch.Tensor, gene_ids: torch.Tensor, padding_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Outputs from the hidden states h [B, L, c] (what `encode` returns); the MVC prediction
         only in training (it is a training signal for the cell embedding, not an output)."""
         out = self.decoder(h)
-        if self.mvc is not None and self.training:
+        if self.training and (self.mvc is not None or self.ecs_weight > 0):
             cell = cell_embedding(h, gene_ids, padding_mask)  # [B, c]
-            out["mvc_pred"] = self.mvc(cell, self.gene_encoder(gene_ids))  # [B, L]
+            if self.mvc is not None:
+                out["mvc_pred"] = self.mvc(cell, self.gene_encoder(gene_ids))  # [B, L]
+            if self.ecs_weight > 0:
+                out["cell"] = cell
         return out
 
     def start_at(self, mean_value: float) -> None:
@@ -123,11 +141,14 @@ class MaskedValueModel(nn.Module):
 
     def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Masked MSE of "pred", plus the Bernoulli NLL of "value is zero" when the model has a zero
-        head, plus `mvc_weight` x the masked MSE of the cell-embedding prediction when it has one."""
+        head, plus `mvc_weight` x the masked MSE of the cell-embedding prediction when it has one,
+        plus `ecs_weight` x the elastic cell similarity of the batch's cell embeddings."""
         target = target[mask]
         loss = F.mse_loss(out["pred"].float()[mask], target)
         if "zero_logit" in out:
             loss = loss + F.binary_cross_entropy_with_logits(out["zero_logit"].float()[mask], (target == 0).float())
         if "mvc_pred" in out:
             loss = loss + self.mvc_weight * F.mse_loss(out["mvc_pred"].float()[mask], target)
+        if "cell" in out:
+            loss = loss + self.ecs_weight * elastic_cell_similarity(out["cell"].float())
         return loss
