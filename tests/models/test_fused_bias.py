@@ -55,21 +55,39 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def run(q, k, v, per_code, prior, pm, chunk, fused: bool):
+def fused(q, k, v, delta, prior, pm, chunk, first: tuple | None = None):
+    """`coded_bias_attention` as the trunk runs it: on the sequence reordered regulators first
+    (`first`: the reordered prior and padding mask, made here unless given), in chunks of
+    `chunk` query rows, and back."""
+    first, pmf = first if first is not None else reorder(prior, pm)
+    order = first.order  # [B, r]
+
+    def take(x, idx):
+        return x.gather(2, idx[:, None, :, None].expand(x.shape))
+
+    qf, kf, vf = take(q, order), take(k, order), take(v, order)
+    out = torch.cat([coded_bias_attention(qf[:, :, s:s + chunk], kf, vf, delta, first, pmf, s)
+                     for s in range(0, q.shape[2], chunk)], dim=2)
+    return take(out, torch.argsort(order, dim=1))
+
+
+def reorder(prior: PriorCodes, pm: torch.Tensor) -> tuple[PriorCodes, torch.Tensor]:
+    """The prior and padding mask regulators first, as the trunk makes them once per forward."""
+    first = prior.regulators_first()
+    return first, pm.gather(1, first.order)
+
+
+def run(q, k, v, per_code, prior, pm, chunk, fused_path: bool, first: tuple | None = None):
     """Output and gradients of q, k, v and the per-code table through the relative delta."""
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, per_code)]
     q_, k_, v_, pc = leaves
     delta = pc - pc[:1]
     r = q.shape[2]
-    outs = []
-    for start in range(0, r, chunk):
-        qc = q_[:, :, start:start + chunk]
-        if fused:
-            outs.append(coded_bias_attention(qc, k_, v_, delta, prior, pm, start))
-        else:  # the reference: SDPA with the same mask, which needs a gradient (math path)
-            mask = prior.mask(delta, start, start + qc.shape[2], pm)
-            outs.append(F.scaled_dot_product_attention(qc, k_, v_, attn_mask=mask))
-    out = torch.cat(outs, dim=2)
+    if fused_path:
+        out = fused(q_, k_, v_, delta, prior, pm, chunk, first)
+    else:  # the reference: SDPA with the same mask, which needs a gradient (math path)
+        out = torch.cat([F.scaled_dot_product_attention(q_[:, :, s:s + chunk], k_, v_, attn_mask=prior.mask(delta, s, min(s + chunk, r), pm))
+                         for s in range(0, r, chunk)], dim=2)
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
     (out * w).sum().backward()
     return [out.detach()] + [t.grad for t in leaves]
@@ -79,8 +97,8 @@ def run(q, k, v, per_code, prior, pm, chunk, fused: bool):
 @pytest.mark.parametrize("chunk", [17, 5])
 def test_fused_prior_attention_equals_the_math_path(direction, chunk):
     q, k, v, per_code, prior, pm = problem(direction)
-    got = run(q, k, v, per_code, prior, pm, chunk, fused=True)
-    want = run(q, k, v, per_code, prior, pm, chunk, fused=False)
+    got = run(q, k, v, per_code, prior, pm, chunk, fused_path=True)
+    want = run(q, k, v, per_code, prior, pm, chunk, fused_path=False)
     names = ["out", "dq", "dk", "dv", "d per_code"]
     for name, a, b in zip(names, got, want, strict=True):
         assert rel(a, b) < 1e-5, (name, rel(a, b))
@@ -97,11 +115,11 @@ def test_fused_prior_gradient_of_every_code_equals_the_dense_all_pairs_reference
     pair = prior.codes  # the pair codes it was built from
     w = torch.randn(q.shape, generator=torch.Generator().manual_seed(5))
 
-    def grads(fused: bool):
+    def grads(fused_path: bool):
         leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, delta)]
         q_, k_, v_, d_ = leaves
-        if fused:
-            out = coded_bias_attention(q_, k_, v_, d_, prior, pm)
+        if fused_path:
+            out = fused(q_, k_, v_, d_, prior, pm, q.shape[2])
         else:
             mask = d_[pair.long()].permute(0, 3, 1, 2).masked_fill(pm[:, None, None, :], torch.finfo(q.dtype).min)
             out = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask)
@@ -118,32 +136,57 @@ def test_index_forms_are_made_once_per_batch_and_kept_apart_by_head_count():
     """Every block reuses the layout's lookup and gradient indices (made on first use), yet a
     block with another head count gets its own: each call stays exact to the math path."""
     q, k, v, per_code, prior, pm = problem("both", seed=4)
+    first = reorder(prior, pm)  # one batch: the trunk makes this once per forward
     for H in (2, 3, 2):  # H = 3: a third head; the second H = 2 call reuses the first one's indices
         g = torch.Generator().manual_seed(H)
         qh, kh, vh = (torch.randn(q.shape[0], H, *q.shape[2:], generator=g) for _ in range(3))
         pc = torch.randn(16, H, generator=g) * 2
-        got = run(qh, kh, vh, pc, prior, pm, 17, fused=True)
-        want = run(qh, kh, vh, pc, prior, pm, 17, fused=False)
+        got = run(qh, kh, vh, pc, prior, pm, 17, fused_path=True, first=first)
+        want = run(qh, kh, vh, pc, prior, pm, 17, fused_path=False)
         for name, a, b in zip(["out", "dq", "dk", "dv", "d per_code"], got, want, strict=True):
             assert rel(a, b) < 1e-5, (H, name, rel(a, b))
-    (lay,) = [hit[1] for key, hit in prior.cache.items() if key[0] == "split"]
+    (lay,) = [hit[1] for key, hit in first[0].cache.items() if key[0] == "split"]
     assert sorted(key[1] for key in lay.index) == [2, 2, 3, 3]  # per part ("col", "row") and head count
 
 
 def test_outgoing_prior_keeps_every_key_on_the_fused_kernel():
     """With prior_direction "outgoing" only the regulators' rows carry a bias: no regulator-key
-    part (B), the kernel masks the pads alone; with "both" it masks the regulator keys too."""
+    part (B), the kernel sees every key (its mask the pads); with "both" it sees the keys past
+    the S regulator slots only."""
     for direction, want_col in (("outgoing", False), ("both", True)):
         q, k, v, per_code, prior, pm = problem(direction)
-        lay = fused_bias._Layout.of(prior, pm, 0, q.shape[2], q.dtype, per_code.shape[0])
-        masked = lay.key_mask[:, 0, 0].ne(0)  # [B, r]
+        first = prior.regulators_first()
+        pmf = pm.gather(1, first.order)
+        S = first.sources.shape[1]
+        lay = fused_bias._Layout.of(first, pmf, 0, q.shape[2], q.dtype, per_code.shape[0])
+        masked = lay.key_mask[:, 0, 0].ne(0)  # [B, keys on the kernel]
         assert (lay.col is not None) == want_col, direction
-        assert torch.equal(masked, pm) != want_col, direction  # "both": regulator keys masked as well
+        assert torch.equal(masked, pmf[:, S:] if want_col else pmf), direction
+        assert lay.n_r == S and lay.row.shape[1] == S
+
+
+@pytest.mark.parametrize("direction", ["both", "outgoing"])
+def test_regulators_first_is_the_same_prior_reordered(direction):
+    """Each cell's regulators sit at 0 .. n - 1 (ascending), the other genes after them in their
+    order, and every pair keeps its code: the reordered mask is the batch's mask reordered."""
+    q, k, v, per_code, prior, pm = problem(direction)
+    first = prior.regulators_first()
+    order = first.order
+    is_source = prior.codes.remainder(4).ne(0).any(-1)  # an outgoing edge (the i -> j part of the code)
+    for b in range(order.shape[0]):
+        n = int(is_source[b].sum())
+        assert torch.equal(order[b, :n], is_source[b].nonzero().squeeze(1))
+        assert torch.equal(order[b, n:], (~is_source[b]).nonzero().squeeze(1))
+    delta = per_code - per_code[:1]
+    pmf = pm.gather(1, order)
+    want = prior.mask(delta, 0, q.shape[2], pm)
+    want = want.gather(2, order[:, None, :, None].expand(want.shape)).gather(3, order[:, None, None, :].expand(want.shape))
+    torch.testing.assert_close(first.mask(delta, 0, q.shape[2], pmf), want, rtol=0, atol=0)
 
 
 def test_fused_prior_attention_runs_the_flash_kernel():
     q, k, v, per_code, prior, pm = problem("both")
-    ops = ops_run(lambda: run(q, k, v, per_code, prior, pm, 17, fused=True))
+    ops = ops_run(lambda: run(q, k, v, per_code, prior, pm, 17, fused_path=True))
     assert FLASH in ops and FLASH_BWD in ops and MATH not in ops
 
 

@@ -196,10 +196,14 @@ def test_bf16_autocast_stays_close_to_fp32():
     assert err < 0.05, float(err)
 
 
-@pytest.mark.parametrize("pair_mode", ["full", "linear"])
-def test_pair_bias_logits_equal_the_materialised_bias(pair_mode):
-    """[B, H, r, r]: the last block's Linear(norm(z_L)) with z_L formed explicitly."""
-    model = linear_model() if pair_mode == "linear" else tiny_bioformer()
+@pytest.mark.parametrize("pair_mode", ["full", "linear", "linear-split"])
+def test_pair_bias_logits_equal_the_materialised_bias(pair_mode, monkeypatch):
+    """[B, H, r, r]: the last block's Linear(norm(z_L)) with z_L formed explicitly. With the
+    split prior path the trunk runs regulators first: the readout is back in the batch's order."""
+    if pair_mode == "linear-split":
+        monkeypatch.setattr(fused_bias, "SPLIT_MIN_GENES", 1)
+        monkeypatch.setattr(fused_bias, "SPLIT_MAX_SHARE", 1.0)
+    model = linear_model() if pair_mode.startswith("linear") else tiny_bioformer()
     for p in model.parameters():
         p.data.normal_(0, 0.3)
     model.eval()

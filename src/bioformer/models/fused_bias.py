@@ -3,31 +3,34 @@
 `scaled_dot_product_attention` leaves its fused CPU kernel for the math path whenever the float
 mask needs a gradient, which the prior's per-code, per-head bias `delta` [K, H] does; and even
 a detached [B, H, r, r] mask costs a full write and two reads. But the bias lives only on the
-rows and columns of the cell's regulators (S of them, a few % of r; see `PriorCodes`), so split:
+rows and columns of the cell's regulators (S slots, a few % of r; see `PriorCodes`). The trunk
+puts them first (`PriorCodes.regulators_first`: positions 0 .. S-1 hold each cell's regulators,
+then, in cells with fewer than S, other genes as fillers), so the attention splits by slicing:
 
-* regulator query rows (S): their whole row carries bias: small dense attention [B, H, S, r];
-* every other query row: its keys split into the S regulator keys (bias `delta[col_code]`:
-  small dense scores [B, H, rq, S]) and all other keys (no bias: the fused kernel, its mask only
-  the padded and regulator keys, [B, 1, 1, r] broadcast). The two parts merge exactly by their
+* R, the first S query rows: their whole row carries bias: small dense attention [B, H, S, r];
+* every other query row: keys 0 .. S-1 (B: bias `delta[col_code]`, small dense scores
+  [B, H, r - S, S]) and keys S .. r-1 (A: no bias, the fused kernel over (r - S) x (r - S),
+  its mask only the pads, [B, 1, 1, r - S] broadcast). A and B merge exactly by their
   log-sum-exps: lse = logaddexp(lse_A, lse_B), out = e^(lse_A - lse) out_A + e^(lse_B - lse) out_B.
 
-With prior_direction "outgoing" no other row carries a bias (a code sits only on the regulators'
-rows): the regulator keys stay on the fused kernel and the B part is skipped (per block at
-r = 512, B = 8, d = 24: ~9 ms over the plain kernel instead of ~17).
+So the kernel never computes a pair that R or B computes (in the batch's own order it did: at
+r = 512 with S ~ 34 that was 13% of its work). A filler row is a gene without edges of its own:
+its codes sit at the regulator keys (its column codes), and R computes it like the others.
+With prior_direction "outgoing" no row but the regulators' carries a bias: every other row
+attends to all keys on the fused kernel and B is skipped.
 
 One autograd node (`_SplitAttention`) with its own backward. With P the whole row's softmax,
 dS_ij = P_ij (dO_i . v_j - D_i), D_i = dO_i . O_i: the fused kernel's backward recomputes
 P_ij = exp(s_ij - lse_i) and D_i = dO_i . out_i from the lse and out it is given, so given the
-merged lse and output it returns exactly the unbiased keys' share of dq, dk, dv (no gradient of
-lse_A needed). The regulator keys' and rows' dS come from their saved probabilities, and the
-per-code gradient is dS summed by code (code 0's from the others': each row's dS sums to 0).
-The regulator rows are cut out of A and B in backward (zero dO there).
+merged lse and output it returns exactly A's share of dq, dk, dv (no gradient of lse_A
+needed). B's and R's dS come from their saved probabilities, and the per-code gradient is dS
+summed by code (code 0's from the others': each row's dS sums to 0).
 
 The result equals the math path's to float rounding (tests/models/test_fused_bias.py). Anything
-else (short sequences, many regulators, attention dropout, other devices) takes the dense mask
-through `norm_bias.dense_bias_attention`: CPU's fused kernel with the mask's gradient from the
-log-sum-exp in fp32 training without attention dropout, else `scaled_dot_product_attention`
-(the pure-PyTorch reference).
+else (short sequences, many regulators, attention dropout, other devices, a prior in the
+batch's own order) takes the dense mask through `norm_bias.dense_bias_attention`: CPU's fused
+kernel with the mask's gradient from the log-sum-exp in fp32 training without attention
+dropout, else `scaled_dot_product_attention` (the pure-PyTorch reference).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from bioformer.models.norm_bias import dense_bias_attention
 from bioformer.models.pair import PriorCodes
@@ -47,22 +51,12 @@ SPLIT_MIN_GENES = 128  # below this r the dense mask is cheap (measured: split 1
 SPLIT_MAX_SHARE = 0.25  # regulator slots S up to this share of r (measured at r = 512, S/r ~ 0.18: split 1.59x scGPT vs dense 2.40x)
 
 
-def split_applies(q: torch.Tensor, dropout_p: float, prior: PriorCodes | None, r: int) -> bool:
-    """Whether `coded_bias_attention` takes the split, fused path: CPU, no attention dropout, the
-    kernel present in this torch, and few regulators in long enough sequences (see the limits)."""
-    return (q.device.type == "cpu" and dropout_p == 0 and _FLASH is not None and _FLASH_BWD is not None
+def split_applies(device: torch.device, dropout_p: float, prior: PriorCodes | None, r: int) -> bool:
+    """Whether the prior's attention takes the split, fused path: CPU, no attention dropout, the
+    kernel present in this torch, and few regulators in long enough sequences (see the limits).
+    The trunk asks it once per forward and then puts the regulators first."""
+    return (device.type == "cpu" and dropout_p == 0 and _FLASH is not None and _FLASH_BWD is not None
             and prior is not None and r >= SPLIT_MIN_GENES and prior.sources.shape[1] <= SPLIT_MAX_SHARE * r)
-
-
-def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, H, n, w] at rows idx [B, S] (the same rows for every head): [B, H, S, w]."""
-    B, H, _, w = x.shape
-    return x.gather(2, idx[:, None, :, None].expand(B, H, idx.shape[1], w))
-
-
-def _scatter_rows_(x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """x [B, H, n, w] += rows [B, H, S, w] at rows idx [B, S], in place (repeated rows add up)."""
-    return x.scatter_add_(2, idx[:, None, :, None].expand_as(rows), rows)
 
 
 def _heads_first_codes(codes: torch.Tensor, H: int, n_codes: int) -> torch.Tensor:
@@ -95,19 +89,18 @@ def _code_grad(ds: torch.Tensor, lanes: torch.Tensor, n_codes: int) -> torch.Ten
 
 @dataclass
 class _Layout:
-    """Where the prior's bias sits for query rows [start, start + rq): the regulator keys (masked
-    off the fused kernel by `key_mask`), their codes per query row `col`, the regulator rows
-    inside the chunk (local rows `idx`, `inside` per cell) and their codes `row` (uint8: one byte
-    per pair held; the long indices the lookups want are made per use). Code K, one past the
-    table, marks a masked pair (a pad or an empty slot). Built once per batch and chunk, shared by
-    every block (`PriorCodes.cache`)."""
+    """Where the prior's bias sits for query rows [start, start + rq) of a regulators-first
+    sequence (`PriorCodes.regulators_first`): the first `n_r` of these rows are R rows (below
+    S), the others attend to keys 0 .. S-1 with their column codes `col` (B) and to the rest on
+    the fused kernel, whose mask is `key_mask` (A). Codes are uint8, one byte per pair held (the
+    long indices the lookups want are made per use); code K, one past the table, marks a padded
+    key. Built once per batch and chunk, shared by every block (`PriorCodes.cache`)."""
 
-    key_mask: torch.Tensor  # [B, 1, 1, r] the dtype's min on pads and (with `col`) regulator keys, else 0
-    src: torch.Tensor  # [B, S] regulator key positions
-    col: torch.Tensor | None  # [B, rq, S] uint8 the codes per query row and regulator key; None: all "no edge"
-    idx: torch.Tensor  # [B, S'] local row of each kept slot (clamped; see inside)
-    inside: torch.Tensor  # [B, S'] the slot is a regulator row of this chunk in this cell
-    row: torch.Tensor  # [B, S', r] uint8 the regulator rows' codes
+    S: int  # regulator slots: rows and keys 0 .. S-1
+    n_r: int  # R rows at the start of this chunk
+    key_mask: torch.Tensor  # [B, 1, 1, r - S] (or [B, 1, 1, r] without `col`): the dtype's min on pads, else 0
+    col: torch.Tensor | None  # [B, rq - n_r, S] the other rows' codes at keys 0 .. S-1; None: no bias there ("outgoing")
+    row: torch.Tensor  # [B, n_r, r] the R rows' codes
     index: dict = field(default_factory=dict, repr=False)  # the codes' index forms, made once (`indices`)
 
     def indices(self, part: str, H: int, n_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,21 +121,17 @@ class _Layout:
         if hit is not None and hit[0] is padding_mask:
             return hit[1]
         B, r = padding_mask.shape
-        src = prior.sources  # [B, S]
-        valid = prior.valid if prior.valid is not None else prior.row_codes.ne(0).any(-1)  # [B, S]
-        key_ok = valid & ~padding_mask.gather(1, src)  # [B, S] the slot is a real regulator key
-        is_src_key = torch.zeros(B, r, dtype=torch.int32, device=src.device).scatter_add_(1, src, key_ok.int()) > 0
-        col, off_kernel = None, padding_mask  # no bias off the regulators' rows ("outgoing"): every key on the kernel
+        S = prior.sources.shape[1]
+        n_r = min(max(S - start, 0), rq)
+        col, kernel_pads = None, padding_mask  # "outgoing": the other rows see every key on the kernel
+        row = prior.row_codes[:, start:start + n_r]
         if prior.col_codes is not None:
-            col = prior.col_codes[:, start:start + rq].to(torch.uint8).masked_fill(~key_ok[:, None, :], K)
-            off_kernel = padding_mask | is_src_key
-        key_mask = torch.zeros(B, 1, 1, r, dtype=dtype, device=src.device).masked_fill_(
-            off_kernel[:, None, None, :], torch.finfo(dtype).min)
-        local = src - start
-        inside = valid & (local >= 0) & (local < rq)  # [B, S]
-        keep = inside.any(dim=0).nonzero().squeeze(1)  # [S'] the slots in this chunk in any cell
-        row = prior.row_codes[:, keep].to(torch.uint8).masked_fill(padding_mask[:, None, :], K)  # [B, S', r]
-        lay = cls(key_mask, src, col, local[:, keep].clamp(0, max(rq - 1, 0)), inside[:, keep], row)
+            col = prior.col_codes[:, start + n_r:start + rq].to(torch.uint8).masked_fill(padding_mask[:, None, :S], K)
+            kernel_pads = padding_mask[:, S:]
+            row = row + F.pad(prior.col_codes[:, start:start + n_r], (0, r - S))  # a filler row's codes: at the regulator keys
+        key_mask = torch.zeros(B, 1, 1, kernel_pads.shape[1], dtype=dtype, device=padding_mask.device).masked_fill_(
+            kernel_pads[:, None, None, :], torch.finfo(dtype).min)
+        lay = cls(S, n_r, key_mask, col, row.to(torch.uint8).masked_fill(padding_mask[:, None, :], K))
         prior.cache[key] = (padding_mask, lay)
         return lay
 
@@ -180,6 +169,23 @@ def _softmax_grad(d_out: torch.Tensor, out: torch.Tensor, v: torch.Tensor, p: to
                          beta=-1).view(B, H, n, m).mul_(p)
 
 
+def _merge_keys(q_o, k, v, table, lay: _Layout, scale: float):
+    """The rows past R: part A (keys S .. r-1, on the fused kernel) and part B (keys 0 .. S-1
+    with their column codes) merged by log-sum-exp: out [B, H, n, d], lse [B, H, n] and B's
+    probabilities [B, H, n, S]."""
+    S, H = lay.S, q_o.shape[1]
+    out_a, lse_a = _FLASH(q_o, k[:, :, S:], v[:, :, S:], 0.0, False, attn_mask=lay.key_mask, scale=scale)  # [B, H, n, d], [B, H, n]
+    s_b = _biased_scores(table, lay.indices("col", H, table.shape[0] // H)[0], q_o, k[:, :, :S], scale)  # [B, H, n, S]
+    m = torch.maximum(s_b.amax(dim=-1), lse_a)  # [B, H, n]
+    e_b = s_b.sub_(m.unsqueeze(-1)).clamp_min_(EXP_FLOOR).exp_()
+    e_a = torch.exp(lse_a - m)
+    z = e_b.sum(dim=-1).add_(e_a)
+    lse = m.add_(z.log())  # the whole row's log-sum-exp
+    p_b = e_b.div_(z.unsqueeze(-1))  # the softmax's probabilities at keys 0 .. S-1
+    out = _bmm(p_b, v[:, :, :S]).addcmul_(out_a, e_a.div_(z).unsqueeze(-1))  # [B, H, n, d]
+    return out, lse, p_b
+
+
 class _SplitAttention(torch.autograd.Function):
     """The split computation of the module docstring, one node with its own backward. Products
     with a long inner dimension are taken in the orientation whose bmm is fast on CPU (a
@@ -189,70 +195,61 @@ class _SplitAttention(torch.autograd.Function):
     invisible in fp32 next to the row's total (>= 1 before normalising)."""
 
     @staticmethod
-    def keys_part(q, k, v, table, lay: _Layout, scale: float):
-        """Parts A (every key but the regulators, on the fused kernel) and B (the regulator keys
-        with their column codes) merged by log-sum-exp: out [B, H, rq, d], lse [B, H, rq], and
-        B's keys, values [B, H, S, d] and probabilities [B, H, rq, S]."""
-        H, n_codes = q.shape[1], table.shape[0] // q.shape[1]
-        out_a, lse_a = _FLASH(q, k, v, 0.0, False, attn_mask=lay.key_mask, scale=scale)  # [B, H, rq, d], [B, H, rq]
-        # B: the regulator keys with their column codes, merged by log-sum-exp
-        k_s, v_s = _gather_rows(k, lay.src), _gather_rows(v, lay.src)  # [B, H, S, d]
-        s_b = _biased_scores(table, lay.indices("col", H, n_codes)[0], q, k_s, scale)  # [B, H, rq, S]
-        m = torch.maximum(s_b.amax(dim=-1), lse_a)  # [B, H, rq]
-        e_b = s_b.sub_(m.unsqueeze(-1)).clamp_min_(EXP_FLOOR).exp_()
-        e_a = torch.exp(lse_a - m)
-        z = e_b.sum(dim=-1).add_(e_a)
-        lse = m.add_(z.log())  # the whole row's log-sum-exp
-        p_b = e_b.div_(z.unsqueeze(-1))  # the softmax's probabilities at the regulator keys
-        out = _bmm(p_b, v_s).addcmul_(out_a, e_a.div_(z).unsqueeze(-1))  # [B, H, rq, d]
-        return out, lse, k_s, v_s, p_b
-
-    @staticmethod
     def forward(ctx, q, k, v, delta, lay: _Layout, scale: float):
         K, H = delta.shape
         table = torch.cat([delta, delta.new_full((1, H), torch.finfo(delta.dtype).min)]).t().reshape(-1)  # [H * (K + 1)]
-        if lay.col is None:  # the other rows have no bias: every key on the fused kernel, no B part
-            out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=lay.key_mask, scale=scale)  # [B, H, rq, d], [B, H, rq]
-            k_s = v_s = p_b = None
-        else:
-            out, lse, k_s, v_s, p_b = _SplitAttention.keys_part(q, k, v, table, lay, scale)
-        # R: the regulators' own query rows, whole rows with their row codes, replace those rows
-        q_r = _gather_rows(q, lay.idx)  # [B, H, S', d]
-        p_r = torch.softmax(_biased_scores(table, lay.indices("row", H, K + 1)[0], q_r, k, scale), dim=-1)  # [B, H, S', r]
-        out_r = _bmm(p_r, v)  # [B, H, S', d]
-        bi, si = lay.inside.nonzero(as_tuple=True)
-        out[bi, :, lay.idx[bi, si]] = out_r[bi, :, si]
-        ctx.save_for_backward(q, k, v, out, lse, k_s, v_s, p_b, q_r, p_r, out_r)
+        n_r = lay.n_r
+        q_r, q_o = q[:, :, :n_r], q[:, :, n_r:]  # R rows, the other rows
+        p_r = out_r = out_o = lse = p_b = None
+        outs = []
+        if n_r:  # R: whole rows with their row codes
+            p_r = torch.softmax(_biased_scores(table, lay.indices("row", H, K + 1)[0], q_r, k, scale), dim=-1)  # [B, H, n_r, r]
+            out_r = _bmm(p_r, v)  # [B, H, n_r, d]
+            outs.append(out_r)
+        if q_o.shape[2]:
+            if lay.col is None:  # no bias off the R rows: every key on the fused kernel
+                out_o, lse = _FLASH(q_o, k, v, 0.0, False, attn_mask=lay.key_mask, scale=scale)
+            else:
+                out_o, lse, p_b = _merge_keys(q_o, k, v, table, lay, scale)
+            outs.append(out_o)
+        ctx.save_for_backward(q, k, v, out_o, lse, p_b, p_r, out_r)
         ctx.lay, ctx.scale, ctx.K = lay, scale, K
-        return out
+        return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
     @staticmethod
     def backward(ctx, d_out):
         """dS = P (dO . v - D), D = dO . O, over each part's pairs: the fused kernel's backward
-        with the merged out and lse recomputes exactly the softmax's P on the unbiased keys (its
-        D is dO . out), so A needs no log-sum-exp gradient; the regulator rows are cut out of
-        A and B (zero dO there) and get theirs from R."""
-        q, k, v, out, lse, k_s, v_s, p_b, q_r, p_r, out_r = ctx.saved_tensors
+        with the merged out and lse recomputes exactly the softmax's P on A's keys (its D is
+        dO . out), so A needs no log-sum-exp gradient; B and R get theirs from their saved
+        probabilities."""
+        q, k, v, out_o, lse, p_b, p_r, out_r = ctx.saved_tensors
         lay, scale, K = ctx.lay, ctx.scale, ctx.K
-        d_r = _gather_rows(d_out, lay.idx) * lay.inside[:, None, :, None].to(d_out.dtype)  # [B, H, S', d]
-        bi, si = lay.inside.nonzero(as_tuple=True)
-        d_a = d_out.contiguous().clone()
-        d_a[bi, :, lay.idx[bi, si]] = 0  # dO with the regulator rows zeroed
-        dq, dk, dv = _FLASH_BWD(d_a, q, k, v, out, lse, 0.0, False, attn_mask=lay.key_mask, scale=scale)
-        ds_r = _softmax_grad(d_r, out_r, v, p_r)  # [B, H, S', r]
-        dq = _scatter_rows_(dq, lay.idx, _bmm(ds_r, k).mul_(scale))
-        dk.add_(_t(_bmm(_t(q_r), ds_r)), alpha=scale)
-        dv.add_(_t(_bmm(_t(d_r), p_r)))
-        H = d_out.shape[1]
-        g = _code_grad(ds_r, lay.indices("row", H, K + 1)[1], K + 1)  # [K + 1, H]
-        if lay.col is not None:  # B: the regulator keys of the other rows
-            ds_b = _softmax_grad(d_a, out, v_s, p_b)  # [B, H, rq, S]
-            dq.add_(_bmm(ds_b, k_s), alpha=scale)
-            dk = _scatter_rows_(dk, lay.src, _t(_bmm(_t(q), ds_b)).mul_(scale))
-            dv = _scatter_rows_(dv, lay.src, _t(_bmm(_t(d_a), p_b)))
+        n_r, S, H = lay.n_r, lay.S, q.shape[1]
+        q_r, q_o = q[:, :, :n_r], q[:, :, n_r:]
+        d_r, d_o = d_out[:, :, :n_r], d_out[:, :, n_r:]
+        g = q.new_zeros(K + 1, H)
+        dqs = []
+        if out_o is None:
+            dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+        elif p_b is None:  # every key on the kernel
+            dq_o, dk, dv = _FLASH_BWD(d_o, q_o, k, v, out_o, lse, 0.0, False, attn_mask=lay.key_mask, scale=scale)
+            dqs.append(dq_o)
+        else:
+            dq_o, dk_a, dv_a = _FLASH_BWD(d_o, q_o, k[:, :, S:], v[:, :, S:], out_o, lse, 0.0, False, attn_mask=lay.key_mask, scale=scale)
+            ds_b = _softmax_grad(d_o, out_o, v[:, :, :S], p_b)  # [B, H, n, S]
+            dqs.append(dq_o.add_(_bmm(ds_b, k[:, :, :S]), alpha=scale))
+            dk = torch.cat([_t(_bmm(_t(q_o), ds_b)).mul_(scale), dk_a], dim=2)
+            dv = torch.cat([_t(_bmm(_t(d_o), p_b)), dv_a], dim=2)
             g += _code_grad(ds_b, lay.indices("col", H, K + 1)[1], K + 1)
+        if n_r:
+            ds_r = _softmax_grad(d_r, out_r, v, p_r)  # [B, H, n_r, r]
+            dqs.insert(0, _bmm(ds_r, k).mul_(scale))
+            dk.add_(_t(_bmm(_t(q_r), ds_r)), alpha=scale)
+            dv.add_(_t(_bmm(_t(d_r), p_r)))
+            g += _code_grad(ds_r, lay.indices("row", H, K + 1)[1], K + 1)
         g = g[:K]
         g[0] = -g[1:].sum(0)  # every row's dS sums to 0: code 0's gradient over all its pairs
+        dq = torch.cat(dqs, dim=2) if len(dqs) > 1 else dqs[0]
         return dq, dk, dv, g, None, None
 
 
@@ -268,10 +265,10 @@ def coded_bias_attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:  # [B, H, rq, d_v]
     """Attention of these query rows with the prior's per-code bias (and pads masked): split and
-    fused where `split_applies` and v is as wide as q, else the dense mask through
-    `dense_bias_attention`."""
+    fused for a regulators-first prior where `split_applies` and v is as wide as q, else the
+    dense mask through `dense_bias_attention`."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
-    if split_applies(q, dropout_p, prior, k.shape[2]) and v.shape[-1] == q.shape[-1]:
+    if prior.order is not None and split_applies(q.device, dropout_p, prior, k.shape[2]) and v.shape[-1] == q.shape[-1]:
         lay = _Layout.of(prior, padding_mask, start, q.shape[2], q.dtype, delta.shape[0])
         return _SplitAttention.apply(q, k, v.to(q.dtype), delta.to(q.dtype), lay, scale)
     mask = prior.mask(delta, start, start + q.shape[2], padding_mask)  # [B, H, rq, r]

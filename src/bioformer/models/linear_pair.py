@@ -111,7 +111,7 @@ def linear_pair_attention(
     # training with attention dropout) and CUDA's kernels do not, and there zero channels of v
     # would only cost time
     fused_cpu = q.device.type == "cpu" and dropout_p == 0
-    split = split_applies(q, dropout_p, prior, r) and attend is None
+    split = prior is not None and prior.order is not None and split_applies(q.device, dropout_p, prior, r) and attend is None
     d_pad = (d + 7) // 8 * 8  # aligned head dims (CPU's kernel: 16 and 24 measured faster than 15 and 23)
     if d_pad > d:
         q_parts.append(q.new_zeros(B, H, r, d_pad - d))

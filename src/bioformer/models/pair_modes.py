@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from bioformer.errors import BioformerError
+from bioformer.models.fused_bias import split_applies
 from bioformer.models.linear_pair import OPMTerm, linear_pair_bias
 
 
@@ -61,20 +62,32 @@ class LinearPair:
         """Encoders and the first n_blocks blocks: m [B, r, c] and (the OPM terms written so far,
         the prior codes or None for a zero z, whose bias is constant)."""
         m = model.gene_encoder(gene_ids) + model.value_encoder(values)  # [B, r, c]
-        codes = None
+        codes = seen = None
         if model.uses_z and model.needs_prior:
-            codes = model.prior_codes(model.require_prior(prior))
+            codes = seen = model.prior_codes(model.require_prior(prior))
+            if attend is None and split_applies(m.device, model.blocks[0].attention.attention_dropout(), codes, m.shape[1]):
+                seen = codes.regulators_first()  # the split prior attention slices where it would gather
+                m, padding_mask = _reorder(m, seen.order), _reorder(padding_mask, seen.order)
         terms: list[OPMTerm] = []
         for block in model.blocks[:n_blocks]:
-            m, term = model.run_block(block.forward_linear, m, terms, codes, padding_mask, attend)
+            m, term = model.run_block(block.forward_linear, m, terms, seen, padding_mask, attend)
             if term is not None:
                 terms = [*terms, term]
+        if seen is not codes:  # back to the batch's order
+            back = torch.argsort(seen.order, dim=1)
+            m = _reorder(m, back)
+            terms = [OPMTerm(_reorder(t.a, back), _reorder(t.b, back), t.weight, t.bias) for t in terms]
         return m, (terms, codes)
 
     def pair_bias(self, attn: Any, state: Any, r: int, chunk_size: int | None) -> torch.Tensor:
         """`w . z_k` built from the OPM factors in chunks of `chunk_size` query rows: [*, H, r, r]."""
         terms, codes = state
         return linear_pair_bias(attn, terms, codes, r, chunk_size)
+
+
+def _reorder(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """x [B, r, ...] with its positions taken in `order` [B, r]."""
+    return x.gather(1, order.view(*order.shape, *([1] * (x.dim() - 2))).expand(x.shape))
 
 
 PAIR_ENGINES = {engine.name: engine for engine in (FullPair(), LinearPair())}
