@@ -73,7 +73,7 @@ def fused(q, k, v, delta, prior, pm, chunk, first: tuple | None = None):
 
 def reorder(prior: PriorCodes, pm: torch.Tensor) -> tuple[PriorCodes, torch.Tensor]:
     """The prior and padding mask regulators first, as the trunk makes them once per forward."""
-    first = prior.regulators_first()
+    first = fused_bias.regulators_first(prior)
     return first, pm.gather(1, first.order)
 
 
@@ -155,7 +155,7 @@ def test_outgoing_prior_keeps_every_key_on_the_fused_kernel():
     the S regulator slots only."""
     for direction, want_col in (("outgoing", False), ("both", True)):
         q, k, v, per_code, prior, pm = problem(direction)
-        first = prior.regulators_first()
+        first = fused_bias.regulators_first(prior)
         pmf = pm.gather(1, first.order)
         S = first.sources.shape[1]
         lay = fused_bias._Layout.of(first, pmf, 0, q.shape[2], q.dtype, per_code.shape[0])
@@ -170,7 +170,7 @@ def test_regulators_first_is_the_same_prior_reordered(direction):
     """Each cell's regulators sit at 0 .. n - 1 (ascending), the other genes after them in their
     order, and every pair keeps its code: the reordered mask is the batch's mask reordered."""
     q, k, v, per_code, prior, pm = problem(direction)
-    first = prior.regulators_first()
+    first = fused_bias.regulators_first(prior)
     order = first.order
     is_source = prior.codes.remainder(4).ne(0).any(-1)  # an outgoing edge (the i -> j part of the code)
     for b in range(order.shape[0]):

@@ -192,15 +192,17 @@ def test_coded_pair_bias_equals_materialised_z():
 
 
 @pytest.mark.parametrize("direction", ["both", "outgoing"])
-def test_prior_codes_from_edges_equal_those_from_pair_codes(direction):
+@pytest.mark.parametrize("r", [R, 16])  # 16: the edges read 8 per int64 word
+def test_prior_codes_from_edges_equal_those_from_pair_codes(direction, r):
     """`PriorCodes.of_edges` (the model's path: no pair codes over r^2) gives exactly the slots
     and codes of `of(pair_codes(...))`, with cells of different regulator counts (padding
     slots), a cell without edges, and a regulator that is also another's target."""
     g = torch.Generator().manual_seed(2)
-    raw = torch.randint(0, 4, (3, R, R), generator=g, dtype=torch.int8)
-    raw *= (torch.rand(3, R, 1, generator=g) < torch.tensor([0.3, 0.1, 0.0]).view(3, 1, 1)).to(torch.int8)
+    raw = torch.randint(0, 4, (3, r, r), generator=g, dtype=torch.int8)
+    raw *= (torch.rand(3, r, 1, generator=g) < torch.tensor([0.3, 0.1, 0.0]).view(3, 1, 1)).to(torch.int8)
     raw[1, 2, 7] = 3
     raw[1, 7, 2] = 1  # 2 and 7 regulate each other
+    raw[0, 5, -1] = 1  # an edge in the last column only (the last byte of a word)
     table = torch.randn(16, CZ, generator=g)
     want = PriorCodes.of(pair_codes(raw, direction), table)
     got = PriorCodes.of_edges(raw, direction, table)

@@ -4,7 +4,7 @@
 mask needs a gradient, which the prior's per-code, per-head bias `delta` [K, H] does; and even
 a detached [B, H, r, r] mask costs a full write and two reads. But the bias lives only on the
 rows and columns of the cell's regulators (S slots, a few % of r; see `PriorCodes`). The trunk
-puts them first (`PriorCodes.regulators_first`: positions 0 .. S-1 hold each cell's regulators,
+puts them first (`regulators_first`: positions 0 .. S-1 hold each cell's regulators,
 then, in cells with fewer than S, other genes as fillers), so the attention splits by slicing:
 
 * R, the first S query rows: their whole row carries bias: small dense attention [B, H, S, r];
@@ -59,6 +59,19 @@ def split_applies(device: torch.device, dropout_p: float, prior: PriorCodes | No
             and prior is not None and r >= SPLIT_MIN_GENES and prior.sources.shape[1] <= SPLIT_MAX_SHARE * r)
 
 
+def regulators_first(prior: PriorCodes) -> PriorCodes:
+    """These codes with each cell's regulators first (positions 0 .. n-1), the other genes after
+    them in their order: `order` [B, r] (gather the sequence with it), so that the split slices
+    instead of gathering. `codes` stays in the batch's order."""
+    B, S, r = prior.row_codes.shape
+    valid = prior.valid if prior.valid is not None else prior.row_codes.ne(0).any(-1)
+    is_source = torch.zeros(B, r, dtype=torch.int8, device=valid.device).scatter_add_(1, prior.sources, valid.to(torch.int8))
+    order = torch.argsort(is_source.eq(0).to(torch.int8), dim=1, stable=True)  # [B, r]
+    row_codes = prior.row_codes.gather(2, order[:, None, :].expand(B, S, r))
+    col_codes = None if prior.col_codes is None else prior.col_codes.gather(1, order[:, :, None].expand(B, r, S))
+    return PriorCodes(prior.codes, prior.table, torch.arange(S, device=valid.device) * valid, row_codes, col_codes, valid, order)
+
+
 def _heads_first_codes(codes: torch.Tensor, H: int, n_codes: int) -> torch.Tensor:
     """[B * H * n * m] int32 (one pass): codes [B, n, m] (uint8) as flat indices h * n_codes + code
     into a [H, n_codes] table, heads first, so one `index_select` gives the per-head lookup."""
@@ -90,7 +103,7 @@ def _code_grad(ds: torch.Tensor, lanes: torch.Tensor, n_codes: int) -> torch.Ten
 @dataclass
 class _Layout:
     """Where the prior's bias sits for query rows [start, start + rq) of a regulators-first
-    sequence (`PriorCodes.regulators_first`): the first `n_r` of these rows are R rows (below
+    sequence (`regulators_first`): the first `n_r` of these rows are R rows (below
     S), the others attend to keys 0 .. S-1 with their column codes `col` (B) and to the rest on
     the fused kernel, whose mask is `key_mask` (A). Codes are uint8, one byte per pair held (the
     long indices the lookups want are made per use); code K, one past the table, marks a padded

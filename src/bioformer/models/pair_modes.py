@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from bioformer.errors import BioformerError
-from bioformer.models.fused_bias import split_applies
+from bioformer.models.fused_bias import regulators_first, split_applies
 from bioformer.models.linear_pair import OPMTerm, linear_pair_bias
 
 
@@ -66,7 +66,7 @@ class LinearPair:
         if model.uses_z and model.needs_prior:
             codes = seen = model.prior_codes(model.require_prior(prior))
             if attend is None and split_applies(m.device, model.blocks[0].attention.attention_dropout(), codes, m.shape[1]):
-                seen = codes.regulators_first()  # the split prior attention slices where it would gather
+                seen = regulators_first(codes)  # the split prior attention slices where it would gather
                 m, padding_mask = _reorder(m, seen.order), _reorder(padding_mask, seen.order)
         terms: list[OPMTerm] = []
         for block in model.blocks[:n_blocks]:
