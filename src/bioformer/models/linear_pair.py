@@ -13,8 +13,9 @@ Terms constant over the key j cancel in the softmax (beta_k, the "no edge" code'
 * the prior's code is "no edge" except on the rows and columns of the cell's regulators (genes
   with an outgoing edge, S of them): their codes are gathered once (int8, O(B S r)). On CPU
   without attention dropout, in sequences long enough that the split pays (`split_applies`),
-  the attention splits off those rows and columns and runs the rest on the fused kernel (`bioformer.models.fused_bias`: no [B, H, r, r] tensor at all, training
-  included). Elsewhere (the reference) each chunk of query rows looks up and scatters them into
+  the trunk puts each cell's regulators first and the attention slices off those rows and
+  columns and runs the rest on the fused kernel (`bioformer.models.fused_bias`: no
+  [B, H, r, r] tensor at all, training included). Elsewhere (the reference) each chunk of query rows looks up and scatters them into
   its float mask (one dense mask while B * H * r * r is small, else chunks of
   BIAS_CHUNK_ELEMENTS / (B H r) rows unless given); its backward is a gather and a lookup
   backward over O(B S r) pairs, never over all r * r.
