@@ -130,7 +130,7 @@ def alternate(specs: dict[str, dict], args: argparse.Namespace, r: int) -> tuple
 def measure(specs: dict[str, dict], before: dict[str, dict], args: argparse.Namespace, r: int):
     """`rounds` rounds of the alternated arms (and the --before arms in fresh processes) with a
     matmul roofline run before and after each: wall and CPU times, per-arm info, roofline runs."""
-    roof = [run_worker({"task": "matmul", "device": args.device})["gflops"]]
+    roof = [run_worker({"task": "matmul", "device": args.device, "threads": args.threads})["gflops"]]
     wall: dict[str, list[float]] = {k: [] for k in [*specs, *before]}
     cpu: dict[str, list[float]] = {k: [] for k in wall}
     info: dict[str, dict] = {}
