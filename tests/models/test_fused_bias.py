@@ -20,7 +20,7 @@ from bioformer.models.pair import PriorCodes
 
 @pytest.fixture(autouse=True)
 def split_at_any_length(monkeypatch):
-    """The split path runs from r = 32 (SPLIT_MIN_GENES); here at test sizes."""
+    """The split path runs from r = 96 (SPLIT_MIN_GENES); here at test sizes."""
     monkeypatch.setattr(fused_bias, "SPLIT_MIN_GENES", 1)
     monkeypatch.setattr(fused_bias, "SPLIT_MAX_SHARE", 1.0)
 

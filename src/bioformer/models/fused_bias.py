@@ -47,11 +47,12 @@ _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", 
 _FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 
-# regulators first, the split beats the dense mask at every size measured (training step / fast
-# scGPT, 2 threads, B = 32 unless said): r = 32, S = 11: 1.20 vs 1.22; r = 64, S = 20: 1.20 vs 1.25;
-# r = 128, S = 52: 1.29 vs 1.57, S = 111: 1.22 vs 2.01; r = 512, B = 8, S = 323: 1.74 vs 3.71
-SPLIT_MIN_GENES = 32  # below this r not measured: the dense mask
-SPLIT_MAX_SHARE = 1.0  # regulator slots S up to this share of r (every share measured pays)
+# regulators first, the split is even with the dense mask at r = 96 and wins from r = 128 at every
+# regulator share (training step / fast scGPT, 2 threads, `python -m benchmarks.split_threshold`:
+# r = 64, B = 32, S = 20: 1.32 vs 1.27, S = 40: 1.25 vs 1.34; r = 96, S = 25: 1.27 vs 1.27;
+# r = 128, S = 26: 1.20 vs 1.40, S = 111: 1.24 vs 2.12; r = 512, B = 8, S = 34: 1.22 vs 2.06)
+SPLIT_MIN_GENES = 96  # below this r the dense mask (at r = 32 it was ~12% faster)
+SPLIT_MAX_SHARE = 1.0  # regulator slots S up to this share of r (every share measured paid)
 
 
 def split_applies(device: torch.device, dropout_p: float, prior: PriorCodes | None, r: int) -> bool:
