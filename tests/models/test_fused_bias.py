@@ -207,12 +207,15 @@ def _train_step_ops(model_cfg: ModelConfig, use_prior: bool) -> set[str]:
 def test_training_step_is_fused_without_attention_dropout(model, monkeypatch):
     """The whole training step (residual dropout on): no math-path attention at all with
     attention_dropout 0, and the math path (which dropout needs on CPU) with 0.1. Also for the
-    linear mode's dense prior mask (short sequences: the split off) and the full pair mode."""
+    linear mode's dense prior mask (short sequences: the split off) and the full pair mode.
+    The linear mode's split (regulators first, `_SplitAttention`) runs exactly when it applies."""
     if model == "bioformer-linear-dense":
         monkeypatch.setattr(fused_bias, "SPLIT_MIN_GENES", 10**6)
     kw = dict(model="bioformer", pair_mode="linear") if model.startswith("bioformer-linear") else dict(model=model)
+    kw |= dict(pair_mode="full") if model == "bioformer" else {}  # (linear is the default)
     for p_attn, fused in ((0.0, True), (0.1, False)):
         cfg = ModelConfig.of(d_model=16, nhead=2, nlayers=2, d_z=4, d_opm=4, dropout=0.1, attention_dropout=p_attn, **kw)
         ops = _train_step_ops(cfg, use_prior=True)
         # (the dense-bias path's backward is its own: recomputed probabilities, no flash backward op)
         assert (FLASH in ops and MATH not in ops) == fused, (p_attn, sorted(o for o in ops if "attention" in o))
+        assert ("_SplitAttention" in ops) == (model == "bioformer-linear" and fused), (p_attn, model)
