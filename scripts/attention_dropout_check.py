@@ -21,6 +21,8 @@ from pathlib import Path
 
 from scipy import stats
 
+from bioformer.experiments.power import paired_power
+
 ARMS = {"attn0": 0.0, "attn0.1": 0.1}
 
 
@@ -73,7 +75,8 @@ def main() -> None:
     mean = sum(diffs) / n
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else float("nan")
     half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
-    print(f"\nmean difference (0 - 0.1) {mean:+.3f}, 95% CI [{mean - half:+.3f}, {mean + half:+.3f}] over {n} seeds")
+    print(f"\nmean difference (0 - 0.1) {mean:+.3f}, 95% CI [{mean - half:+.3f}, {mean + half:+.3f}] over {n} seeds; "
+          f"smallest |difference| these seeds would detect 4 times in 5: {paired_power(diffs)['mde']:.2f}")
 
 
 if __name__ == "__main__":
