@@ -2,7 +2,9 @@
 `bioformer` is copied under another package name and imported beside this one; arms (fast
 scGPT, BioFormer-linear from this tree, the same from the other tree with this tree's weights)
 alternate step by step on one batch. First checks that both trees compute the same loss and
-gradients (eval mode: no dropout), then prints the median step time and the ratio to scGPT.
+gradients (eval mode: no dropout; the OPM's `linear_b.bias` has a true gradient of 0 in the linear
+mode, so its relative difference is round-off), then prints the median step time and the ratio
+to scGPT.
 
     git archive <commit> src | tar -x -C /tmp/old
     python scripts/step_ab.py /tmp/old/src [--threads 1] [--rounds 20] [--family bioformer-linear]
